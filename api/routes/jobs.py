@@ -1,0 +1,206 @@
+"""The canonical JSON API for jobs: submit, read, list, events, and the task catalogue."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentPrincipal
+from jobs.db import session_scope
+from jobs.errors import JobNotFound
+from jobs.live import job_key, live_store
+from jobs.redis_conn import get_async_redis, get_redis
+from jobs.settings import get_settings
+from jobs.snapshot import JobSnapshot, doc_from_row
+from jobs.status import TERMINAL, JobStatus
+from jobs.store import get_job, list_events, list_jobs
+from jobs.submit import submit_job
+from jobs.tasks import load_tasks
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+JSON = "application/json"
+MAX_PAGE = 200
+
+
+class SubmitRequest(BaseModel):
+    task: str = Field(min_length=1, max_length=100, examples=["long_task"])
+    payload: dict[str, Any] = Field(default_factory=dict, examples=[{"n": 50, "delay": 0.05}])
+    queue: str | None = Field(default=None, min_length=1, max_length=64)
+    timeout: int | None = Field(
+        default=None, ge=1, le=7 * 86400, description="Seconds; overrides the task's."
+    )
+
+
+class JobList(BaseModel):
+    items: list[JobSnapshot]
+    next_cursor: str | None = None
+
+
+class EventOut(BaseModel):
+    seq: int
+    event: str
+    status: JobStatus
+    attempt: int
+    progress: float | None
+    message: str | None
+    data: dict[str, Any] | None
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    job_id: str
+    items: list[EventOut]
+
+
+class TaskInfo(BaseModel):
+    name: str
+    description: str
+    queue: str
+    timeout: int
+    retries: int
+    payload_schema: dict[str, Any]
+
+
+def _etag(seq: int | str) -> str:
+    return f'"{seq}"'
+
+
+def _valid_id(job_id: str) -> bool:
+    try:
+        return str(uuid.UUID(job_id)) == job_id
+    except ValueError:
+        return False
+
+
+def _doc_response(doc: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=doc, status_code=status_code, media_type=JSON, headers=headers)
+
+
+async def read_snapshot(job_id: str, tenant: str) -> tuple[bytes, int]:
+    """(document, seq) of a tenant's job: Redis first, SQL after the live state expired."""
+    if not _valid_id(job_id):
+        raise JobNotFound(job_id)
+    owner, doc, seq = await get_async_redis().hmget(job_key(job_id), ["tenant", "_doc", "seq"])
+    if doc is not None:
+        if (owner or b"").decode() != tenant:
+            raise JobNotFound(job_id)
+        return doc, int(seq or 0)
+    return await run_in_threadpool(_snapshot_from_sql, job_id, tenant)
+
+
+def _snapshot_from_sql(job_id: str, tenant: str) -> tuple[bytes, int]:
+    with session_scope() as session:
+        job = get_job(session, job_id=job_id, tenant=tenant)
+        if job is None:
+            raise JobNotFound(job_id)
+        return doc_from_row(job), job.seq
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobSnapshot,
+    responses={200: {"description": "An Idempotency-Key replayed an earlier submission."}},
+)
+def submit(
+    body: SubmitRequest,
+    principal: CurrentPrincipal,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Submit a job. The payload is validated against the task's schema before anything is stored."""
+    submission = submit_job(
+        tenant=principal.tenant,
+        owner=principal.key_id,
+        task=body.task,
+        payload=body.payload,
+        queue=body.queue,
+        idempotency_key=idempotency_key,
+        timeout=body.timeout,
+    )
+    headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
+    if not submission.created:
+        headers["Idempotent-Replayed"] = "true"
+    return _doc_response(submission.doc, status_code=201 if submission.created else 200, headers=headers)
+
+
+@router.get("/jobs/{job_id}", response_model=JobSnapshot, name="get_job_snapshot")
+async def get_snapshot(
+    job_id: str,
+    principal: CurrentPrincipal,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The job's current snapshot. `ETag` is its `seq`; `If-None-Match` answers 304 when unchanged."""
+    doc, seq = await read_snapshot(job_id, principal.tenant)
+    etag = _etag(seq)
+    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    return _doc_response(doc, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+@router.get("/jobs", response_model=JobList)
+def get_jobs(
+    principal: CurrentPrincipal,
+    status: Annotated[list[JobStatus] | None, Query(description="Repeat to match several.")] = None,
+    task: Annotated[str | None, Query(max_length=100)] = None,
+    queue: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    """The caller's jobs, newest first; follow `next_cursor` for the next page."""
+    with session_scope() as session:
+        page = list_jobs(
+            session,
+            tenant=principal.tenant,
+            status=status or (),
+            task=task,
+            queue=queue,
+            limit=limit,
+            cursor=cursor,
+        )
+    docs = [doc_from_row(job) for job in page.items]
+    live_ids = [job.job_id for job in page.items if JobStatus(job.status) not in TERMINAL]
+    if live_ids:
+        live = live_store(get_redis()).read_many(live_ids)
+        docs = [live.get(job.job_id, doc) for job, doc in zip(page.items, docs, strict=True)]
+    body = (
+        b'{"items":[' + b",".join(docs) + b'],"next_cursor":' + json.dumps(page.next_cursor).encode() + b"}"
+    )
+    return _doc_response(body)
+
+
+@router.get("/jobs/{job_id}/events", response_model=EventList)
+def get_events(job_id: str, principal: CurrentPrincipal) -> EventList:
+    """The job's lifecycle events, oldest first (one per accepted state change)."""
+    if not _valid_id(job_id):
+        raise JobNotFound(job_id)
+    with session_scope() as session:
+        if get_job(session, job_id=job_id, tenant=principal.tenant) is None:
+            raise JobNotFound(job_id)
+        events = list_events(session, job_id=job_id)
+        items = [EventOut.model_validate(e, from_attributes=True) for e in events]
+    return EventList(job_id=job_id, items=items)
+
+
+@router.get("/tasks", response_model=list[TaskInfo], tags=["tasks"])
+def get_tasks(principal: CurrentPrincipal) -> list[TaskInfo]:
+    """Every task you can submit, with its payload's JSON Schema."""
+    settings = get_settings()
+    return [
+        TaskInfo(
+            name=spec.name,
+            description=spec.description,
+            queue=spec.queue or settings.default_queue,
+            timeout=spec.timeout or settings.job_timeout,
+            retries=spec.retries,
+            payload_schema=spec.schema(),
+        )
+        for spec in sorted(load_tasks().values(), key=lambda s: s.name)
+    ]

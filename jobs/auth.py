@@ -1,0 +1,125 @@
+"""API keys: created once and shown once, stored as SHA-256, scoped to a tenant and a role.
+
+Keys carry 256 bits of randomness, so a plain SHA-256 (not a slow password
+hash) is the right digest: lookups stay one indexed query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlmodel import Session, select
+
+from jobs.clock import utcnow
+from jobs.db import session_scope
+from jobs.errors import InvalidRequest
+from jobs.models import ApiKey
+
+KEY_PREFIX = "cvk"
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CACHE_SECONDS = 30.0
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, its tenant and its role."""
+
+    key_id: str
+    tenant: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def validate_tenant(tenant: str) -> str:
+    if not TENANT_PATTERN.match(tenant):
+        raise InvalidRequest(
+            f"Invalid tenant name {tenant!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    return tenant
+
+
+def create_key(session: Session, *, tenant: str, role: Role | str, name: str = "") -> tuple[ApiKey, str]:
+    """Create and stage a key; returns the row and the plaintext key (never stored)."""
+    validate_tenant(tenant)
+    try:
+        role = Role(role)
+    except ValueError:
+        raise InvalidRequest(f"Invalid role {role!r}: use 'admin' or 'member'.") from None
+    key_id = secrets.token_hex(6)
+    plaintext = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(
+        id=key_id,
+        name=name or f"{tenant}-{role.value}",
+        tenant=tenant,
+        role=role.value,
+        key_hash=hash_key(plaintext),
+        created_at=utcnow(),
+    )
+    session.add(row)
+    return row, plaintext
+
+
+_cache: dict[str, tuple[float, Principal]] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_principal(key: str) -> Principal | None:
+    """The principal for a key verified in the last 30 s, without touching SQL."""
+    hit = _cache.get(hash_key(key))
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    return None
+
+
+def authenticate(key: str) -> Principal | None:
+    """The principal for a presented key, or None. Verified keys are cached for 30 s,
+    so revoking a key takes effect within that time."""
+    principal = cached_principal(key)
+    if principal is not None:
+        return principal
+    digest = hash_key(key)
+    with session_scope() as session:
+        row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        principal = Principal(key_id=row.id, tenant=row.tenant, role=Role(row.role))
+    with _cache_lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[digest] = (time.monotonic() + CACHE_SECONDS, principal)
+    return principal
+
+
+def revoke_key(session: Session, *, key_id: str) -> bool:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        return False
+    row.revoked_at = utcnow()
+    session.add(row)
+    with _cache_lock:
+        _cache.clear()
+    return True
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()

@@ -1,0 +1,55 @@
+"""Domain errors. Each carries a message a person can act on; the API maps them to status codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConveyorError(Exception):
+    """Base class; ``status_code`` is the HTTP status the API answers with."""
+
+    status_code = 400
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class UnknownTask(ConveyorError):
+    status_code = 404
+
+    def __init__(self, task: str, known: list[str]) -> None:
+        super().__init__(
+            f"Unknown task {task!r}. Known tasks: {', '.join(known) or '(none)'}.", known_tasks=known
+        )
+
+
+class InvalidPayload(ConveyorError):
+    status_code = 422
+
+    def __init__(self, task: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"The payload does not fit task {task!r}'s schema.", errors=errors)
+
+
+class InvalidRequest(ConveyorError):
+    status_code = 422
+
+
+class IdempotencyConflict(ConveyorError):
+    status_code = 422
+
+
+class JobNotFound(ConveyorError):
+    status_code = 404
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"No job with id {job_id!r}.")
+
+
+class IllegalTransition(ConveyorError):
+    status_code = 409
+
+
+class ServiceUnavailable(ConveyorError):
+    status_code = 503

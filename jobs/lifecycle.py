@@ -1,0 +1,86 @@
+"""Changing a job's state: the single entry point for the worker, the API and the reconciler.
+
+A change is accepted (or refused) by the live store in Redis, which journals
+it for SQL. When Redis has lost a job's live state, it is seeded again from
+SQL first, so a change is never lost for want of a snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from redis import Redis
+
+from jobs.db import session_scope
+from jobs.live import TransitionResult, live_store
+from jobs.redis_conn import get_redis
+from jobs.snapshot import row_fields
+from jobs.status import JobStatus
+from jobs.store import JournalEntry, apply_journal, get_job
+
+log = logging.getLogger(__name__)
+
+
+def reseed_from_sql(job_id: str, client: Redis | None = None) -> TransitionResult | None:
+    """Recreate a job's live state from its SQL row; None when SQL has no such job."""
+    with session_scope() as session:
+        job = get_job(session, job_id=job_id)
+    if job is None:
+        return None
+    return live_store(client or get_redis()).seed(row_fields(job), tenant=job.tenant, owner=job.owner)
+
+
+def record(
+    job_id: str,
+    to: JobStatus,
+    *,
+    event: str,
+    patch: dict[str, Any] | None = None,
+    private: dict[str, str] | None = None,
+    new_attempt: bool = False,
+    from_statuses: Iterable[JobStatus] | None = None,
+    expect_attempt: int = 0,
+    journal: bool = True,
+    data: dict[str, Any] | None = None,
+    client: Redis | None = None,
+) -> TransitionResult:
+    """Apply a state change through the status machine; refusals are logged, not raised."""
+    store = live_store(client or get_redis())
+    kwargs: dict[str, Any] = {
+        "event": event,
+        "patch": patch,
+        "private": private,
+        "new_attempt": new_attempt,
+        "from_statuses": from_statuses,
+        "expect_attempt": expect_attempt,
+        "journal": journal,
+        "data": data,
+    }
+    result = store.transition(job_id, to, **kwargs)
+    if result.outcome == "missing" and reseed_from_sql(job_id, store.client) is not None:
+        result = store.transition(job_id, to, **kwargs)
+    if result.outcome in ("refused", "stale", "missing"):
+        log.warning(
+            "refused %s -> %s for job %s (%s; current %s)",
+            event,
+            to.value,
+            job_id,
+            result.outcome,
+            result.current_status,
+        )
+    return result
+
+
+def write_through(result: TransitionResult, *, event: str, data: dict[str, Any] | None = None) -> None:
+    """Apply an accepted change to SQL now, so the caller reads its own write there.
+
+    The recorder replays the same journal entry later; that replay is a no-op.
+    """
+    if not result.applied or result.doc is None:
+        return
+    entry = JournalEntry(event=event, doc=json.loads(result.doc), data=data or {})
+    with session_scope() as session:
+        apply_journal(session, [entry])

@@ -1,0 +1,237 @@
+"""The live state of jobs in Redis: one hash per job, one snapshot channel, one journal.
+
+Each job's hash holds its public snapshot fields (JSON-encoded), a few private
+fields (tenant, owner, worker) and `_doc`, the assembled snapshot document.
+Every change goes through :func:`transition`, a Lua script that checks the
+status machine, bumps `seq`, stores, publishes the new document on
+``CHANNEL`` and appends it to the ``JOURNAL`` stream, all atomically. The
+recorder replays the journal into SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+from redis import Redis
+from redis.commands.core import Script
+
+from jobs.clock import utcnow
+from jobs.settings import get_settings
+from jobs.snapshot import PUBLIC_FIELDS, JobSnapshot, encode
+from jobs.status import JobStatus, allowed_sources
+
+KEY_PREFIX = "cv:job:"
+HEARTBEAT_PREFIX = "cv:hb:"
+CHANNEL = "cv:snapshots"
+JOURNAL = "cv:journal"
+
+Outcome = Literal["ok", "noop", "refused", "stale", "missing"]
+
+
+def job_key(job_id: str) -> str:
+    return KEY_PREFIX + job_id
+
+
+def heartbeat_key(job_id: str) -> str:
+    return HEARTBEAT_PREFIX + job_id
+
+
+_FIELDS = ", ".join(f"'{name}'" for name in PUBLIC_FIELDS)
+_ASSEMBLE = (
+    "\nlocal FIELDS = {"
+    + _FIELDS
+    + "}"
+    + """
+local function assemble(key)
+  local vals = redis.call('HMGET', key, unpack(FIELDS))
+  local parts = {}
+  for i, name in ipairs(FIELDS) do
+    local v = vals[i]
+    if not v or v == '' then v = 'null' end
+    parts[i] = '"' .. name .. '":' .. v
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+"""
+)
+
+# KEYS[1] job hash. ARGV[1] ttl (0 = none), ARGV[2..] field/value pairs.
+_SEED = (
+    _ASSEMBLE
+    + """
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 1 then
+  return {'exists', redis.call('HGET', key, '_doc')}
+end
+redis.call('HSET', key, unpack(ARGV, 2))
+local doc = assemble(key)
+redis.call('HSET', key, '_doc', doc)
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+return {'ok', doc}
+"""
+)
+
+# KEYS[1] job hash, KEYS[2] journal stream, KEYS[3] job heartbeat.
+# ARGV: 1 new status, 2 allowed current statuses (comma separated), 3 expected attempt (0 = any),
+# 4 open a new attempt (0/1), 5 event name, 6 journal it (0/1), 7 ttl (0 = persist),
+# 8 updated_at (JSON), 9 channel, 10 event data (JSON or ''), 11 heartbeat ttl, 12.. field/value pairs.
+# A started job's heartbeat is refreshed by each write; a job that leaves started/paused loses it.
+_TRANSITION = (
+    _ASSEMBLE
+    + """
+local key = KEYS[1]
+local cur = redis.call('HMGET', key, 'status', 'attempt')
+if not cur[1] then return {'missing', false} end
+local status = cjson.decode(cur[1])
+local expect = tonumber(ARGV[3])
+if expect > 0 and expect ~= tonumber(cur[2]) then
+  return {'stale', redis.call('HGET', key, '_doc')}
+end
+local allowed = false
+for s in string.gmatch(ARGV[2], '[^,]+') do
+  if s == status then allowed = true break end
+end
+if not allowed then
+  if status == ARGV[1] then return {'noop', redis.call('HGET', key, '_doc')} end
+  return {'refused', redis.call('HGET', key, '_doc')}
+end
+if #ARGV > 11 then redis.call('HSET', key, unpack(ARGV, 12)) end
+redis.call('HSET', key, 'status', '"' .. ARGV[1] .. '"', 'updated_at', ARGV[8])
+if ARGV[4] == '1' then redis.call('HINCRBY', key, 'attempt', 1) end
+redis.call('HINCRBY', key, 'seq', 1)
+local doc = assemble(key)
+redis.call('HSET', key, '_doc', doc)
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
+local attempt = redis.call('HGET', key, 'attempt')
+if ARGV[1] == 'started' then
+  redis.call('SET', KEYS[3], attempt, 'EX', ARGV[11])
+elseif ARGV[1] ~= 'paused' then
+  redis.call('DEL', KEYS[3])
+end
+redis.call('PUBLISH', ARGV[9], doc)
+if ARGV[6] == '1' then
+  redis.call('XADD', KEYS[2], '*', 'event', ARGV[5], 'doc', doc, 'data', ARGV[10])
+end
+return {'ok', doc}
+"""
+)
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    """What the live store did with a requested change, and the job's document after it."""
+
+    outcome: Outcome
+    doc: bytes | None
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome == "ok"
+
+    @cached_property
+    def snapshot(self) -> JobSnapshot | None:
+        return JobSnapshot.model_validate_json(self.doc) if self.doc else None
+
+    @cached_property
+    def current_status(self) -> JobStatus | None:
+        return self.snapshot.status if self.snapshot else None
+
+
+class LiveStore:
+    """The live-state operations over one Redis client."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self._seed: Script = client.register_script(_SEED)
+        self._transition: Script = client.register_script(_TRANSITION)
+
+    def seed(self, fields: dict[str, str], *, tenant: str, owner: str | None = None) -> TransitionResult:
+        """Create a job's hash unless it exists. ``fields`` are JSON-encoded public fields."""
+        status = JobStatus(json.loads(fields["status"]))
+        ttl = get_settings().snapshot_ttl if status.is_terminal else 0
+        args: list[Any] = [ttl, "tenant", tenant, "owner", owner or ""]
+        for name, value in fields.items():
+            args += [name, value]
+        outcome, doc = self._seed(keys=[job_key(json.loads(fields["job_id"]))], args=args)
+        return TransitionResult("ok" if outcome == b"ok" else "noop", doc or None)
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        event: str,
+        patch: dict[str, Any] | None = None,
+        private: dict[str, str] | None = None,
+        new_attempt: bool = False,
+        from_statuses: Iterable[JobStatus] | None = None,
+        expect_attempt: int = 0,
+        journal: bool = True,
+        data: dict[str, Any] | None = None,
+    ) -> TransitionResult:
+        """Move a job to ``to`` if the status machine allows it, atomically.
+
+        ``patch`` holds public fields (encoded here); ``private`` raw private
+        fields; ``data`` travels with the journal entry into the event row.
+        ``from_statuses`` narrows the legal sources further (a progress write
+        only applies to a started job, never resuming a paused one).
+        ``expect_attempt`` refuses a write from an older attempt ("stale").
+        """
+        settings = get_settings()
+        sources = allowed_sources(to, new_attempt=new_attempt)
+        if from_statuses is not None:
+            sources = sources & frozenset(from_statuses)
+        allowed = ",".join(sorted(sources))
+        args: list[Any] = [
+            to.value,
+            allowed,
+            expect_attempt,
+            1 if new_attempt else 0,
+            event,
+            1 if journal else 0,
+            settings.snapshot_ttl if to.is_terminal else 0,
+            encode(utcnow()),
+            CHANNEL,
+            json.dumps(data, separators=(",", ":"), default=str) if data else "",
+            settings.heartbeat_ttl,
+        ]
+        for name, value in (patch or {}).items():
+            args += [name, encode(value)]
+        for name, raw in (private or {}).items():
+            args += [name, raw]
+        outcome, doc = self._transition(keys=[job_key(job_id), JOURNAL, heartbeat_key(job_id)], args=args)
+        return TransitionResult(outcome.decode(), doc or None)
+
+    def read(self, job_id: str) -> tuple[str, bytes] | None:
+        """(tenant, snapshot document) of a job, or None when Redis has no live state for it."""
+        tenant, doc = self.client.hmget(job_key(job_id), ["tenant", "_doc"])
+        if doc is None:
+            return None
+        return (tenant or b"").decode(), doc
+
+    def read_many(self, job_ids: list[str]) -> dict[str, bytes]:
+        """Snapshot documents of those jobs that have live state, in one round trip."""
+        if not job_ids:
+            return {}
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(job_key(job_id), "_doc")
+            docs = pipe.execute()
+        return {job_id: doc for job_id, doc in zip(job_ids, docs, strict=True) if doc is not None}
+
+
+_stores: dict[int, LiveStore] = {}
+
+
+def live_store(client: Redis) -> LiveStore:
+    """The LiveStore bound to ``client`` (scripts are registered once per client)."""
+    store = _stores.get(id(client))
+    if store is None or store.client is not client:
+        store = _stores[id(client)] = LiveStore(client)
+    return store

@@ -1,0 +1,125 @@
+"""SQL tables: jobs, their append-only events, and API keys.
+
+Alembic owns the schema (`migrations/`); a test checks that the migrations
+produce exactly these models.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from jobs.status import JobStatus
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores naive text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; Conveyor stores UTC-aware timestamps only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus))
+
+
+def _ts(*, index: bool = False, nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, index=index, nullable=nullable)
+
+
+class Job(SQLModel, table=True):
+    """One row per job: its request, its latest state and its lifecycle timestamps."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.CheckConstraint(STATUS_CHECK, name="ck_jobs_status"),
+        sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        sa.Index("ix_jobs_tenant_created", "tenant", "created_at"),
+        sa.Index("ix_jobs_tenant_status_created", "tenant", "status", "created_at"),
+        sa.Index("ix_jobs_status_created", "status", "created_at"),
+    )
+
+    job_id: str = Field(primary_key=True, max_length=36)
+    tenant: str = Field(max_length=64)
+    owner: str | None = Field(default=None, max_length=64)
+    task: str = Field(max_length=100, index=True)
+    queue: str = Field(max_length=64, index=True)
+    status: str = Field(max_length=16)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    result: Any | None = Field(default=None, sa_type=JSONType)
+    error_type: str | None = Field(default=None, max_length=200)
+    error_detail: str | None = Field(default=None, sa_type=sa.Text)
+    message: str | None = Field(default=None, sa_type=sa.Text)
+    progress: float | None = None
+    attempt: int = 1
+    max_retries: int = 0
+    timeout_s: int | None = None
+    seq: int = 1
+    parent_id: str | None = Field(default=None, max_length=36, foreign_key="jobs.job_id", ondelete="SET NULL")
+    trace_id: str | None = Field(default=None, max_length=64)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
+    worker: str | None = Field(default=None, max_length=200)
+    canceled_by: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    enqueued_at: datetime | None = _ts()
+    scheduled_for: datetime | None = _ts()
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    failed_at: datetime | None = _ts()
+    canceled_at: datetime | None = _ts()
+    ended_at: datetime | None = _ts(index=True)
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    wait_ms: int | None = None
+    run_ms: int | None = None
+
+
+class JobEvent(SQLModel, table=True):
+    """One lifecycle event of a job; `seq` is the job's version after the event."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (sa.UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigIntPK)
+    job_id: str = Field(max_length=36, foreign_key="jobs.job_id", ondelete="CASCADE")
+    seq: int
+    event: str = Field(max_length=32)
+    status: str = Field(max_length=16)
+    attempt: int = 1
+    progress: float | None = None
+    message: str | None = Field(default=None, sa_type=sa.Text)
+    data: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only its SHA-256 is stored; it belongs to a tenant and a role."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=16)
+    name: str = Field(max_length=100)
+    tenant: str = Field(max_length=64, index=True)
+    role: str = Field(max_length=16)
+    key_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    last_used_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()

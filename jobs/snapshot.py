@@ -1,0 +1,120 @@
+"""The one snapshot shape that REST, long poll, SSE, WebSocket, the client and the pages share.
+
+A snapshot travels as a JSON document whose fields are always in the order
+of :data:`PUBLIC_FIELDS`. The live store keeps each field JSON-encoded in a
+Redis hash and assembles the document in Lua without parsing user data; the
+same assembly happens here for rows read from SQL, so both sources produce
+byte-identical documents.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from jobs.clock import isoformat
+from jobs.models import Job
+from jobs.status import JobStatus
+
+PUBLIC_FIELDS: tuple[str, ...] = (
+    "job_id",
+    "task",
+    "queue",
+    "status",
+    "progress",
+    "message",
+    "result",
+    "error",
+    "attempt",
+    "max_retries",
+    "created_at",
+    "enqueued_at",
+    "started_at",
+    "ended_at",
+    "updated_at",
+    "eta_seconds",
+    "seq",
+)
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    detail: str
+
+
+class JobSnapshot(BaseModel):
+    """A job as clients see it. ``seq`` is its version: ETag, SSE id and long-poll cursor."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": []})
+
+    job_id: str
+    task: str
+    queue: str
+    status: JobStatus
+    progress: float | None = None
+    message: str | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    attempt: int = 1
+    max_retries: int = 0
+    created_at: datetime
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    updated_at: datetime
+    eta_seconds: float | None = None
+    seq: int
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+def encode(value: Any) -> str:
+    """The JSON text of one field, as stored in the live hash."""
+    if isinstance(value, datetime):
+        value = isoformat(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def assemble(fields: dict[str, str]) -> bytes:
+    """The snapshot document from JSON-encoded field texts (missing fields are null)."""
+    body = ",".join(f'"{name}":{fields.get(name) or "null"}' for name in PUBLIC_FIELDS)
+    return ("{" + body + "}").encode()
+
+
+def error_of(job: Job) -> dict[str, str] | None:
+    if job.error_type is None:
+        return None
+    return {"type": job.error_type, "detail": job.error_detail or ""}
+
+
+def row_fields(job: Job) -> dict[str, str]:
+    """A SQL row as JSON-encoded public fields."""
+    values: dict[str, Any] = {
+        "job_id": job.job_id,
+        "task": job.task,
+        "queue": job.queue,
+        "status": job.status,
+        "progress": job.progress,
+        "message": job.message,
+        "result": job.result,
+        "error": error_of(job),
+        "attempt": job.attempt,
+        "max_retries": job.max_retries,
+        "created_at": job.created_at,
+        "enqueued_at": job.enqueued_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "updated_at": job.updated_at,
+        "eta_seconds": None,
+        "seq": job.seq,
+    }
+    return {name: encode(value) for name, value in values.items()}
+
+
+def doc_from_row(job: Job) -> bytes:
+    return assemble(row_fields(job))

@@ -1,0 +1,235 @@
+"""The one place that talks to SQL about jobs: rows, events, listing, and replaying the journal."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from jobs.clock import isoformat, parse_iso
+from jobs.errors import InvalidRequest
+from jobs.models import Job, JobEvent
+from jobs.status import JobStatus
+
+
+def get_job(session: Session, *, job_id: str, tenant: str | None = None) -> Job | None:
+    """The job with ``job_id``; with ``tenant`` given, only if it belongs to that tenant."""
+    job = session.get(Job, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        return None
+    return job
+
+
+def find_by_idempotency_key(session: Session, *, tenant: str, key: str) -> Job | None:
+    return session.exec(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).first()
+
+
+def add_job(session: Session, *, job: Job, data: dict[str, Any] | None = None) -> None:
+    """Stage a new job row and its first event (the caller commits)."""
+    session.add(job)
+    session.add(
+        JobEvent(
+            job_id=job.job_id,
+            seq=job.seq,
+            event=job.status,
+            status=job.status,
+            attempt=job.attempt,
+            progress=job.progress,
+            message=job.message,
+            data=data,
+            created_at=job.created_at,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Job]
+    next_cursor: str | None
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([isoformat(job.created_at), job.job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        when = parse_iso(created)
+        if when is None or not isinstance(job_id, str):
+            raise ValueError
+        return when, job_id
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise InvalidRequest(
+            "The cursor is not valid; pass back the next_cursor of a previous page."
+        ) from None
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant: str | None,
+    status: Sequence[JobStatus] = (),
+    task: str | None = None,
+    queue: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Jobs newest first, filtered, one keyset page at a time."""
+    query = select(Job)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    if status:
+        query = query.where(col(Job.status).in_([s.value for s in status]))
+    if task:
+        query = query.where(Job.task == task)
+    if queue:
+        query = query.where(Job.queue == queue)
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(
+            sa.or_(
+                col(Job.created_at) < created,
+                sa.and_(col(Job.created_at) == created, col(Job.job_id) < job_id),
+            )
+        )
+    query = query.order_by(col(Job.created_at).desc(), col(Job.job_id).desc()).limit(limit + 1)
+    rows = list(session.exec(query).all())
+    more = len(rows) > limit
+    items = rows[:limit]
+    return Page(items=items, next_cursor=_encode_cursor(items[-1]) if more and items else None)
+
+
+def list_events(session: Session, *, job_id: str) -> list[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.seq), col(JobEvent.id))
+    return list(session.exec(query).all())
+
+
+# --- replaying the live journal into SQL -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One accepted state change: the event name, the snapshot after it, and extra event data."""
+
+    event: str
+    doc: dict[str, Any]
+    data: dict[str, Any]
+
+    @property
+    def job_id(self) -> str:
+        return str(self.doc["job_id"])
+
+    @property
+    def seq(self) -> int:
+        return int(self.doc["seq"])
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
+    if start is None or end is None:
+        return None
+    return max(0, round((end - start).total_seconds() * 1000))
+
+
+def row_values(entry: JournalEntry) -> dict[str, Any]:
+    """The jobs-row columns that a snapshot determines."""
+    doc = entry.doc
+    status = JobStatus(doc["status"])
+    error = doc.get("error") or None
+    enqueued_at = parse_iso(doc.get("enqueued_at"))
+    started_at = parse_iso(doc.get("started_at"))
+    ended_at = parse_iso(doc.get("ended_at")) if status.is_terminal else None
+    return {
+        "status": status.value,
+        "progress": doc.get("progress"),
+        "message": doc.get("message"),
+        "result": doc.get("result"),
+        "error_type": error["type"] if error else None,
+        "error_detail": error["detail"] if error else None,
+        "attempt": doc.get("attempt") or 1,
+        "enqueued_at": enqueued_at,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "finished_at": ended_at if status == JobStatus.FINISHED else None,
+        "failed_at": ended_at if status == JobStatus.FAILED else None,
+        "canceled_at": ended_at if status == JobStatus.CANCELED else None,
+        "updated_at": parse_iso(doc["updated_at"]),
+        "wait_ms": _ms_between(enqueued_at, started_at),
+        "run_ms": _ms_between(started_at, ended_at),
+        "seq": entry.seq,
+    }
+
+
+# Columns taken from event data when present (otherwise left as they are).
+DATA_COLUMNS = ("worker", "canceled_by", "scheduled_for")
+
+
+def _dialect_insert(session: Session) -> Any:
+    name = session.get_bind().dialect.name
+    return postgresql.insert if name == "postgresql" else sqlite.insert
+
+
+def apply_journal(session: Session, entries: Iterable[JournalEntry]) -> int:
+    """Bring SQL up to date with accepted state changes; returns how many rows moved forward.
+
+    Safe to replay and to run in several processes: a row only moves to a
+    higher ``seq``, and an event is stored once per (job, seq).
+    """
+    entries = list(entries)
+    if not entries:
+        return 0
+    ids = {e.job_id for e in entries}
+    known = set(session.exec(select(Job.job_id).where(col(Job.job_id).in_(ids))).all())
+    entries = [e for e in entries if e.job_id in known]
+    if not entries:
+        return 0
+
+    latest: dict[str, JournalEntry] = {}
+    for entry in entries:
+        if entry.job_id not in latest or entry.seq > latest[entry.job_id].seq:
+            latest[entry.job_id] = entry
+
+    table = Job.__table__  # type: ignore[attr-defined]
+    moved = 0
+    for entry in latest.values():
+        values = row_values(entry)
+        for name in DATA_COLUMNS:
+            if name in entry.data:
+                values[name] = entry.data[name]
+                if name == "scheduled_for":
+                    values[name] = parse_iso(entry.data[name])
+        stmt = (
+            sa.update(table).where(table.c.job_id == entry.job_id, table.c.seq < entry.seq).values(**values)
+        )
+        moved += session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
+
+    rows = [
+        {
+            "job_id": e.job_id,
+            "seq": e.seq,
+            "event": e.event,
+            "status": e.doc["status"],
+            "attempt": e.doc.get("attempt") or 1,
+            "progress": e.doc.get("progress"),
+            "message": e.doc.get("message"),
+            "data": e.data or None,
+            "created_at": parse_iso(e.doc["updated_at"]),
+        }
+        for e in entries
+    ]
+    insert = _dialect_insert(session)
+    session.execute(
+        insert(JobEvent.__table__).on_conflict_do_nothing(index_elements=["job_id", "seq"]),  # type: ignore[attr-defined]
+        rows,
+    )
+    return moved

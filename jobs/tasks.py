@@ -1,0 +1,146 @@
+"""The task registry: `@task` turns one typed function into a job Conveyor can run.
+
+    class ResizePayload(BaseModel):
+        url: str
+        width: int = Field(800, ge=1)
+
+    @task(queue="default", timeout=300, retries=2)
+    def resize(payload: ResizePayload, progress: Progress) -> dict:
+        ...
+
+The payload model comes from the first parameter's annotation; submissions
+are validated against it. Task modules are imported by name
+(`CONVEYOR_TASK_MODULES`), so the API knows tasks without importing worker code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from jobs.errors import InvalidPayload, UnknownTask
+from jobs.settings import get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task and its options; None options fall back to the settings."""
+
+    name: str
+    func: Callable[..., Any]
+    payload_model: type[BaseModel]
+    queue: str | None = None
+    timeout: int | None = None
+    retries: int = 0
+    retry_intervals: tuple[int, ...] = ()
+    result_ttl: int | None = None
+    description: str = ""
+    takes_progress: bool = False
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self, payload: Any) -> BaseModel:
+        """The payload as the task's model, or InvalidPayload with field errors."""
+        try:
+            return self.payload_model.model_validate(payload)
+        except ValidationError as exc:
+            errors = [
+                {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+                for err in exc.errors(include_url=False, include_context=False, include_input=False)
+            ]
+            raise InvalidPayload(self.name, errors) from None
+
+    def schema(self) -> dict[str, Any]:
+        return self.payload_model.model_json_schema()
+
+
+_registry: dict[str, TaskSpec] = {}
+_loaded: set[str] = set()
+_lock = threading.Lock()
+
+
+def task(
+    func: F | None = None,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: int | None = None,
+    retries: int = 0,
+    retry_intervals: tuple[int, ...] | list[int] = (),
+    result_ttl: int | None = None,
+    tags: tuple[str, ...] | list[str] = (),
+) -> Any:
+    """Register a task. Usable bare (`@task`) or with options (`@task(queue="reports")`)."""
+
+    def register(fn: F) -> F:
+        spec = _spec_for(
+            fn,
+            name=name or fn.__name__,
+            queue=queue,
+            timeout=timeout,
+            retries=retries,
+            retry_intervals=tuple(retry_intervals),
+            result_ttl=result_ttl,
+            tags=tuple(tags),
+        )
+        existing = _registry.get(spec.name)
+        if existing is not None and existing.func is not fn and _qualname(existing.func) != _qualname(fn):
+            raise ValueError(f"task name {spec.name!r} is already registered by {_qualname(existing.func)}")
+        _registry[spec.name] = spec
+        return fn
+
+    return register(func) if func is not None else register
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _spec_for(fn: Callable[..., Any], **options: Any) -> TaskSpec:
+    params = list(inspect.signature(fn).parameters.values())
+    hints = typing.get_type_hints(fn)
+    if not params:
+        raise TypeError(f"task {fn.__name__} must take a payload parameter annotated with a pydantic model")
+    model = hints.get(params[0].name)
+    if not (inspect.isclass(model) and issubclass(model, BaseModel)):
+        raise TypeError(
+            f"task {fn.__name__}: annotate its first parameter with a pydantic BaseModel subclass"
+        )
+    if options["retries"] < 0:
+        raise ValueError("retries must be >= 0")
+    doc = inspect.getdoc(fn) or ""
+    return TaskSpec(
+        func=fn,
+        payload_model=model,
+        description=doc.split("\n\n")[0],
+        takes_progress=any(p.name == "progress" for p in params[1:]),
+        **options,
+    )
+
+
+def load_tasks() -> dict[str, TaskSpec]:
+    """Import the configured task modules (once each) and return the registry."""
+    modules = get_settings().task_modules
+    if not set(modules) <= _loaded:
+        with _lock:
+            for module in modules:
+                if module not in _loaded:
+                    importlib.import_module(module)
+                    _loaded.add(module)
+    return _registry
+
+
+def get_task(name: str) -> TaskSpec:
+    tasks = load_tasks()
+    spec = tasks.get(name)
+    if spec is None:
+        raise UnknownTask(name, sorted(tasks))
+    return spec

@@ -1,0 +1,336 @@
+"""Fixtures: real Redis and PostgreSQL (see tests/services.py), both SQL backends, real workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from tests.services import Services, provision, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Settings every test process (and every worker it starts) shares.
+TEST_ENV = {
+    "CONVEYOR_ENVIRONMENT": "test",
+    "CONVEYOR_SECRET_KEY": "test-secret-key-not-for-production",
+    "CONVEYOR_QUEUES": '["default", "other"]',
+    "CONVEYOR_LOG_LEVEL": "WARNING",
+}
+os.environ.update(TEST_ENV)
+for name in ("REDIS_URL", "DATABASE_URL", "CONVEYOR_REDIS_URL", "CONVEYOR_DATABASE_URL"):
+    os.environ.pop(name, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config._conveyor_services = provision()  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    services: Services | None = getattr(config, "_conveyor_services", None)
+    if services is not None:
+        services.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    services: Services = config._conveyor_services  # type: ignore[attr-defined]
+    lines = [
+        f"conveyor redis: {services.redis.how} -> {services.redis.url}",
+        f"conveyor postgres: {services.postgres.how}"
+        + (f" -> {services.postgres.url}" if services.postgres.url else ""),
+    ]
+    if services.postgres.url is None:
+        lines.append(
+            "!!! NO POSTGRESQL: the Postgres leg of the suite is SKIPPED"
+            + (" -- and CI=true, so it FAILS" if IN_CI else "")
+            + " (install PostgreSQL binaries, run Docker, or set TEST_DATABASE_URL) !!!"
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    database_url: str
+    redis_url: str
+
+    def env(self) -> dict[str, str]:
+        return {**TEST_ENV, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
+
+
+def _with_db_index(url: str, index: int) -> str:
+    base, _, last = url.rpartition("/")
+    return f"{base}/{index}" if last.isdigit() else f"{url.rstrip('/')}/{index}"
+
+
+def _create_postgres_database(admin_url: str) -> tuple[str, Any]:
+    import psycopg
+
+    name = f"conveyor_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}", drop
+
+
+def configure(env: dict[str, str]) -> None:
+    """Point this process's settings, engine and clients at ``env``."""
+    from jobs.auth import clear_cache
+    from jobs.db import reset_engine
+    from jobs.redis_conn import reset_redis
+    from jobs.settings import get_settings
+
+    os.environ.update(env)
+    get_settings.cache_clear()
+    reset_engine()
+    reset_redis()
+    clear_cache()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """One SQL backend for the whole session (sqlite, then postgres), each with its own Redis db."""
+    services: Services = request.config._conveyor_services  # type: ignore[attr-defined]
+    drop = None
+    if request.param == "postgres":
+        if services.postgres.url is None:
+            message = "no PostgreSQL available (see the pytest header)"
+            if IN_CI:
+                pytest.fail(f"CI=true and {message}: the Postgres leg must run in CI", pytrace=False)
+            pytest.skip(f"SKIPPING THE POSTGRES LEG: {message}")
+        database_url, drop = _create_postgres_database(services.postgres.url)
+        redis_url = _with_db_index(services.redis.url or "", 2)
+    else:
+        database_url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'conveyor.db'}"
+        redis_url = _with_db_index(services.redis.url or "", 1)
+    backend = Backend(request.param, database_url, redis_url)
+    Redis.from_url(redis_url).flushdb()
+    configure(backend.env())
+    from jobs.migrate import upgrade
+
+    upgrade()
+    yield backend
+    from jobs.db import reset_engine
+
+    reset_engine()
+    if drop is not None:
+        drop()
+
+
+@pytest.fixture
+def env(backend: Backend) -> Iterator[Backend]:
+    """Configure this process for ``backend`` (settings cache, engine, Redis client)."""
+    configure(backend.env())
+    yield backend
+
+
+@pytest.fixture
+def redis_client(env: Backend) -> Redis:
+    from jobs.redis_conn import get_redis
+
+    return get_redis()
+
+
+class WorkerProcess:
+    """A real `conveyor worker` child process."""
+
+    def __init__(self, backend: Backend, log_path: Path, name: str, extra_env: dict[str, str] | None = None):
+        self.backend = backend
+        self.log_path = log_path
+        self.name = name
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **self.backend.env(), **self.extra_env}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "--name", self.name, "--queues", "default"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        from rq import Worker
+
+        connection = Redis.from_url(self.backend.redis_url)
+        wait_until(
+            lambda: self.name in {w.name for w in Worker.all(connection=connection)} or self._died(),
+            timeout=30,
+            message=f"worker {self.name} to register",
+        )
+        if self._died():
+            raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-4000:]}")
+        return self
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def worker(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One real worker process per backend, shared by the tests that need jobs to run."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = WorkerProcess(backend, log_path, f"test-{backend.name}-{uuid.uuid4().hex[:6]}").start()
+    yield proc
+    proc.stop()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def make_tenant(role: str = "admin", name: str | None = None) -> Tenant:
+    from jobs.auth import create_key
+    from jobs.db import session_scope
+
+    tenant = name or f"t-{uuid.uuid4().hex[:10]}"
+    with session_scope() as session:
+        row, key = create_key(session, tenant=tenant, role=role)
+    return Tenant(tenant, key, row.id)
+
+
+@pytest.fixture
+def tenant(env: Backend) -> Tenant:
+    """A fresh tenant with an admin key (tenants isolate tests from each other)."""
+    return make_tenant()
+
+
+def seed_job(tenant: str = "t-seeded", task: str = "long_task", queue: str = "other") -> str:
+    """A job that exists in SQL and in Redis but is in no RQ queue: for driving transitions by hand."""
+    from jobs.clock import utcnow
+    from jobs.db import session_scope
+    from jobs.live import live_store
+    from jobs.models import Job
+    from jobs.redis_conn import get_redis
+    from jobs.snapshot import row_fields
+    from jobs.store import add_job
+
+    now = utcnow()
+    job = Job(
+        job_id=str(uuid.uuid4()),
+        tenant=tenant,
+        task=task,
+        queue=queue,
+        status="queued",
+        created_at=now,
+        enqueued_at=now,
+        updated_at=now,
+    )
+    with session_scope() as session:
+        add_job(session, job=job)
+    live_store(get_redis()).seed(row_fields(job), tenant=tenant)
+    return job.job_id
+
+
+@pytest.fixture
+def app(env: Backend) -> Any:
+    from api.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+def api(app: Any, tenant: Tenant) -> Iterator[Any]:
+    """A TestClient authenticated as ``tenant``."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, headers=tenant.headers) as client:
+        yield client
+
+
+class ServerProcess:
+    """A real uvicorn serving the app, for clients that need a socket (CLI, streams, browsers)."""
+
+    def __init__(self, backend: Backend, log_path: Path, extra_env: dict[str, str] | None = None):
+        from jobs.embedded import free_port
+
+        self.backend = backend
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        import httpx
+
+        env = {**os.environ, **self.backend.env(), **self.extra_env}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+        def up() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=30, interval=0.1, message="the API server to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(backend, tmp_path_factory.mktemp("server") / "server.log").start()
+    yield server
+    server.stop()

@@ -1,0 +1,106 @@
+"""The Lua gate in Redis: every change checked against the status machine, atomically versioned,
+published and journaled."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jobs.lifecycle import record
+from jobs.live import CHANNEL, JOURNAL, job_key, live_store
+from jobs.status import JobStatus
+from tests.conftest import Backend, seed_job
+
+S = JobStatus
+
+
+def test_a_legal_change_bumps_seq_and_is_published_and_journaled(env: Backend, redis_client: Any):
+    job_id = seed_job()
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL)
+    pubsub.get_message(timeout=0.5)
+    before = redis_client.xlen(JOURNAL)
+
+    result = record(job_id, S.STARTED, event="started", patch={"progress": 0.0})
+    assert result.applied
+    snap = result.snapshot
+    assert snap is not None and snap.status == S.STARTED and snap.seq == 2
+
+    message = None
+    for _ in range(50):
+        message = pubsub.get_message(timeout=0.1)
+        if message and json.loads(message["data"])["job_id"] == job_id:
+            break
+    assert message is not None and json.loads(message["data"])["seq"] == 2
+    assert redis_client.xlen(JOURNAL) >= before  # the recorder may already have consumed it
+    pubsub.close()
+
+
+def test_an_illegal_change_is_refused_and_changes_nothing(env: Backend):
+    job_id = seed_job()
+    refused = record(job_id, S.FINISHED, event="finished")
+    assert refused.outcome == "refused"
+    assert refused.current_status == S.QUEUED
+    assert refused.snapshot is not None and refused.snapshot.seq == 1
+
+
+def test_a_late_progress_never_drags_a_finished_job_back(env: Backend):
+    job_id = seed_job()
+    record(job_id, S.STARTED, event="started")
+    record(job_id, S.FINISHED, event="finished", patch={"result": {"ok": True}})
+    late = record(job_id, S.STARTED, event="progress", from_statuses=(S.STARTED,), patch={"progress": 10.0})
+    assert late.outcome == "refused"
+    assert late.snapshot is not None and late.snapshot.status == S.FINISHED
+    assert late.snapshot.result == {"ok": True}
+
+
+def test_a_repeated_terminal_write_is_a_noop(env: Backend):
+    job_id = seed_job()
+    record(job_id, S.STARTED, event="started")
+    first = record(job_id, S.FAILED, event="failed", patch={"error": {"type": "E", "detail": "d"}})
+    again = record(job_id, S.FAILED, event="failed", patch={"error": {"type": "X", "detail": "y"}})
+    assert first.applied and again.outcome == "noop"
+    assert again.snapshot is not None and again.snapshot.seq == first.snapshot.seq  # type: ignore[union-attr]
+    assert again.snapshot.error is not None and again.snapshot.error.type == "E"
+
+
+def test_a_write_from_an_older_attempt_is_stale(env: Backend):
+    job_id = seed_job()
+    record(job_id, S.STARTED, event="started")
+    retry = record(job_id, S.QUEUED, event="retry", new_attempt=True)
+    assert retry.applied and retry.snapshot is not None and retry.snapshot.attempt == 2
+    stale = record(job_id, S.STARTED, event="progress", expect_attempt=1)
+    assert stale.outcome == "stale"
+
+
+def test_terminal_snapshots_expire_and_live_ones_do_not(env: Backend, redis_client: Any):
+    job_id = seed_job()
+    record(job_id, S.STARTED, event="started")
+    assert redis_client.ttl(job_key(job_id)) == -1
+    record(job_id, S.FINISHED, event="finished")
+    assert redis_client.ttl(job_key(job_id)) > 0
+
+
+def test_lost_live_state_is_reseeded_from_sql_before_a_change(env: Backend, redis_client: Any):
+    job_id = seed_job()
+    redis_client.delete(job_key(job_id))
+    result = record(job_id, S.STARTED, event="started")
+    assert result.applied and result.snapshot is not None and result.snapshot.seq == 2
+
+
+def test_documents_keep_json_exactly(env: Backend):
+    """Lua never parses user data: big integers, empty lists and unicode survive byte for byte."""
+    job_id = seed_job()
+    record(job_id, S.STARTED, event="started")
+    result = {"big": 12345678901234567890, "empty": [], "obj": {}, "text": 'héllo "quoted" </script>'}
+    done = record(job_id, S.FINISHED, event="finished", patch={"result": result})
+    assert json.loads(done.doc or b"")["result"] == result
+
+
+def test_read_returns_tenant_and_document(env: Backend):
+    job_id = seed_job(tenant="acme")
+    store = live_store(__import__("jobs.redis_conn", fromlist=["get_redis"]).get_redis())
+    tenant, doc = store.read(job_id) or ("", b"")
+    assert tenant == "acme"
+    assert json.loads(doc)["job_id"] == job_id
+    assert store.read("00000000-0000-4000-8000-000000000000") is None
