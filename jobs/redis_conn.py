@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 
 import redis.asyncio as aioredis
 from redis import Redis
@@ -14,7 +15,9 @@ from jobs.settings import get_settings
 _lock = threading.Lock()
 _client: Redis | None = None
 _client_url: str | None = None
-_async_clients: dict[tuple[int, str], aioredis.Redis] = {}
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def redis_url() -> str:
@@ -49,10 +52,10 @@ def get_redis() -> Redis:
 def get_async_redis() -> aioredis.Redis:
     """The asyncio Redis client for the running event loop (one per loop and URL)."""
     url = redis_url()
-    key = (id(asyncio.get_running_loop()), url)
-    client = _async_clients.get(key)
+    clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(url)
     if client is None:
-        client = _async_clients[key] = aioredis.Redis.from_url(
+        client = clients[url] = aioredis.Redis.from_url(
             url, socket_connect_timeout=5, health_check_interval=30
         )
     return client

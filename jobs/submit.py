@@ -155,6 +155,7 @@ def _mark_enqueue_failed(job: Job, detail: str) -> None:
             if row is None or row.status != JobStatus.QUEUED.value:
                 return
             row.status = JobStatus.FAILED.value
+            row.idempotency_key = None  # a 503 is not a stored outcome: the client's retry makes a new job
             row.error_type = "EnqueueFailed"
             row.error_detail = f"Redis was unavailable at submission: {detail}"
             row.ended_at = row.failed_at = row.updated_at = now

@@ -30,6 +30,26 @@ def test_redis_down_at_submit_is_503_and_the_row_is_marked_failed(app: Any, tena
         assert row.status == "failed" and row.error_type == "EnqueueFailed"
 
 
+def test_a_retry_after_a_503_makes_a_new_job(app: Any, tenant: Tenant, monkeypatch: Any):
+    """A 503 is not a stored outcome: retrying with the same Idempotency-Key must not replay the failure."""
+    good_url = get_settings().redis_url
+    body = {"task": "long_task", "payload": {"n": 1}, "queue": "other"}
+    with TestClient(app, headers={**tenant.headers, "Idempotency-Key": "retry-me"}) as client:
+        assert client.get("/api/v1/jobs").status_code == 200
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+        get_settings.cache_clear()
+        reset_redis()
+        failed = client.post("/api/v1/jobs", json=body)
+        assert failed.status_code == 503
+        monkeypatch.setenv("REDIS_URL", good_url)
+        get_settings.cache_clear()
+        reset_redis()
+        retried = client.post("/api/v1/jobs", json=body)
+        assert retried.status_code == 201
+        assert retried.json()["job_id"] != failed.json()["job_id"]
+        assert client.post("/api/v1/jobs", json=body).json()["job_id"] == retried.json()["job_id"]
+
+
 def test_database_down_at_submit_is_503_and_nothing_is_enqueued(
     env: Backend, app: Any, tenant: Tenant, redis_client: Any, monkeypatch: Any
 ):

@@ -67,9 +67,9 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         return None
     attempt = started.snapshot.attempt
 
-    spec = get_task(task)
     progress = Progress(job_id=job_id, attempt=attempt, started_at=started_at, client=client)
     try:
+        spec = get_task(task)
         model = spec.validate(payload)
         value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
         result = jsonable(value)
