@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
-from api.routes import health, jobs
+from api.routes import health, history, insights, jobs, metrics
 from jobs.errors import ConveyorError
 from jobs.settings import get_settings
 
@@ -52,5 +52,8 @@ def create_app() -> FastAPI:
         app.add_exception_handler(redis_error, redis_unavailable)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(history.router)
+    app.include_router(insights.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, in UTC, at the millisecond precision of the wire format, so SQL rows and snapshots agree."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def isoformat(value: datetime | None) -> str | None:

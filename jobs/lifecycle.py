@@ -14,6 +14,7 @@ from typing import Any
 
 from redis import Redis
 
+from jobs.clock import utcnow
 from jobs.db import session_scope
 from jobs.live import TransitionResult, live_store
 from jobs.metrics import observe, wants_observation
@@ -48,7 +49,13 @@ def record(
     data: dict[str, Any] | None = None,
     client: Redis | None = None,
 ) -> TransitionResult:
-    """Apply a state change through the status machine; refusals are logged, not raised."""
+    """Apply a state change through the status machine; refusals are logged, not raised.
+
+    A terminal change always carries `ended_at` (now, unless the caller gives it):
+    history and analytics measure from it.
+    """
+    if to.is_terminal and "ended_at" not in (patch or {}):
+        patch = {**(patch or {}), "ended_at": utcnow(), "eta_seconds": None}
     store = live_store(client or get_redis())
     kwargs: dict[str, Any] = {
         "event": event,

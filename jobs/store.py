@@ -168,7 +168,9 @@ def row_values(entry: JournalEntry) -> dict[str, Any]:
     error = doc.get("error") or None
     enqueued_at = parse_iso(doc.get("enqueued_at"))
     started_at = parse_iso(doc.get("started_at"))
-    ended_at = parse_iso(doc.get("ended_at")) if status.is_terminal else None
+    ended_at = (
+        (parse_iso(doc.get("ended_at")) or parse_iso(doc["updated_at"])) if status.is_terminal else None
+    )
     return {
         "status": status.value,
         "progress": doc.get("progress"),
