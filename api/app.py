@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from api.limits import BodySizeLimit
 from api.routes import health, history, insights, jobs, metrics
 from jobs.errors import ConveyorError
+from jobs.redaction import install_log_redaction
 from jobs.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    install_log_redaction()  # every log record this process writes is redacted
     app = FastAPI(
         title="Conveyor",
         version="0.1.0",

@@ -198,7 +198,7 @@ def _outcomes(session: Session, window: Window, group: Any) -> dict[Any, Outcome
     retries = sa.func.sum(col(Job.attempt) - 1)
     retried = sa.func.sum(sa.case((col(Job.attempt) > 1, 1), else_=0))
     query = (
-        sa.select(group, Job.status, sa.func.count(), retries, retried)
+        sa.select(group, col(Job.status), sa.func.count(), retries, retried)
         .where(*window.where())
         .group_by(group, Job.status)
     )
@@ -216,7 +216,8 @@ def _day(session: Session) -> Any:
 
 def _throughput(session: Session, window: Window) -> list[DayCount]:
     day = _day(session).label("day")
-    query = sa.select(day, Job.status, sa.func.count()).where(*window.where()).group_by(day, Job.status)
+    status = col(Job.status)
+    query = sa.select(day, status, sa.func.count()).where(*window.where()).group_by(day, status)
     days: dict[str, DayCount] = {}
     current, last = window.start.date(), (window.end - timedelta(microseconds=1)).date()
     while current <= last:
@@ -232,17 +233,24 @@ def _throughput(session: Session, window: Window) -> list[DayCount]:
 def _top_errors(session: Session, window: Window) -> list[ErrorSignature]:
     n = sa.func.count().label("n")
     query = (
-        sa.select(Job.error_signature, Job.error_type, n, sa.func.max(Job.ended_at), sa.func.max(Job.job_id))
-        .where(*window.where(), Job.status == JobStatus.FAILED.value, col(Job.error_signature).isnot(None))
-        .group_by(Job.error_signature, Job.error_type)
+        sa.select(
+            col(Job.error_signature),
+            col(Job.error_type),
+            n,
+            sa.func.max(col(Job.ended_at)),
+            sa.func.max(col(Job.job_id)),
+        )
+        .where(
+            *window.where(), col(Job.status) == JobStatus.FAILED.value, col(Job.error_signature).isnot(None)
+        )
+        .group_by(col(Job.error_signature), col(Job.error_type))
         .order_by(n.desc(), col(Job.error_signature))
         .limit(TOP_ERRORS)
     )
     rows = session.execute(query).all()
     ids = [row[4] for row in rows]
-    details = dict(
-        session.execute(sa.select(Job.job_id, Job.error_detail).where(col(Job.job_id).in_(ids))).all()
-    )
+    found = session.execute(sa.select(col(Job.job_id), col(Job.error_detail)).where(col(Job.job_id).in_(ids)))
+    details: dict[str, str | None] = {job_id: detail for job_id, detail in found.all()}
     return [
         ErrorSignature(
             signature=signature,

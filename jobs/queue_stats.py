@@ -31,6 +31,7 @@ from rq import Worker
 from sqlmodel import Session, col
 
 from jobs.clock import utcnow
+from jobs.live import job_key
 from jobs.models import Job
 from jobs.queueing import SERIALIZER, get_queue
 from jobs.settings import get_settings
@@ -136,14 +137,16 @@ def bucket_of(status: JobStatus, attempt: int) -> str:
 def _count_rows(session: Session, *, tenant: str | None, since: datetime) -> list[tuple[Any, ...]]:
     """(queue, status, retried 0/1, n, oldest enqueued_at) for live jobs and jobs ended since ``since``."""
     retried = sa.case((col(Job.attempt) > 1, 1), else_=0).label("retried")
-    scope = [Job.tenant == tenant] if tenant is not None else []
+    scope = [col(Job.tenant) == tenant] if tenant is not None else []
     live = (
-        sa.select(Job.queue, Job.status, retried, sa.func.count(), sa.func.min(Job.enqueued_at))
+        sa.select(
+            col(Job.queue), col(Job.status), retried, sa.func.count(), sa.func.min(col(Job.enqueued_at))
+        )
         .where(col(Job.status).in_([s.value for s in LIVE]), *scope)
         .group_by(Job.queue, Job.status, retried)
     )
     ended = (
-        sa.select(Job.queue, Job.status, sa.literal(0), sa.func.count(), sa.literal(None))
+        sa.select(col(Job.queue), col(Job.status), sa.literal(0), sa.func.count(), sa.null())
         .where(col(Job.ended_at) >= since, col(Job.status).in_([s.value for s in TERMINAL]), *scope)
         .group_by(Job.queue, Job.status)
     )
@@ -156,13 +159,13 @@ def _workers(client: Redis, tenant: str | None, now: datetime) -> list[WorkerInf
     workers = Worker.all(connection=client, serializer=SERIALIZER)
     running = [w.get_current_job_id() for w in workers]
     owners: dict[str, tuple[bytes | None, bytes | None]] = {}
-    ids = [job_id for job_id in running if job_id]
+    ids = [running_id for running_id in running if running_id]
     if ids:
         with client.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hmget(f"cv:job:{job_id}", ["tenant", "task"])
-            for job_id, (owner, task) in zip(ids, pipe.execute(), strict=True):
-                owners[job_id] = (owner, task)
+            for running_id in ids:
+                pipe.hmget(job_key(running_id), ["tenant", "task"])
+            for running_id, (owner, task) in zip(ids, pipe.execute(), strict=True):
+                owners[running_id] = (owner, task)
     items = []
     for worker, job_id in zip(workers, running, strict=True):
         owner, task = owners.get(job_id or "", (None, None))
@@ -171,7 +174,7 @@ def _workers(client: Redis, tenant: str | None, now: datetime) -> list[WorkerInf
         items.append(
             WorkerInfo(
                 name=worker.name,
-                state=str(worker.get_state()),
+                state=str(getattr(worker.get_state(), "value", worker.get_state())),
                 queues=worker.queue_names(),
                 current_job_id=job_id if visible else None,
                 current_task=(task or b'""').decode().strip('"') if visible and task else None,
@@ -278,15 +281,14 @@ def queue_stats(
     by_status = {name: {s.value: 0 for s in JobStatus} for name in names}
     oldest: dict[str, datetime] = {}
     totals = Counts()
-    for queue, status, retried, n, oldest_enqueued in rows:
+    for queue_name, status, retried, n, oldest_enqueued in rows:
         state = JobStatus(status)
         bucket = bucket_of(state, 2 if retried else 1)
-        per_queue[queue].add(bucket, n)
+        per_queue[queue_name].add(bucket, n)
         totals.add(bucket, n)
-        by_status[queue][state.value] += n
+        by_status[queue_name][state.value] += n
         if state == JobStatus.QUEUED and oldest_enqueued is not None:
-            when = oldest_enqueued
-            oldest[queue] = min(oldest.get(queue, when), when)
+            oldest[queue_name] = min(oldest.get(queue_name, oldest_enqueued), oldest_enqueued)
 
     def age(when: datetime | None) -> float | None:
         return round(max(0.0, (now - when).total_seconds()), 3) if when else None

@@ -106,20 +106,12 @@ def store_blobs(session: Session, blobs: Mapping[tuple[str, int], bytes]) -> lis
         existing = session.get(JobResult, job_id)
         if existing is not None and existing.attempt > attempt:
             continue
-        text = body.decode()
-        values = {
-            "attempt": attempt,
-            "size_bytes": len(body),
-            "sha256": hashlib.sha256(body).hexdigest(),
-            "body": text,
-            "created_at": now,
-        }
-        if existing is None:
-            session.add(JobResult(job_id=job_id, **values))
-        else:
-            for name, value in values.items():
-                setattr(existing, name, value)
-            session.add(existing)
+        row = existing or JobResult(
+            job_id=job_id, attempt=attempt, size_bytes=0, sha256="", body="", created_at=now
+        )
+        row.attempt, row.size_bytes, row.body = attempt, len(body), body.decode()
+        row.sha256, row.created_at = hashlib.sha256(body).hexdigest(), now
+        session.add(row)
         written.append((job_id, attempt))
     session.flush()
     return written

@@ -102,5 +102,5 @@ async def get_metrics() -> Response:
             yield from families
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collected())  # type: ignore[arg-type]
+    registry.register(Collected())
     return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
