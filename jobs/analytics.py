@@ -9,11 +9,9 @@ Definitions (also in the response's `definitions`):
   retries per job"); retried_jobs counts the jobs that needed more than one.
 - run_ms (ended - started) over finished and failed jobs; wait_ms (started -
   enqueued, of the last attempt) over ended jobs that started.
-- Percentiles are nearest-rank: p is the smallest value with at least p% of
-  the values at or below it, i.e. the value at rank ceil(p * n / 100).
-  PostgreSQL computes it with `percentile_disc` (which is exactly that);
-  SQLite with ROW_NUMBER over the sorted values, picking rank
-  (p * n + 99) / 100 in integer arithmetic. Tests hold both to a hand count.
+- Percentiles are nearest-rank (jobs/percentiles.py): the value at rank
+  ceil(p * n / 100) of the ascending values, computed per dialect to the
+  same number. Tests hold both databases to a hand count.
 - Throughput is per UTC day of `ended_at`, every day of the window listed.
 - Error signatures are computed when a failure is written (jobs/error_signature.py).
 """
@@ -26,24 +24,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
-from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col
 
 from jobs.models import Job
+from jobs.percentiles import ALL, Measure, Percentiles, percentiles
 from jobs.redaction import redact_text
 from jobs.status import JobStatus
 
-PERCENTILES = (50, 95, 99)
 TOP_ERRORS = 10
-
-
-class Percentiles(BaseModel):
-    count: int = 0
-    p50: int | None = None
-    p95: int | None = None
-    p99: int | None = None
-    avg: float | None = None
-    max: int | None = None
 
 
 class Outcomes(BaseModel):
@@ -79,8 +67,9 @@ class QueueSummary(GroupSummary):
     queue: str
 
 
-class TaskSummary(GroupSummary):
+class TaskSummary(Outcomes):
     task: str
+    run_ms: Percentiles = Field(default_factory=Percentiles)
 
 
 class DayCount(BaseModel):
@@ -145,89 +134,46 @@ class Window:
         return clauses
 
 
-def _percentiles(session: Session, window: Window, value: Any, group: Any | None, extra: list[Any]) -> dict:
-    """{group key: Percentiles} of ``value`` (rows where it is not null), nearest-rank."""
-    key = group if group is not None else sa.literal("*")
-    where = [*window.where(), value.isnot(None), *extra]
-    if session.get_bind().dialect.name == "postgresql":
-        fractions = postgresql.array([sa.literal(p / 100, sa.Float) for p in PERCENTILES])
-        picked = sa.func.percentile_disc(fractions).within_group(value)
-        query = sa.select(
-            key.label("k"),
-            sa.func.count(),
-            sa.type_coerce(picked, postgresql.ARRAY(sa.Integer)),
-            sa.func.sum(value),
-            sa.func.max(value),
-        ).where(*where)
-        if group is not None:
-            query = query.group_by(group)
-        return {
-            k: Percentiles(count=n, p50=ps[0], p95=ps[1], p99=ps[2], avg=_avg(total, n), max=top)
-            for k, n, ps, total, top in session.execute(query).all()
-            if n
-        }
-    partition = [group] if group is not None else []
-    ranked = (
-        sa.select(
-            key.label("k"),
-            value.label("v"),
-            sa.func.row_number().over(partition_by=partition, order_by=value).label("rn"),
-            sa.func.count().over(partition_by=partition).label("n"),
-        )
-        .where(*where)
-        .subquery()
-    )
-    picks = [
-        sa.func.min(sa.case((ranked.c.rn >= (p * ranked.c.n + 99) // 100, ranked.c.v))) for p in PERCENTILES
-    ]
-    query = sa.select(
-        ranked.c.k, sa.func.count(), *picks, sa.func.sum(ranked.c.v), sa.func.max(ranked.c.v)
-    ).group_by(ranked.c.k)
-    return {
-        k: Percentiles(count=n, p50=p50, p95=p95, p99=p99, avg=_avg(total, n), max=top)
-        for k, n, p50, p95, p99, total, top in session.execute(query).all()
-    }
-
-
-def _avg(total: Any, n: int) -> float | None:
-    """The mean from an exact integer sum, so both databases round it the same way."""
-    return round(int(total) / n, 3) if n else None
-
-
-def _outcomes(session: Session, window: Window, group: Any) -> dict[Any, Outcomes]:
-    retries = sa.func.sum(col(Job.attempt) - 1)
-    retried = sa.func.sum(sa.case((col(Job.attempt) > 1, 1), else_=0))
-    query = (
-        sa.select(group, col(Job.status), sa.func.count(), retries, retried)
-        .where(*window.where())
-        .group_by(group, Job.status)
-    )
-    out: dict[Any, Outcomes] = {}
-    for key, status, n, r, rj in session.execute(query).all():
-        out.setdefault(key, Outcomes()).add(status, int(n), int(r or 0), int(rj or 0))
-    return out
-
-
 def _day(session: Session) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return sa.func.to_char(sa.func.timezone("UTC", col(Job.ended_at)), "YYYY-MM-DD")
     return sa.func.substr(col(Job.ended_at), 1, 10)  # SQLite stores 'YYYY-MM-DD HH:MM:SS.ffffff' UTC
 
 
-def _throughput(session: Session, window: Window) -> list[DayCount]:
+@dataclass
+class Tallies:
+    queues: dict[str, Outcomes]
+    tasks: dict[str, Outcomes]
+    days: dict[str, DayCount]
+
+
+def _tallies(session: Session, window: Window) -> Tallies:
+    """Outcomes per queue and per task, and ends per day: one pass over the covering index."""
     day = _day(session).label("day")
-    status = col(Job.status)
-    query = sa.select(day, status, sa.func.count()).where(*window.where()).group_by(day, status)
-    days: dict[str, DayCount] = {}
+    group = (col(Job.queue), col(Job.task), col(Job.status), day)
+    query = (
+        sa.select(
+            *group,
+            sa.func.count(),
+            sa.func.sum(col(Job.attempt) - 1),
+            sa.func.sum(sa.case((col(Job.attempt) > 1, 1), else_=0)),
+        )
+        .where(*window.where())
+        .group_by(*group)
+    )
+    tallies = Tallies(queues={}, tasks={}, days={})
     current, last = window.start.date(), (window.end - timedelta(microseconds=1)).date()
     while current <= last:
-        days[current.isoformat()] = DayCount(day=current.isoformat())
+        tallies.days[current.isoformat()] = DayCount(day=current.isoformat())
         current += timedelta(days=1)
-    for key, status, n in session.execute(query).all():
-        entry = days.setdefault(key, DayCount(day=key))
+    for queue, task, status, day_key, n, retries, retried in session.execute(query).all():
+        n, retries, retried = int(n), int(retries or 0), int(retried or 0)
+        tallies.queues.setdefault(queue, Outcomes()).add(status, n, retries, retried)
+        tallies.tasks.setdefault(task, Outcomes()).add(status, n, retries, retried)
+        entry = tallies.days.setdefault(day_key, DayCount(day=day_key))
         if status in ("finished", "failed", "canceled"):
-            setattr(entry, status, getattr(entry, status) + int(n))
-    return [days[k] for k in sorted(days)]
+            setattr(entry, status, getattr(entry, status) + n)
+    return tallies
 
 
 def _top_errors(session: Session, window: Window) -> list[ErrorSignature]:
@@ -265,41 +211,40 @@ def _top_errors(session: Session, window: Window) -> list[ErrorSignature]:
 
 
 def summary(session: Session, window: Window) -> AnalyticsSummary:
-    """Every figure of the analytics summary for ``window``."""
-    decided = [col(Job.status).in_([JobStatus.FINISHED.value, JobStatus.FAILED.value])]
-    by_queue = _outcomes(session, window, Job.queue)
-    by_task = _outcomes(session, window, Job.task)
-    run_total = _percentiles(session, window, col(Job.run_ms), None, decided)
-    wait_total = _percentiles(session, window, col(Job.wait_ms), None, [])
-    run_queue = _percentiles(session, window, col(Job.run_ms), Job.queue, decided)
-    wait_queue = _percentiles(session, window, col(Job.wait_ms), Job.queue, [])
-    run_task = _percentiles(session, window, col(Job.run_ms), Job.task, decided)
-    wait_task = _percentiles(session, window, col(Job.wait_ms), Job.task, [])
+    """Every figure of the analytics summary for ``window`` (three statements)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL work_mem = '64MB'"))  # the percentile sorts stay in memory
+    tallies = _tallies(session, window)
+    decided = col(Job.status).in_([JobStatus.FINISHED.value, JobStatus.FAILED.value])
+    stats = percentiles(
+        session,
+        where=window.where(),
+        measures=[Measure("run_ms", col(Job.run_ms), decided), Measure("wait_ms", col(Job.wait_ms))],
+        groups={"queue": col(Job.queue), "task": col(Job.task)},
+        skip=frozenset({("wait_ms", "task")}),
+    )
+
+    def pct(measure: str, group: str, key: str) -> Percentiles:
+        return stats.get((measure, group, key), Percentiles())
 
     totals = GroupSummary()
-    for outcome in by_queue.values():
-        for field in ("ended", "finished", "failed", "canceled", "retries", "retried_jobs"):
-            setattr(totals, field, getattr(totals, field) + getattr(outcome, field))
+    for outcome in tallies.queues.values():
+        for name in ("ended", "finished", "failed", "canceled", "retries", "retried_jobs"):
+            setattr(totals, name, getattr(totals, name) + getattr(outcome, name))
     totals.close()
-    totals.run_ms = run_total.get("*", Percentiles())
-    totals.wait_ms = wait_total.get("*", Percentiles())
+    totals.run_ms, totals.wait_ms = pct("run_ms", ALL, ALL), pct("wait_ms", ALL, ALL)
     queues = [
         QueueSummary(
             queue=name,
             **o.close().model_dump(),
-            run_ms=run_queue.get(name, Percentiles()),
-            wait_ms=wait_queue.get(name, Percentiles()),
+            run_ms=pct("run_ms", "queue", name),
+            wait_ms=pct("wait_ms", "queue", name),
         )
-        for name, o in sorted(by_queue.items())
+        for name, o in sorted(tallies.queues.items())
     ]
     tasks = [
-        TaskSummary(
-            task=name,
-            **o.close().model_dump(),
-            run_ms=run_task.get(name, Percentiles()),
-            wait_ms=wait_task.get(name, Percentiles()),
-        )
-        for name, o in sorted(by_task.items())
+        TaskSummary(task=name, **o.close().model_dump(), run_ms=pct("run_ms", "task", name))
+        for name, o in sorted(tallies.tasks.items())
     ]
     return AnalyticsSummary(
         from_=window.start,
@@ -309,7 +254,7 @@ def summary(session: Session, window: Window) -> AnalyticsSummary:
         task=window.task,
         definitions=DEFINITIONS,
         totals=totals,
-        throughput=_throughput(session, window),
+        throughput=[tallies.days[k] for k in sorted(tallies.days)],
         queues=queues,
         tasks=tasks,
         top_errors=_top_errors(session, window),

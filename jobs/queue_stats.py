@@ -35,7 +35,7 @@ from jobs.live import job_key
 from jobs.models import Job
 from jobs.queueing import SERIALIZER, get_queue
 from jobs.settings import get_settings
-from jobs.status import LIVE, TERMINAL, WAITING, JobStatus
+from jobs.status import LIVE, WAITING, JobStatus
 
 BUCKETS = ("pending", "scheduled", "retrying", "running", "paused", "completed", "failed", "cancelled")
 
@@ -147,7 +147,7 @@ def _count_rows(session: Session, *, tenant: str | None, since: datetime) -> lis
     )
     ended = (
         sa.select(col(Job.queue), col(Job.status), sa.literal(0), sa.func.count(), sa.null())
-        .where(col(Job.ended_at) >= since, col(Job.status).in_([s.value for s in TERMINAL]), *scope)
+        .where(col(Job.ended_at) >= since, *scope)  # only ended jobs have ended_at
         .group_by(Job.queue, Job.status)
     )
     return [tuple(row) for row in session.execute(live).all()] + [

@@ -16,6 +16,9 @@ down_revision: str | None = '0001'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
+ANALYTICS = ['queue', 'task', 'status', 'attempt', 'run_ms', 'wait_ms']
+
 
 def upgrade() -> None:
     op.create_table('job_results',
@@ -29,24 +32,31 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('job_id')
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('result_ref', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True))
+        batch_op.add_column(sa.Column('result_ref', JSON, nullable=True))
         batch_op.add_column(sa.Column('error_signature', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True))
-        batch_op.add_column(sa.Column('tags', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True))
+        batch_op.add_column(sa.Column('tags', JSON, nullable=True))
+        batch_op.drop_index('ix_jobs_ended_at')
+        batch_op.drop_index('ix_jobs_queue')
+        batch_op.drop_index('ix_jobs_task')
+        batch_op.create_index('ix_jobs_ended', ['ended_at', *ANALYTICS], unique=False)
+        batch_op.create_index('ix_jobs_tenant_ended', ['tenant', 'ended_at', *ANALYTICS], unique=False)
         batch_op.create_index('ix_jobs_created', ['created_at', 'job_id'], unique=False)
         batch_op.create_index('ix_jobs_owner_created', ['owner', 'created_at'], unique=False)
         batch_op.create_index('ix_jobs_parent_id', ['parent_id'], unique=False)
-        batch_op.create_index('ix_jobs_tenant_ended', ['tenant', 'ended_at'], unique=False)
         batch_op.create_index('ix_jobs_trace_id', ['trace_id'], unique=False)
-
 
 
 def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_jobs_trace_id')
-        batch_op.drop_index('ix_jobs_tenant_ended')
         batch_op.drop_index('ix_jobs_parent_id')
         batch_op.drop_index('ix_jobs_owner_created')
         batch_op.drop_index('ix_jobs_created')
+        batch_op.drop_index('ix_jobs_tenant_ended')
+        batch_op.drop_index('ix_jobs_ended')
+        batch_op.create_index('ix_jobs_ended_at', ['ended_at'], unique=False)
+        batch_op.create_index('ix_jobs_queue', ['queue'], unique=False)
+        batch_op.create_index('ix_jobs_task', ['task'], unique=False)
         batch_op.drop_column('tags')
         batch_op.drop_column('error_signature')
         batch_op.drop_column('result_ref')
