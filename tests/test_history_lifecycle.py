@@ -187,11 +187,19 @@ def test_a_result_over_the_hard_limit_is_refused(env: Backend, redis_client: Any
     from jobs.settings import get_settings
 
     monkeypatch.setenv("CONVEYOR_RESULT_MAX_BYTES", "2048")
+    monkeypatch.setenv("CONVEYOR_RESULT_INLINE_MAX_BYTES", "1024")
     get_settings.cache_clear()
     try:
         with pytest.raises(ResultTooLarge, match="CONVEYOR_RESULT_MAX_BYTES"):
             result_patch("j", 1, {"blob": "x" * 5000}, redis_client)
         assert result_patch("j", 1, {"a": 1}, redis_client) == {"result": {"a": 1}, "result_ref": None}
+        # A stashed result waits in Redis with a TTL: the safety net if no recorder ever moves it.
+        stashed = result_patch("j", 1, {"blob": "y" * 1500}, redis_client)
+        assert stashed["result"] is None and stashed["result_ref"]["size_bytes"] > 1500
+        ttl = redis_client.ttl(blob_key("j", 1))
+        assert get_settings().result_blob_ttl - 5 <= ttl <= get_settings().result_blob_ttl
     finally:
         monkeypatch.delenv("CONVEYOR_RESULT_MAX_BYTES")
+        monkeypatch.delenv("CONVEYOR_RESULT_INLINE_MAX_BYTES")
+        redis_client.delete(blob_key("j", 1))
         get_settings.cache_clear()
