@@ -51,6 +51,8 @@ def test_errors_tracebacks_and_worker_logs(api: TestClient, worker: Any):
     log = worker.log()
     assert "login failed" in log, "the worker should have logged the failure"
     assert_clean(log, "the worker's log")
+    trace_id = api.get(f"/api/v1/jobs/{job_id}/record").json()["trace_id"]
+    assert f"[trace {trace_id}]" in log, "the worker's lines about the job should carry its trace id"
 
 
 def test_rendering_redacts_with_the_current_list(api: TestClient, tenant: Any, monkeypatch: Any):
