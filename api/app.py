@@ -12,8 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
-from api.routes import health, jobs
+from api.routes import health, history, insights, jobs, metrics
 from jobs.errors import ConveyorError
+from jobs.redaction import install_log_redaction
 from jobs.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    install_log_redaction()  # every log record this process writes is redacted
     app = FastAPI(
         title="Conveyor",
         version="0.1.0",
@@ -52,5 +54,8 @@ def create_app() -> FastAPI:
         app.add_exception_handler(redis_error, redis_unavailable)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(history.router)
+    app.include_router(insights.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

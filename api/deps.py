@@ -1,10 +1,10 @@
-"""Request dependencies: who is calling, as an `Annotated` alias routes can declare."""
+"""Request dependencies: who is calling (an `Annotated` alias routes can declare) and what they may see."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -38,3 +38,36 @@ async def current_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+ALL_TENANTS = "*"
+
+TenantParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="Admins: another tenant's name, or `*` for every tenant (default: your own). "
+        "Members may only name their own tenant (403 otherwise).",
+    ),
+]
+
+
+def tenant_scope(principal: Principal, requested: str | None) -> str | None:
+    """The tenant a query may cover: the caller's own by default; any (or all, None) for admins.
+
+    A member naming another tenant gets 403 rather than being silently shown their own.
+    """
+    if requested is None or requested == principal.tenant:
+        return principal.tenant
+    if not principal.is_admin:
+        raise HTTPException(
+            status_code=403,
+            detail=f"Member keys see only their own tenant ({principal.tenant!r}); "
+            "an admin key may pass tenant=<name> or tenant=*.",
+        )
+    return None if requested == ALL_TENANTS else requested
+
+
+def readable_tenant(principal: Principal) -> str | None:
+    """The tenant a by-id read is limited to: the caller's own, or None (any) for admins."""
+    return None if principal.is_admin else principal.tenant

@@ -96,6 +96,56 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> Any:
+    from jobs.clock import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from jobs.redis_conn import get_redis
+    from jobs.retention import prune
+    from jobs.settings import get_settings
+
+    settings = get_settings()
+    older_than = args.older_than or timedelta(days=settings.retention_days)
+    compact = args.compact_events_older_than
+    if compact is None and settings.event_compact_days:
+        compact = timedelta(days=settings.event_compact_days)
+    if older_than < timedelta(hours=1):
+        return _fail("--older-than must be at least 1h (this deletes history)", EXIT_USAGE)
+    if args.batch_size < 1:
+        return _fail("--batch-size must be at least 1", EXIT_USAGE)
+    client = None
+    if not args.dry_run and settings.redis_url:
+        client = get_redis()
+    report = prune(
+        older_than=older_than,
+        compact_events_older_than=compact or None,
+        batch_size=args.batch_size,
+        pause=args.pause,
+        dry_run=args.dry_run,
+        client=client,
+    )
+    verb = "would delete" if report.dry_run else "deleted"
+    events_note = (
+        f"; {verb} {report.compacted_events} progress events before {report.events_cutoff:%Y-%m-%d %H:%M}Z"
+        if report.events_cutoff
+        else ""
+    )
+    print(
+        f"{verb} {report.jobs} jobs that ended before {report.cutoff:%Y-%m-%d %H:%M}Z "
+        f"({report.events} events, {report.results} stored results){events_note}; "
+        f"{report.batches} batches in {report.seconds:.2f}s, longest {report.longest_batch_s * 1000:.0f} ms"
+    )
+    return 0
+
+
 # --- client-side commands (over HTTP) -----------------------------------------------------------
 
 
@@ -228,6 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply database migrations")
     p.add_argument("--revision", default="head")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("prune", help="delete old ended jobs and compact old progress events, in batches")
+    p.add_argument(
+        "--older-than",
+        type=_duration,
+        help="delete jobs that ended longer ago than this, e.g. 90d (default: CONVEYOR_RETENTION_DAYS)",
+    )
+    p.add_argument(
+        "--compact-events-older-than",
+        type=_duration,
+        help="delete progress events older than this, e.g. 30d (default: CONVEYOR_EVENT_COMPACT_DAYS)",
+    )
+    p.add_argument("--batch-size", type=int, default=1000, help="rows per transaction (default 1000)")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between batches")
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted; change nothing")
+    p.set_defaults(func=cmd_prune)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("create", help="create a key; prints it alone on the last line")

@@ -53,3 +53,15 @@ class IllegalTransition(ConveyorError):
 
 class ServiceUnavailable(ConveyorError):
     status_code = 503
+
+
+class ResultNotReady(ConveyorError):
+    status_code = 409
+
+
+class ResultGone(ConveyorError):
+    status_code = 410
+
+
+class Forbidden(ConveyorError):
+    status_code = 403

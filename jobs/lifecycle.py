@@ -14,8 +14,10 @@ from typing import Any
 
 from redis import Redis
 
+from jobs.clock import utcnow
 from jobs.db import session_scope
 from jobs.live import TransitionResult, live_store
+from jobs.metrics import observe, wants_observation
 from jobs.redis_conn import get_redis
 from jobs.snapshot import row_fields
 from jobs.status import JobStatus
@@ -47,7 +49,13 @@ def record(
     data: dict[str, Any] | None = None,
     client: Redis | None = None,
 ) -> TransitionResult:
-    """Apply a state change through the status machine; refusals are logged, not raised."""
+    """Apply a state change through the status machine; refusals are logged, not raised.
+
+    A terminal change always carries `ended_at` (now, unless the caller gives it):
+    history and analytics measure from it.
+    """
+    if to.is_terminal and "ended_at" not in (patch or {}):
+        patch = {**(patch or {}), "ended_at": utcnow(), "eta_seconds": None}
     store = live_store(client or get_redis())
     kwargs: dict[str, Any] = {
         "event": event,
@@ -62,6 +70,8 @@ def record(
     result = store.transition(job_id, to, **kwargs)
     if result.outcome == "missing" and reseed_from_sql(job_id, store.client) is not None:
         result = store.transition(job_id, to, **kwargs)
+    if result.applied and result.snapshot is not None and wants_observation(to, event):
+        observe(store.client, event, result.snapshot)
     if result.outcome in ("refused", "stale", "missing"):
         log.warning(
             "refused %s -> %s for job %s (%s; current %s)",

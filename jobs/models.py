@@ -1,4 +1,4 @@
-"""SQL tables: jobs, their append-only events, and API keys.
+"""SQL tables: jobs, their append-only events, large results, and API keys.
 
 Alembic owns the schema (`migrations/`); a test checks that the migrations
 produce exactly these models.
@@ -41,6 +41,9 @@ BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus))
 
 
+ANALYTICS_COLUMNS = ("queue", "task", "status", "attempt", "run_ms", "wait_ms")
+
+
 def _ts(*, index: bool = False, nullable: bool = True) -> Any:
     return Field(default=None, sa_type=UTCDateTime, index=index, nullable=nullable)
 
@@ -55,18 +58,28 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_tenant_created", "tenant", "created_at"),
         sa.Index("ix_jobs_tenant_status_created", "tenant", "status", "created_at"),
         sa.Index("ix_jobs_status_created", "status", "created_at"),
+        sa.Index("ix_jobs_created", "created_at", "job_id"),
+        sa.Index("ix_jobs_owner_created", "owner", "created_at"),
+        # Analytics, stats and retention read ended jobs by time from these alone (index-only scans).
+        sa.Index("ix_jobs_ended", "ended_at", *ANALYTICS_COLUMNS),
+        sa.Index("ix_jobs_tenant_ended", "tenant", "ended_at", *ANALYTICS_COLUMNS),
+        sa.Index("ix_jobs_parent_id", "parent_id"),
+        sa.Index("ix_jobs_trace_id", "trace_id"),
     )
 
     job_id: str = Field(primary_key=True, max_length=36)
     tenant: str = Field(max_length=64)
     owner: str | None = Field(default=None, max_length=64)
-    task: str = Field(max_length=100, index=True)
-    queue: str = Field(max_length=64, index=True)
+    task: str = Field(max_length=100)
+    queue: str = Field(max_length=64)
     status: str = Field(max_length=16)
     params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     result: Any | None = Field(default=None, sa_type=JSONType)
+    result_ref: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     error_type: str | None = Field(default=None, max_length=200)
     error_detail: str | None = Field(default=None, sa_type=sa.Text)
+    error_signature: str | None = Field(default=None, max_length=255)
+    tags: list[str] | None = Field(default=None, sa_type=JSONType)
     message: str | None = Field(default=None, sa_type=sa.Text)
     progress: float | None = None
     attempt: int = 1
@@ -86,7 +99,7 @@ class Job(SQLModel, table=True):
     finished_at: datetime | None = _ts()
     failed_at: datetime | None = _ts()
     canceled_at: datetime | None = _ts()
-    ended_at: datetime | None = _ts(index=True)
+    ended_at: datetime | None = _ts()
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     wait_ms: int | None = None
     run_ms: int | None = None
@@ -108,6 +121,22 @@ class JobEvent(SQLModel, table=True):
     message: str | None = Field(default=None, sa_type=sa.Text)
     data: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class JobResult(SQLModel, table=True):
+    """A result too large to keep inline: the job row and its snapshot carry ``result_ref`` instead.
+
+    ``body`` is the result's JSON text exactly as the task produced it (after redaction).
+    """
+
+    __tablename__ = "job_results"
+
+    job_id: str = Field(primary_key=True, max_length=36, foreign_key="jobs.job_id", ondelete="CASCADE")
+    attempt: int
+    size_bytes: int
+    sha256: str = Field(max_length=64)
+    body: str = Field(sa_type=sa.Text)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
 class ApiKey(SQLModel, table=True):

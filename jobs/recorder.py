@@ -25,6 +25,7 @@ from redis import Redis
 
 from jobs.db import session_scope
 from jobs.live import JOURNAL
+from jobs.results import blob_key, fetch_blobs
 from jobs.store import JournalEntry, apply_journal
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ def _parse(fields: dict[bytes, bytes]) -> JournalEntry | None:
     except (KeyError, ValueError):
         log.error("recorder: dropping a malformed journal entry: %r", fields)
         return None
+
+
+def _referenced_result(entry: JournalEntry) -> tuple[str, int] | None:
+    """(job_id, attempt) of a large result this entry refers to, if any."""
+    if entry.doc.get("status") == "finished" and entry.doc.get("result_ref"):
+        return entry.job_id, int(entry.doc.get("attempt") or 1)
+    return None
 
 
 class Recorder:
@@ -87,20 +95,23 @@ class Recorder:
             return 0
         entries = [e for _, fields in messages if fields and (e := _parse(fields)) is not None]
         ids = [msg_id for msg_id, _ in messages]
+        blobs = fetch_blobs(self.client, [pair for e in entries if (pair := _referenced_result(e))])
         try:
             with session_scope() as session:
-                apply_journal(session, entries)
+                apply_journal(session, entries, blobs=blobs)
         except sa.exc.IntegrityError:
             log.exception("recorder: a batch failed; applying its entries one by one")
             for entry in entries:
                 try:
                     with session_scope() as session:
-                        apply_journal(session, [entry])
+                        apply_journal(session, [entry], blobs=blobs)
                 except sa.exc.IntegrityError:
                     log.exception("recorder: dropping entry for job %s seq %s", entry.job_id, entry.seq)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.xack(JOURNAL, GROUP, *ids)
             pipe.xdel(JOURNAL, *ids)
+            if blobs:  # now in SQL (or obsolete): the Redis copies have done their job
+                pipe.delete(*(blob_key(job_id, attempt) for job_id, attempt in blobs))
             pipe.execute()
         return len(ids)
 

@@ -64,6 +64,27 @@ class Settings(BaseSettings):
         "cookie",
     ]
 
+    # Results: above the inline limit a result is stored by reference (job_results table, served
+    # at GET /api/v1/jobs/{id}/result); above the hard limit the job fails with ResultTooLarge.
+    result_inline_max_bytes: int = Field(default=16_384, ge=256)
+    result_max_bytes: int = Field(default=10 * 1_048_576, ge=1024)
+    result_blob_ttl: int = Field(default=7 * 86400, ge=60)
+
+    # History and analytics.
+    retention_days: int = Field(default=90, ge=1)
+    event_compact_days: int = Field(default=30, ge=0)
+    stats_window: int = Field(default=86400, ge=60)
+    analytics_max_days: int = Field(default=366, ge=1)
+
+    # Queue health verdict thresholds (GET /api/v1/queue/stats).
+    health_max_backlog: int = Field(default=1000, ge=1)
+    health_max_wait: float = Field(default=300.0, gt=0)
+    health_max_failure_rate: float = Field(default=0.10, ge=0, le=1)
+    health_min_ended: int = Field(default=20, ge=1)
+
+    # GET /metrics needs an admin key unless this is true (a scraper on a private network).
+    metrics_public: bool = False
+
     compat_endpoints: bool = True
     log_level: str = "INFO"
 

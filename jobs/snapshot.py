@@ -27,6 +27,7 @@ PUBLIC_FIELDS: tuple[str, ...] = (
     "progress",
     "message",
     "result",
+    "result_ref",
     "error",
     "attempt",
     "max_retries",
@@ -45,6 +46,14 @@ class ErrorInfo(BaseModel):
     detail: str
 
 
+class ResultRef(BaseModel):
+    """Where a result too large to travel inline is served (see jobs/results.py)."""
+
+    url: str
+    size_bytes: int
+    sha256: str
+
+
 class JobSnapshot(BaseModel):
     """A job as clients see it. ``seq`` is its version: ETag, SSE id and long-poll cursor."""
 
@@ -57,6 +66,7 @@ class JobSnapshot(BaseModel):
     progress: float | None = None
     message: str | None = None
     result: Any = None
+    result_ref: ResultRef | None = None
     error: ErrorInfo | None = None
     attempt: int = 1
     max_retries: int = 0
@@ -102,6 +112,7 @@ def row_fields(job: Job) -> dict[str, str]:
         "progress": job.progress,
         "message": job.message,
         "result": job.result,
+        "result_ref": job.result_ref,
         "error": error_of(job),
         "attempt": job.attempt,
         "max_retries": job.max_retries,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,8 +15,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from jobs.clock import isoformat, parse_iso
+from jobs.error_signature import error_signature
 from jobs.errors import InvalidRequest
 from jobs.models import Job, JobEvent
+from jobs.results import store_blobs
 from jobs.status import JobStatus
 
 
@@ -82,10 +84,13 @@ def list_jobs(
     status: Sequence[JobStatus] = (),
     task: str | None = None,
     queue: str | None = None,
+    owner: str | None = None,
+    tag: str | None = None,
+    trace_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
-    """Jobs newest first, filtered, one keyset page at a time."""
+    """Jobs newest first, filtered, one keyset page at a time (``tenant=None``: every tenant)."""
     query = select(Job)
     if tenant is not None:
         query = query.where(Job.tenant == tenant)
@@ -95,6 +100,12 @@ def list_jobs(
         query = query.where(Job.task == task)
     if queue:
         query = query.where(Job.queue == queue)
+    if owner:
+        query = query.where(Job.owner == owner)
+    if trace_id:
+        query = query.where(Job.trace_id == trace_id)
+    if tag:
+        query = query.where(_has_tag(session, tag))
     if cursor:
         created, job_id = _decode_cursor(cursor)
         query = query.where(
@@ -108,6 +119,15 @@ def list_jobs(
     more = len(rows) > limit
     items = rows[:limit]
     return Page(items=items, next_cursor=_encode_cursor(items[-1]) if more and items else None)
+
+
+def _has_tag(session: Session, tag: str) -> Any:
+    """`tag` is one of the job's tags: JSONB containment on PostgreSQL, json_each on SQLite."""
+    tags = col(Job.tags)
+    if session.get_bind().dialect.name == "postgresql":
+        return tags.op("@>")(sa.cast(sa.literal(json.dumps([tag])), postgresql.JSONB))
+    each = sa.func.json_each(tags).table_valued("value")
+    return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
 
 
 def list_events(session: Session, *, job_id: str) -> list[JobEvent]:
@@ -148,14 +168,18 @@ def row_values(entry: JournalEntry) -> dict[str, Any]:
     error = doc.get("error") or None
     enqueued_at = parse_iso(doc.get("enqueued_at"))
     started_at = parse_iso(doc.get("started_at"))
-    ended_at = parse_iso(doc.get("ended_at")) if status.is_terminal else None
+    ended_at = (
+        (parse_iso(doc.get("ended_at")) or parse_iso(doc["updated_at"])) if status.is_terminal else None
+    )
     return {
         "status": status.value,
         "progress": doc.get("progress"),
         "message": doc.get("message"),
         "result": doc.get("result"),
+        "result_ref": doc.get("result_ref"),
         "error_type": error["type"] if error else None,
         "error_detail": error["detail"] if error else None,
+        "error_signature": error_signature(error["type"], error["detail"]) if error else None,
         "attempt": doc.get("attempt") or 1,
         "enqueued_at": enqueued_at,
         "started_at": started_at,
@@ -179,11 +203,18 @@ def _dialect_insert(session: Session) -> Any:
     return postgresql.insert if name == "postgresql" else sqlite.insert
 
 
-def apply_journal(session: Session, entries: Iterable[JournalEntry]) -> int:
+def apply_journal(
+    session: Session,
+    entries: Iterable[JournalEntry],
+    *,
+    blobs: Mapping[tuple[str, int], bytes] | None = None,
+) -> int:
     """Bring SQL up to date with accepted state changes; returns how many rows moved forward.
 
     Safe to replay and to run in several processes: a row only moves to a
-    higher ``seq``, and an event is stored once per (job, seq).
+    higher ``seq``, and an event is stored once per (job, seq). ``blobs`` are
+    large results stashed in Redis, keyed by (job_id, attempt), stored in
+    `job_results` alongside (see jobs/results.py).
     """
     entries = list(entries)
     if not entries:
@@ -232,4 +263,6 @@ def apply_journal(session: Session, entries: Iterable[JournalEntry]) -> int:
         insert(JobEvent.__table__).on_conflict_do_nothing(index_elements=["job_id", "seq"]),  # type: ignore[attr-defined]
         rows,
     )
+    if blobs:
+        store_blobs(session, blobs)
     return moved

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,8 @@ def submit_job(
     queue: str | None = None,
     idempotency_key: str | None = None,
     timeout: int | None = None,
+    tags: Sequence[str] = (),
+    trace_id: str | None = None,
 ) -> Submission:
     """Accept a job for ``tenant``; raises a ConveyorError the API turns into a status code."""
     spec = get_task(task)
@@ -104,6 +107,8 @@ def submit_job(
         params=redact(clean),
         max_retries=spec.retries,
         timeout_s=timeout or spec.timeout,
+        tags=list(dict.fromkeys([*spec.tags, *tags])) or None,
+        trace_id=trace_id,
         idempotency_key=idempotency_key,
         request_hash=digest,
         created_at=now,

@@ -25,6 +25,7 @@ TEST_ENV = {
     "CONVEYOR_SECRET_KEY": "test-secret-key-not-for-production",
     "CONVEYOR_QUEUES": '["default", "other"]',
     "CONVEYOR_LOG_LEVEL": "WARNING",
+    "CONVEYOR_TASK_MODULES": '["worker.tasks", "tests.history_tasks"]',
 }
 os.environ.update(TEST_ENV)
 for name in ("REDIS_URL", "DATABASE_URL", "CONVEYOR_REDIS_URL", "CONVEYOR_DATABASE_URL"):

@@ -33,9 +33,11 @@ from rq.queue import Queue
 from jobs.live import heartbeat_key
 from jobs.queueing import SERIALIZER, get_queue
 from jobs.recorder import Recorder
+from jobs.redaction import install_log_redaction
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.tasks import load_tasks
+from jobs.tracing import TraceIdFilter
 from worker.runner import record_attempt_failed
 
 log = logging.getLogger(__name__)
@@ -106,9 +108,14 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 
 def configure_logging() -> None:
+    """Log lines carry the running job's trace id; secrets are redacted from every record."""
     logging.basicConfig(
-        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=get_settings().log_level,
+        format="%(asctime)s %(levelname)s %(name)s [trace %(trace_id)s]: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TraceIdFilter())
+    install_log_redaction()
 
 
 def run_worker(

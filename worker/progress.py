@@ -26,6 +26,7 @@ from redis import Redis
 
 from jobs.clock import utcnow
 from jobs.lifecycle import record
+from jobs.redaction import redact_text
 from jobs.settings import get_settings
 from jobs.status import JobStatus
 
@@ -94,6 +95,8 @@ class Progress:
             return
         percent, message = self._pending
         self._pending = None
+        if message:
+            message = redact_text(message)
         now = time.monotonic()
         journal = now - self._last_journal >= self._journal_interval
         self._last_write = now

@@ -4,7 +4,9 @@ It records the attempt's start, runs the registered task with a `Progress`,
 and records how it ended: finished with its result, failed with
 {type, detail} (or, when RQ will retry, a new attempt), or canceled.
 It runs in RQ's work-horse and only touches Redis; the recorder in the
-worker process carries every change into SQL.
+worker process carries every change into SQL. Results and errors are
+redacted here, where they are produced, before they are stored anywhere;
+a large result is stashed and referenced (see jobs/results.py).
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from rq.timeouts import JobTimeoutException
 
 from jobs.clock import utcnow
 from jobs.lifecycle import record
+from jobs.redaction import redact, redact_text
 from jobs.redis_conn import get_redis
+from jobs.results import discard_blob, result_patch
 from jobs.status import JobStatus
 from jobs.tasks import get_task
+from jobs.tracing import current_trace_id
 from worker.progress import Progress
 
 log = logging.getLogger(__name__)
+
+MAX_ERROR_DETAIL = 8192
 
 
 def jsonable(value: Any) -> Any:
@@ -38,10 +45,13 @@ def jsonable(value: Any) -> Any:
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
-    """The {type, detail} recorded for an exception."""
+    """The {type, detail} recorded for an exception (secrets redacted, detail capped)."""
     if isinstance(exc, JobTimeoutException):
         return {"type": "JobTimeout", "detail": str(exc) or "The job exceeded its timeout."}
-    return {"type": type(exc).__name__, "detail": str(exc) or type(exc).__name__}
+    detail = redact_text(str(exc) or type(exc).__name__)
+    if len(detail) > MAX_ERROR_DETAIL:
+        detail = detail[:MAX_ERROR_DETAIL] + " [truncated]"
+    return {"type": type(exc).__name__, "detail": detail}
 
 
 def run_job(task: str, payload: dict[str, Any]) -> Any:
@@ -50,6 +60,7 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
     if rq_job is None:
         raise RuntimeError("run_job must run inside an RQ worker")
     job_id = rq_job.id
+    current_trace_id.set(rq_job.meta.get("trace_id"))
     client = get_redis()
     worker_name = os.environ.get("RQ_WORKER_ID", "")
     started_at = utcnow()
@@ -57,7 +68,14 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         job_id,
         JobStatus.STARTED,
         event="started",
-        patch={"started_at": started_at, "ended_at": None, "error": None, "eta_seconds": None},
+        patch={
+            "started_at": started_at,
+            "ended_at": None,
+            "error": None,
+            "result": None,
+            "result_ref": None,
+            "eta_seconds": None,
+        },
         private={"worker": worker_name},
         data={"worker": worker_name},
         client=client,
@@ -72,26 +90,29 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         spec = get_task(task)
         model = spec.validate(payload)
         value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
-        result = jsonable(value)
+        fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
     except BaseException as exc:
         progress.close()
         _record_failure(rq_job, exc, attempt)
         raise
     progress.close()
-    record(
+    finished = record(
         job_id,
         JobStatus.FINISHED,
         event="finished",
-        patch={"result": result, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None},
+        patch={**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None},
         expect_attempt=attempt,
         client=client,
     )
-    return result
+    if fields["result_ref"] is not None and not finished.applied:
+        discard_blob(job_id, attempt, client)
+    # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
+    return fields["result"] if fields["result_ref"] is None else fields["result_ref"]
 
 
 def _record_failure(rq_job: RQJob, exc: BaseException, attempt: int) -> None:
     error = error_info(exc)
-    data = {"error": error, "traceback": traceback.format_exc(limit=30)}
+    data = {"error": error, "traceback": redact_text(traceback.format_exc(limit=30))}
     record_attempt_failed(rq_job, error, attempt=attempt, data=data)
 
 

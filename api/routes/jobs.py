@@ -11,10 +11,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentPrincipal
+from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
 from jobs.db import session_scope
 from jobs.errors import JobNotFound
 from jobs.live import job_key, live_store
+from jobs.redaction import redact, redact_text
 from jobs.redis_conn import get_async_redis, get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import JobSnapshot, doc_from_row
@@ -22,6 +23,7 @@ from jobs.status import TERMINAL, JobStatus
 from jobs.store import get_job, list_events, list_jobs
 from jobs.submit import submit_job
 from jobs.tasks import load_tasks
+from jobs.tracing import trace_id_from_headers
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -35,6 +37,9 @@ class SubmitRequest(BaseModel):
     queue: str | None = Field(default=None, min_length=1, max_length=64)
     timeout: int | None = Field(
         default=None, ge=1, le=7 * 86400, description="Seconds; overrides the task's."
+    )
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,63}$")]] = Field(
+        default_factory=list, max_length=16, description="Labels to find the job by (`?tag=` on the list)."
     )
 
 
@@ -83,19 +88,19 @@ def _doc_response(doc: bytes, *, status_code: int = 200, headers: dict[str, str]
     return Response(content=doc, status_code=status_code, media_type=JSON, headers=headers)
 
 
-async def read_snapshot(job_id: str, tenant: str) -> tuple[bytes, int]:
-    """(document, seq) of a tenant's job: Redis first, SQL after the live state expired."""
+async def read_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int]:
+    """(document, seq) of a tenant's job (any tenant's for None): Redis first, SQL once it expired."""
     if not _valid_id(job_id):
         raise JobNotFound(job_id)
     owner, doc, seq = await get_async_redis().hmget(job_key(job_id), ["tenant", "_doc", "seq"])
     if doc is not None:
-        if (owner or b"").decode() != tenant:
+        if tenant is not None and (owner or b"").decode() != tenant:
             raise JobNotFound(job_id)
         return doc, int(seq or 0)
     return await run_in_threadpool(_snapshot_from_sql, job_id, tenant)
 
 
-def _snapshot_from_sql(job_id: str, tenant: str) -> tuple[bytes, int]:
+def _snapshot_from_sql(job_id: str, tenant: str | None) -> tuple[bytes, int]:
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=tenant)
         if job is None:
@@ -114,8 +119,15 @@ def submit(
     principal: CurrentPrincipal,
     request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    traceparent: Annotated[str | None, Header(max_length=128)] = None,
+    x_trace_id: Annotated[str | None, Header(max_length=128)] = None,
+    x_request_id: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Response:
-    """Submit a job. The payload is validated against the task's schema before anything is stored."""
+    """Submit a job. The payload is validated against the task's schema before anything is stored.
+
+    The job's trace id comes from `traceparent` (W3C), else `X-Trace-Id` / `X-Request-Id`,
+    else a new one; it is stored with the job and tagged on the worker's log lines.
+    """
     submission = submit_job(
         tenant=principal.tenant,
         owner=principal.key_id,
@@ -124,6 +136,8 @@ def submit(
         queue=body.queue,
         idempotency_key=idempotency_key,
         timeout=body.timeout,
+        tags=body.tags,
+        trace_id=trace_id_from_headers(traceparent, x_trace_id or x_request_id),
     )
     headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
     if not submission.created:
@@ -138,7 +152,7 @@ async def get_snapshot(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The job's current snapshot. `ETag` is its `seq`; `If-None-Match` answers 304 when unchanged."""
-    doc, seq = await read_snapshot(job_id, principal.tenant)
+    doc, seq = await read_snapshot(job_id, readable_tenant(principal))
     etag = _etag(seq)
     if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
@@ -151,17 +165,25 @@ def get_jobs(
     status: Annotated[list[JobStatus] | None, Query(description="Repeat to match several.")] = None,
     task: Annotated[str | None, Query(max_length=100)] = None,
     queue: Annotated[str | None, Query(max_length=64)] = None,
+    owner: Annotated[str | None, Query(max_length=64, description="The submitting key's id.")] = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    trace_id: Annotated[str | None, Query(max_length=64)] = None,
+    tenant: TenantParam = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
     """The caller's jobs, newest first; follow `next_cursor` for the next page."""
+    scope = tenant_scope(principal, tenant)
     with session_scope() as session:
         page = list_jobs(
             session,
-            tenant=principal.tenant,
+            tenant=scope,
             status=status or (),
             task=task,
             queue=queue,
+            owner=owner,
+            tag=tag,
+            trace_id=trace_id,
             limit=limit,
             cursor=cursor,
         )
@@ -178,15 +200,39 @@ def get_jobs(
 
 @router.get("/jobs/{job_id}/events", response_model=EventList)
 def get_events(job_id: str, principal: CurrentPrincipal) -> EventList:
-    """The job's lifecycle events, oldest first (one per accepted state change)."""
+    """The job's lifecycle events, oldest first (one per accepted state change), secrets redacted."""
     if not _valid_id(job_id):
         raise JobNotFound(job_id)
     with session_scope() as session:
-        if get_job(session, job_id=job_id, tenant=principal.tenant) is None:
+        if get_job(session, job_id=job_id, tenant=readable_tenant(principal)) is None:
             raise JobNotFound(job_id)
         events = list_events(session, job_id=job_id)
-        items = [EventOut.model_validate(e, from_attributes=True) for e in events]
+        items = [
+            EventOut(
+                seq=e.seq,
+                event=e.event,
+                status=JobStatus(e.status),
+                attempt=e.attempt,
+                progress=e.progress,
+                message=redact_text(e.message) if e.message else e.message,
+                data=_redacted_event_data(e.data),
+                created_at=e.created_at,
+            )
+            for e in events
+        ]
     return EventList(job_id=job_id, items=items)
+
+
+def _redacted_event_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not data:
+        return data
+    cleaned = redact(data)
+    if isinstance(cleaned.get("traceback"), str):
+        cleaned["traceback"] = redact_text(cleaned["traceback"])
+    error = cleaned.get("error")
+    if isinstance(error, dict) and isinstance(error.get("detail"), str):
+        cleaned["error"] = {**error, "detail": redact_text(error["detail"])}
+    return cleaned
 
 
 @router.get("/tasks", response_model=list[TaskInfo], tags=["tasks"])

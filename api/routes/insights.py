@@ -1,0 +1,86 @@
+"""Operators' questions answered without SQL: queue stats (seed 002) and the analytics summary (seed 003)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import CurrentPrincipal, TenantParam, tenant_scope
+from jobs.analytics import AnalyticsSummary, Window, summary
+from jobs.clock import parse_duration, utcnow
+from jobs.db import session_scope
+from jobs.errors import InvalidRequest
+from jobs.queue_stats import QueueStatsReport, queue_stats
+from jobs.redis_conn import get_redis
+from jobs.settings import get_settings
+
+router = APIRouter(prefix="/api/v1", tags=["insights"])
+
+DEFAULT_DAYS = 7
+
+
+def parse_instant(name: str, text: str) -> datetime:
+    """An ISO 8601 date or date-time (UTC when it names no zone); 422 with a message otherwise."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            f"`{name}` must be an ISO 8601 date or date-time, like 2026-01-31 or 2026-01-31T12:00:00Z; "
+            f"got {text!r}."
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@router.get("/queue/stats", response_model=QueueStatsReport)
+def get_queue_stats(
+    principal: CurrentPrincipal,
+    tenant: TenantParam = None,
+    window: Annotated[
+        str | None,
+        Query(max_length=16, description="How far back ended jobs count: 1h, 24h, 7d… (default 24h)."),
+    ] = None,
+) -> QueueStatsReport:
+    """Counts per queue and in total, workers and what each runs, the oldest wait, and a health
+    verdict with its reasons. Admins also get RQ's own (tenant-blind) queue depth."""
+    scope = tenant_scope(principal, tenant)
+    span = None
+    if window is not None:
+        try:
+            span = parse_duration(window)
+        except ValueError as exc:
+            raise InvalidRequest(f"`window`: {exc}.") from None
+        if not timedelta(minutes=1) <= span <= timedelta(days=get_settings().analytics_max_days):
+            raise InvalidRequest(
+                f"`window` must be between 1m and {get_settings().analytics_max_days}d; got {window!r}."
+            )
+    with session_scope() as session:
+        return queue_stats(session, get_redis(), tenant=scope, window=span, include_rq=principal.is_admin)
+
+
+@router.get("/analytics/summary", response_model=AnalyticsSummary, response_model_by_alias=True)
+def get_analytics_summary(
+    principal: CurrentPrincipal,
+    from_: Annotated[
+        str | None, Query(alias="from", max_length=40, description="Start, inclusive (default: to - 7 days).")
+    ] = None,
+    to: Annotated[str | None, Query(max_length=40, description="End, exclusive (default: now).")] = None,
+    queue: Annotated[str | None, Query(max_length=64)] = None,
+    task: Annotated[str | None, Query(max_length=100)] = None,
+    tenant: TenantParam = None,
+) -> AnalyticsSummary:
+    """Success rate, counts, throughput per day, p50/p95/p99 run and wait times (overall, per queue,
+    per task), retry rate and the top error signatures of the jobs that ended in [from, to)."""
+    scope = tenant_scope(principal, tenant)
+    end = parse_instant("to", to) if to else utcnow()
+    start = parse_instant("from", from_) if from_ else end - timedelta(days=DEFAULT_DAYS)
+    if start >= end:
+        raise InvalidRequest(f"`from` ({start.isoformat()}) must be before `to` ({end.isoformat()}).")
+    limit = get_settings().analytics_max_days
+    if end - start > timedelta(days=limit):
+        raise InvalidRequest(
+            f"The range is {(end - start).days} days; at most {limit} (CONVEYOR_ANALYTICS_MAX_DAYS)."
+        )
+    with session_scope() as session:
+        return summary(session, Window(start=start, end=end, tenant=scope, queue=queue, task=task))

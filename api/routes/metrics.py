@@ -1,0 +1,106 @@
+"""GET /metrics: Prometheus exposition (see docs/metrics.md for every series).
+
+prometheus_client is imported inside the route, not at module import, to keep
+the Lambda cold start (which imports the app) free of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import bearer, current_principal
+from jobs.db import session_scope
+from jobs.metrics import read_counters
+from jobs.queue_stats import queue_stats
+from jobs.redis_conn import get_redis
+from jobs.settings import get_settings
+from jobs.status import LIVE
+
+router = APIRouter(tags=["metrics"])
+
+WORKER_STATES = ("busy", "idle", "suspended", "started")
+
+
+async def metrics_access(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """An admin key, unless CONVEYOR_METRICS_PUBLIC opens the endpoint to any caller."""
+    if get_settings().metrics_public:
+        return
+    principal = await current_principal(request, credentials)
+    if not principal.is_admin:
+        raise HTTPException(status_code=403, detail="GET /metrics needs an admin key.")
+
+
+def _families() -> list[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    client = get_redis()
+    with session_scope() as session:
+        report = queue_stats(session, client, tenant=None, include_rq=True)
+    counters = read_counters(client)
+
+    jobs = GaugeMetricFamily(
+        "conveyor_jobs", "Jobs in each live status, every tenant (from SQL).", labels=["queue", "status"]
+    )
+    depth = GaugeMetricFamily("conveyor_queue_depth", "Jobs in RQ's queue list.", labels=["queue"])
+    oldest = GaugeMetricFamily(
+        "conveyor_queue_oldest_waiting_seconds",
+        "Age of the oldest job queued and ready to run (0 when none waits).",
+        labels=["queue"],
+    )
+    for q in report.queues:
+        for status in sorted(s.value for s in LIVE):
+            jobs.add_metric([q.name, status], q.by_status.get(status, 0))
+        depth.add_metric([q.name], q.rq.queued if q.rq else 0)
+        oldest.add_metric([q.name], q.oldest_waiting_age_s or 0.0)
+
+    workers = GaugeMetricFamily("conveyor_workers", "Registered RQ workers by state.", labels=["state"])
+    states = {state: 0 for state in WORKER_STATES}
+    for w in report.workers.items:
+        states[w.state] = states.get(w.state, 0) + 1
+    for state, n in sorted(states.items()):
+        workers.add_metric([state], n)
+
+    ended = CounterMetricFamily(
+        "conveyor_jobs_ended", "Jobs that reached a terminal status.", labels=["queue", "status"]
+    )
+    for (queue, status), n in sorted(counters.ended.items()):
+        ended.add_metric([queue, status], n)
+    retries = CounterMetricFamily(
+        "conveyor_job_retries", "Failed attempts that were retried.", labels=["queue"]
+    )
+    for queue, n in sorted(counters.retries.items()):
+        retries.add_metric([queue], n)
+
+    histograms = []
+    for kind, help_text in (
+        ("run", "Run time of finished and failed jobs (started to ended)."),
+        ("wait", "Wait from enqueued to started, per attempt."),
+    ):
+        family = HistogramMetricFamily(f"conveyor_job_{kind}_seconds", help_text, labels=["queue"])
+        for queue, histogram in sorted(getattr(counters, kind).items()):
+            family.add_metric([queue], histogram.cumulative(), sum_value=histogram.total)
+        histograms.append(family)
+    return [jobs, depth, oldest, workers, ended, retries, *histograms]
+
+
+@router.get("/metrics", dependencies=[Depends(metrics_access)], response_class=Response)
+async def get_metrics() -> Response:
+    """Prometheus text exposition: jobs by status, queue depth, run/wait histograms, workers."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    families = await run_in_threadpool(_families)
+
+    class Collected:
+        def collect(self) -> Iterator[Any]:
+            yield from families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collected())
+    return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

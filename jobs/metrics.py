@@ -1,0 +1,122 @@
+"""Counters and histograms for Prometheus, kept in one Redis hash so every API replica reports the same.
+
+Every state change passes `jobs.lifecycle.record()`, which accepts it exactly
+once; right after an accepted `started`, retry or terminal change it calls
+:func:`observe`, which adds to ``cv:metrics`` (HINCRBY/HINCRBYFLOAT in one
+pipeline): jobs ended by queue and status, retries by queue, and run and wait
+time histograms by queue. `GET /metrics` reads them back (api/routes/metrics.py);
+live gauges (jobs by status, queue depth, workers) are read at scrape time.
+
+A crash between the accepted change and :func:`observe` loses one
+observation; counters are monotonic until Redis loses data, which
+Prometheus's `rate()` treats as a counter reset.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import redis.exceptions
+from redis import Redis
+
+from jobs.snapshot import JobSnapshot
+from jobs.status import JobStatus
+
+log = logging.getLogger(__name__)
+
+METRICS_KEY = "cv:metrics"
+
+# Upper bounds in seconds, Prometheus style (cumulated when exposed; +Inf is implied).
+BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+)  # fmt: skip
+
+
+def _bucket(seconds: float) -> str:
+    for bound in BUCKETS:
+        if seconds <= bound:
+            return repr(bound)
+    return "+Inf"
+
+
+def observe(client: Redis, event: str, snapshot: JobSnapshot) -> None:
+    """Count an accepted change; never raises (metrics must not fail a job)."""
+    status = snapshot.status
+    queue = snapshot.queue
+    fields: dict[str, int] = {}
+    timings: list[tuple[str, float]] = []
+    if status == JobStatus.STARTED and event == "started":
+        if snapshot.started_at and snapshot.enqueued_at:
+            timings.append(("wait", max(0.0, (snapshot.started_at - snapshot.enqueued_at).total_seconds())))
+    elif event == "retry":
+        fields[f"retries|{queue}"] = 1
+    elif status.is_terminal:
+        fields[f"ended|{queue}|{status.value}"] = 1
+        if status != JobStatus.CANCELED and snapshot.started_at and snapshot.ended_at:
+            timings.append(("run", max(0.0, (snapshot.ended_at - snapshot.started_at).total_seconds())))
+    if not fields and not timings:
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for name, amount in fields.items():
+                pipe.hincrby(METRICS_KEY, name, amount)
+            for kind, seconds in timings:
+                pipe.hincrby(METRICS_KEY, f"{kind}|{queue}|{_bucket(seconds)}", 1)
+                pipe.hincrby(METRICS_KEY, f"{kind}_count|{queue}", 1)
+                pipe.hincrbyfloat(METRICS_KEY, f"{kind}_sum|{queue}", seconds)
+            pipe.execute()
+    except redis.exceptions.RedisError as exc:
+        log.warning("metrics: could not count %s of job %s: %s", event, snapshot.job_id, exc)
+
+
+def wants_observation(to: JobStatus, event: str) -> bool:
+    """Whether :func:`observe` has anything to count for such a change (skips progress writes)."""
+    return to.is_terminal or event in ("started", "retry")
+
+
+@dataclass
+class Histogram:
+    buckets: dict[str, int] = field(default_factory=dict)  # per-bucket counts, not cumulated
+    count: int = 0
+    total: float = 0.0
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """[(le, cumulative count)] in bucket order, ending with +Inf = count."""
+        running = 0
+        out: list[tuple[str, float]] = []
+        for bound in BUCKETS:
+            running += self.buckets.get(repr(bound), 0)
+            out.append((repr(bound), float(running)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+@dataclass
+class Counters:
+    ended: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, status) -> n
+    retries: dict[str, int] = field(default_factory=dict)
+    run: dict[str, Histogram] = field(default_factory=dict)
+    wait: dict[str, Histogram] = field(default_factory=dict)
+
+
+def read_counters(client: Redis) -> Counters:
+    """Everything :func:`observe` has counted."""
+    counters = Counters()
+    for raw_name, raw_value in client.hgetall(METRICS_KEY).items():
+        name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+        value = raw_value.decode() if isinstance(raw_value, bytes) else str(raw_value)
+        parts = name.split("|")
+        kind = parts[0]
+        if kind == "ended" and len(parts) == 3:
+            counters.ended[(parts[1], parts[2])] = int(value)
+        elif kind == "retries" and len(parts) == 2:
+            counters.retries[parts[1]] = int(value)
+        elif kind in ("run", "wait") and len(parts) == 3:
+            getattr(counters, kind).setdefault(parts[1], Histogram()).buckets[parts[2]] = int(value)
+        elif kind in ("run_count", "wait_count") and len(parts) == 2:
+            getattr(counters, kind[:-6]).setdefault(parts[1], Histogram()).count = int(value)
+        elif kind in ("run_sum", "wait_sum") and len(parts) == 2:
+            getattr(counters, kind[:-4]).setdefault(parts[1], Histogram()).total = float(value)
+    return counters

@@ -1,0 +1,44 @@
+"""Tasks the history tests run (loaded through CONVEYOR_TASK_MODULES in tests/conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from jobs.tasks import task
+from worker.progress import Progress
+
+
+class FailPayload(BaseModel):
+    order: int = 123
+
+
+@task(queue="default", timeout=30, retries=2)
+def fails_with_retries(payload: FailPayload) -> None:
+    """Always fails; RQ retries it twice at once, so it ends failed after three attempts."""
+    raise ValueError(f"attempt failed for order {payload.order}")
+
+
+class BigPayload(BaseModel):
+    size: int = Field(default=100_000, ge=0, le=20_000_000)
+
+
+@task(queue="default", timeout=30)
+def big_result(payload: BigPayload) -> dict[str, Any]:
+    """Return a result of about ``size`` bytes of JSON."""
+    return {"blob": "x" * payload.size, "size": payload.size}
+
+
+class LeakyPayload(BaseModel):
+    fail: bool = False
+
+
+@task(queue="default", timeout=30)
+def leaky(payload: LeakyPayload, progress: Progress) -> dict[str, Any]:
+    """Put secrets everywhere a payload can surface: result, progress message, error."""
+    progress.update(50, message="connecting with password=hunter2")
+    progress.flush()
+    if payload.fail:
+        raise RuntimeError("login failed: password=hunter2 token=tok-999 at postgresql://u:pw-777@db/x")
+    return {"token": "tok-999", "nested": {"client_secret": "s-1"}, "value": 42}
