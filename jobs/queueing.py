@@ -1,28 +1,47 @@
-"""The one place that talks to RQ: queues, enqueueing and RQ's own view of a job.
+"""The one place that talks to RQ: queues, enqueueing, stopping, and RQ's own view of a job.
 
 Conveyor's job id is the RQ job id; RQ runs one generic entry point
 (:data:`RUNNER`) that looks the task up in the registry. Everything is
-serialised as JSON: no pickle anywhere.
+serialised as JSON: no pickle anywhere. Conveyor's record (the live state and
+SQL) is the authority on a job's status; RQ's record is how the job gets run,
+and the functions here keep it in step after Conveyor decided.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 from rq import Callback, Queue, Retry
+from rq.command import send_command, send_stop_job_command
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+from rq.registry import CanceledJobRegistry
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.scripts import release_lock
 from rq.serializers import JSONSerializer
+from rq.utils import current_timestamp, utcparse
 
-from jobs.clock import isoformat
+from jobs.clock import isoformat, utcnow
 from jobs.models import Job
 from jobs.redaction import redact
 from jobs.settings import get_settings
 from jobs.tasks import TaskSpec
 
+log = logging.getLogger(__name__)
+
 RUNNER = "worker.runner.run_job"
 ON_STOPPED = "worker.runner.on_stopped"
 SERIALIZER = JSONSerializer
+
+# RQ statuses under which a job is waiting to run (what a waiting Conveyor job should have).
+RQ_WAITING = frozenset({RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED})
 
 _queues: dict[tuple[int, str], Queue] = {}
 
@@ -41,19 +60,36 @@ def get_queue(name: str, connection: Redis) -> Queue:
     return queue
 
 
-def retry_for(spec: TaskSpec) -> Retry | None:
-    if spec.retries <= 0:
+def retry_for(spec: TaskSpec, retries_left: int | None = None) -> Retry | None:
+    """RQ's Retry for the task's policy (backoff and jitter built into the interval list)."""
+    policy = spec.retry_policy
+    left = policy.retries if retries_left is None else min(retries_left, policy.retries)
+    if left <= 0:
         return None
-    return Retry(max=spec.retries, interval=list(spec.retry_intervals) or 0)
+    return Retry(max=left, interval=policy.schedule(left))
 
 
 def enqueue(
-    job: Job, spec: TaskSpec, payload: dict[str, Any], *, connection: Redis, pipeline: Pipeline
+    job: Job,
+    spec: TaskSpec,
+    payload: dict[str, Any],
+    *,
+    connection: Redis,
+    pipeline: Pipeline,
+    run_at: datetime | None = None,
+    depends_on: Sequence[str] = (),
+    retries_left: int | None = None,
 ) -> None:
-    """Add the RQ job for a Conveyor job to ``pipeline`` (the caller executes it)."""
+    """Add the RQ job for an attempt of ``job`` to ``pipeline`` (the caller executes it).
+
+    It lands in the queue, in the scheduled registry (``run_at``), or deferred
+    behind ``depends_on``. With dependencies RQ first WATCHes the parents, so
+    ``pipeline`` must hold no buffered command yet; either way it is in MULTI
+    on return, so the caller's own commands join the same transaction.
+    """
     settings = get_settings()
     queue = get_queue(job.queue, connection)
-    queue.enqueue_call(
+    rq_job = queue.create_job(
         RUNNER,
         kwargs={"task": spec.name, "payload": payload},
         job_id=job.job_id,
@@ -69,7 +105,198 @@ def enqueue(
             "tenant": job.tenant,
             "tags": ["api", "v1", *spec.tags],
         },
-        retry=retry_for(spec),
+        depends_on=list(depends_on) or None,
+        status=RQStatus.SCHEDULED if run_at is not None else RQStatus.QUEUED,
+        retry=retry_for(spec, retries_left),
         on_stopped=Callback(ON_STOPPED),
-        pipeline=pipeline,
     )
+    if run_at is not None:
+        if not pipeline.explicit_transaction:
+            pipeline.multi()
+        queue.schedule_job(rq_job, run_at, pipeline=pipeline)
+        return
+    if not depends_on and not pipeline.explicit_transaction:
+        pipeline.multi()
+    queue.enqueue_job(rq_job, pipeline=pipeline)
+    if not pipeline.explicit_transaction:
+        pipeline.multi()
+
+
+def fetch(job_id: str, connection: Redis) -> RQJob | None:
+    """RQ's record of a job, or None when RQ has none (expired, or Redis lost it)."""
+    try:
+        return RQJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return None
+
+
+def stored_payload(job_id: str, connection: Redis) -> dict[str, Any] | None:
+    """The payload RQ holds for a job (unredacted, unlike SQL's copy), or None when it is gone."""
+    rq_job = fetch(job_id, connection)
+    if rq_job is None:
+        return None
+    try:
+        payload = rq_job.kwargs.get("payload")
+    except DeserializationError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def retry_in(rq_job: RQJob) -> int | None:
+    """Seconds until RQ retries a failed attempt of this job, or None when it will not."""
+    return rq_job.get_retry_interval() if rq_job.should_retry else None
+
+
+def statuses(job_ids: Iterable[str], connection: Redis) -> dict[str, str | None]:
+    """RQ's status of each job (None when RQ has no record of it), in one round trip."""
+    ids = list(job_ids)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(RQJob.key_for(job_id), "status")
+        raw = pipe.execute()
+    return {job_id: (value.decode() if value else None) for job_id, value in zip(ids, raw, strict=True)}
+
+
+def discard(job_id: str, connection: Redis) -> None:
+    """Remove RQ's record of a job (queue, registries, hash) before it is created afresh under its id.
+
+    The set of jobs waiting on this one (its dependents) is kept: they still
+    wait for the new attempt.
+    """
+    rq_job = fetch(job_id, connection)
+    if rq_job is None:
+        return
+    queue = get_queue(rq_job.origin, connection)
+    with connection.pipeline() as pipe:
+        queue.remove(job_id, pipeline=pipe)
+        for registry in (
+            queue.scheduled_job_registry,
+            queue.deferred_job_registry,
+            queue.finished_job_registry,
+            queue.failed_job_registry,
+            queue.canceled_job_registry,
+        ):
+            registry.remove(job_id, pipeline=pipe)
+        queue.started_job_registry.remove_executions(rq_job, pipeline=pipe)
+        pipe.delete(rq_job.key, rq_job.dependencies_key)
+        pipe.execute()
+
+
+def cancel_waiting(job_id: str, connection: Redis) -> None:
+    """Take a waiting job out of its queue or registry; RQ marks it canceled.
+
+    RQ keeps canceled jobs forever (its canceled registry is never cleaned), so
+    the entry and the job get the failure TTL; :func:`trim_canceled` drops
+    expired entries. The job is kept until then so that a restart can reuse its payload.
+    """
+    rq_job = fetch(job_id, connection)
+    if rq_job is None or rq_job.get_status() in (RQStatus.CANCELED, RQStatus.FINISHED, RQStatus.FAILED):
+        return
+    ttl = get_settings().failure_ttl
+    with connection.pipeline() as pipe:
+        try:
+            rq_job.cancel(pipeline=pipe)
+        except InvalidJobOperation:
+            return
+        CanceledJobRegistry(rq_job.origin, connection, serializer=SERIALIZER).add(
+            rq_job, ttl=ttl, pipeline=pipe
+        )
+        pipe.expire(rq_job.key, ttl)
+        pipe.execute()
+
+
+def trim_canceled(connection: Redis, queue_names: Iterable[str]) -> None:
+    """Drop expired entries from RQ's canceled registries (RQ itself never does)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for name in queue_names:
+            pipe.zremrangebyscore(CanceledJobRegistry(name, connection).key, 0, current_timestamp())
+        pipe.execute()
+
+
+def stop_running(job_id: str, connection: Redis, worker_name: str | None) -> bool:
+    """Ask the worker running a job to kill its work-horse: RQ's stop-job command.
+
+    The worker then calls the job's `on_stopped` callback. Falls back to the
+    worker Conveyor recorded when RQ's own record of the job is gone.
+    """
+    try:
+        send_stop_job_command(connection, job_id, serializer=SERIALIZER)
+        return True
+    except (NoSuchJobError, InvalidJobOperation):
+        if not worker_name:
+            return False
+        send_command(connection, worker_name, "stop-job", job_id=job_id)
+        return True
+
+
+def release_abandoned(rq_job: RQJob, connection: Redis, *, outcome: str, detail: str) -> None:
+    """Settle RQ's record of a job whose worker died, after Conveyor recorded ``outcome``.
+
+    ``retry`` hands the job back to RQ's retry (requeued or scheduled, one
+    retry fewer); ``failed`` and ``canceled`` end it. Either way it leaves the
+    started registry first, so RQ's own abandoned-job cleanup never acts on it again.
+    """
+    queue = get_queue(rq_job.origin, connection)
+    ttl = get_settings().failure_ttl
+    with connection.pipeline() as pipe:
+        queue.started_job_registry.remove_executions(rq_job, pipeline=pipe)
+        if outcome == "retry" and rq_job.should_retry:
+            rq_job.retry(queue, pipe)
+        elif outcome == "canceled":
+            rq_job.set_status(RQStatus.CANCELED, pipeline=pipe)
+            CanceledJobRegistry(rq_job.origin, connection, serializer=SERIALIZER).add(
+                rq_job, ttl=ttl, pipeline=pipe
+            )
+        else:
+            rq_job.set_status(RQStatus.FAILED, pipeline=pipe)
+            queue.failed_job_registry.add(rq_job, ttl=ttl, exc_string=detail, pipeline=pipe)
+        pipe.execute()
+
+
+# --- scheduled jobs when no RQ scheduler is alive ------------------------------------------------
+
+_schedulers: dict[tuple[int, tuple[str, ...]], RQScheduler] = {}
+
+
+def _scheduler_is_stale(connection: Redis, name: str, stale_after: float) -> bool:
+    beat = connection.hget(SCHEDULER_KEY_TEMPLATE % name, "last_heartbeat")
+    if beat is None:
+        return True
+    return (utcnow() - utcparse(beat.decode())).total_seconds() > stale_after
+
+
+def run_due_scheduled(connection: Redis, queue_names: Sequence[str], *, stale_after: float = 15.0) -> bool:
+    """Move due scheduled jobs (delayed submissions, backoff retries) to their queues.
+
+    RQ's scheduler runs in one worker per queue, under a lock. When that worker
+    is killed, its lock lives on for about a minute and the other workers take
+    it back only at their next maintenance (up to ten minutes), so scheduled
+    jobs would stall. This releases a lock whose scheduler stopped
+    heartbeating, then runs one burst pass of RQ's own scheduler under the lock
+    (skipped while a live scheduler holds it). Returns whether it ran.
+    """
+    names = tuple(sorted(queue_names))
+    for name in names:
+        lock_key = RQScheduler.get_locking_key(name)
+        holder = connection.get(lock_key)
+        if holder is not None and _scheduler_is_stale(connection, holder.decode(), stale_after):
+            log.warning(
+                "releasing the scheduler lock of queue %s: scheduler %s is gone", name, holder.decode()
+            )
+            release_lock(connection, lock_key, holder.decode())
+    key = (id(connection), names)
+    scheduler = _schedulers.get(key)
+    if scheduler is None:
+        scheduler = _schedulers[key] = RQScheduler(
+            list(names),
+            connection=connection,
+            serializer=SERIALIZER,
+            name=f"conveyor-{uuid.uuid4().hex[:12]}",
+        )
+    if not scheduler.acquire_locks():
+        return False
+    try:
+        scheduler.enqueue_scheduled_jobs()
+    finally:
+        scheduler.release_locks()
+    return True
