@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal
@@ -35,6 +35,17 @@ class SubmitRequest(BaseModel):
     queue: str | None = Field(default=None, min_length=1, max_length=64)
     timeout: int | None = Field(
         default=None, ge=1, le=7 * 86400, description="Seconds; overrides the task's."
+    )
+    run_at: AwareDatetime | None = Field(
+        default=None, description="Run at this time (ISO 8601 with a timezone); the job waits as `scheduled`."
+    )
+    delay: float | None = Field(
+        default=None, ge=0, le=366 * 86400, description="Run after this many seconds (`scheduled`)."
+    )
+    depends_on: list[str] | None = Field(
+        default=None,
+        max_length=20,
+        description="Ids of your jobs that must finish first; the job waits as `deferred`.",
     )
 
 
@@ -124,6 +135,9 @@ def submit(
         queue=body.queue,
         idempotency_key=idempotency_key,
         timeout=body.timeout,
+        run_at=body.run_at,
+        delay=body.delay,
+        depends_on=body.depends_on or (),
     )
     headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
     if not submission.created:
