@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
-from api.routes import health, jobs
+from api.routes import control, health, jobs
 from jobs.errors import ConveyorError
 from jobs.settings import get_settings
 
@@ -52,5 +52,6 @@ def create_app() -> FastAPI:
         app.add_exception_handler(redis_error, redis_unavailable)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(control.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
