@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -229,28 +230,88 @@ def stop_running(job_id: str, connection: Redis, worker_name: str | None) -> boo
         return True
 
 
-def release_abandoned(rq_job: RQJob, connection: Redis, *, outcome: str, detail: str) -> None:
+def release_abandoned(rq_job: RQJob, connection: Redis, *, outcome: str, detail: str = "") -> None:
     """Settle RQ's record of a job whose worker died, after Conveyor recorded ``outcome``.
 
     ``retry`` hands the job back to RQ's retry (requeued or scheduled, one
-    retry fewer); ``failed`` and ``canceled`` end it. Either way it leaves the
-    started registry first, so RQ's own abandoned-job cleanup never acts on it again.
+    retry fewer); ``requeue`` puts it back at the front of its queue as it
+    was; ``finished``, ``failed`` and ``canceled`` end it. Either way it leaves
+    the started registry first, so RQ's own abandoned-job cleanup (which would
+    retry it) never acts on it again.
     """
     queue = get_queue(rq_job.origin, connection)
-    ttl = get_settings().failure_ttl
+    settings = get_settings()
     with connection.pipeline() as pipe:
+        pipe.multi()
         queue.started_job_registry.remove_executions(rq_job, pipeline=pipe)
         if outcome == "retry" and rq_job.should_retry:
             rq_job.retry(queue, pipe)
+        elif outcome in ("retry", "requeue"):
+            pipe.lrem(queue.intermediate_queue.key, 0, rq_job.id)
+            # RQ's own path back into a queue (its retry and scheduler use it): no dependency check,
+            # which would WATCH inside this transaction; a job that ran had its dependencies met.
+            queue._enqueue_job(rq_job, pipeline=pipe, at_front=True)
+        elif outcome == "finished":
+            rq_job.set_status(RQStatus.FINISHED, pipeline=pipe)
+            queue.finished_job_registry.add(rq_job, ttl=settings.result_ttl, pipeline=pipe)
         elif outcome == "canceled":
             rq_job.set_status(RQStatus.CANCELED, pipeline=pipe)
-            CanceledJobRegistry(rq_job.origin, connection, serializer=SERIALIZER).add(
-                rq_job, ttl=ttl, pipeline=pipe
-            )
+            canceled = CanceledJobRegistry(rq_job.origin, connection, serializer=SERIALIZER)
+            canceled.add(rq_job, ttl=settings.failure_ttl, pipeline=pipe)
         else:
             rq_job.set_status(RQStatus.FAILED, pipeline=pipe)
-            queue.failed_job_registry.add(rq_job, ttl=ttl, exc_string=detail, pipeline=pipe)
+            queue.failed_job_registry.add(rq_job, ttl=settings.failure_ttl, exc_string=detail, pipeline=pipe)
         pipe.execute()
+
+
+# --- jobs RQ holds between its queue and a finished run --------------------------------------------
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A job RQ has taken off its queue: ``worker`` is set when it is in the started registry."""
+
+    job_id: str
+    queue: str
+    worker: str | None
+
+
+def known_queues(connection: Redis) -> list[str]:
+    """Every queue RQ has seen, and every configured one."""
+    prefix = Queue.redis_queue_namespace_prefix
+    seen = {m.decode().removeprefix(prefix) for m in connection.smembers(Queue.redis_queues_keys)}
+    return sorted(seen | set(get_settings().queues))
+
+
+def in_flight(connection: Redis, queue_names: Iterable[str]) -> Iterator[InFlight]:
+    """Jobs a worker dequeued (RQ's intermediate list) or is running (its started registry)."""
+    for name in queue_names:
+        queue = get_queue(name, connection)
+        for job_id in queue.intermediate_queue.get_job_ids():
+            yield InFlight(job_id, name, None)
+        for job_id, execution_id in queue.started_job_registry.get_job_and_execution_ids(cleanup=False):
+            worker = connection.hget(f"rq:execution:{job_id}:{execution_id}", "worker_name")
+            yield InFlight(job_id, name, worker.decode() if worker else "")
+
+
+# KEYS[1] intermediate list, KEYS[2] queue; ARGV[1] job id: back to the front of its queue, atomically.
+_RETURN = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def return_to_queue(job_id: str, queue_name: str, connection: Redis) -> bool:
+    """Put back a job a dead worker took off its queue but never started (RQ waits up to ten minutes)."""
+    queue = get_queue(queue_name, connection)
+    return bool(connection.eval(_RETURN, 2, queue.intermediate_queue.key, queue.key, job_id))
+
+
+def drop_from_intermediate(job_id: str, queue_name: str, connection: Redis) -> None:
+    connection.lrem(get_queue(queue_name, connection).intermediate_queue.key, 1, job_id)
 
 
 # --- scheduled jobs when no RQ scheduler is alive ------------------------------------------------
@@ -292,6 +353,7 @@ def run_due_scheduled(connection: Redis, queue_names: Sequence[str], *, stale_af
             connection=connection,
             serializer=SERIALIZER,
             name=f"conveyor-{uuid.uuid4().hex[:12]}",
+            logging_level=logging.WARNING,  # a burst pass on every reconciler pass: no lock chatter
         )
     if not scheduler.acquire_locks():
         return False

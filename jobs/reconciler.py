@@ -16,7 +16,11 @@ One pass:
    state is seeded from SQL and they are enqueued again. A sweep runs when
    Redis has lost the ``cv:epoch`` marker, every ``reconcile_sweep_interval``,
    and on every one-shot run.
-4. Due scheduled jobs are moved to their queues when no RQ scheduler is alive.
+4. Jobs RQ holds in flight for a worker that died before our record moved:
+   taken off the queue but never started (RQ's intermediate list), or marked
+   started by RQ while our record still says waiting, go back to their queue;
+   RQ's leftover records of jobs that ended are settled to match.
+5. Due scheduled jobs are moved to their queues when no RQ scheduler is alive.
 
 Every change goes through the gate with the statuses and attempt it expects,
 so the reconciler never moves a job backwards, and several reconcilers (one
@@ -53,9 +57,13 @@ from jobs.live import (
 from jobs.queueing import (
     RQ_WAITING,
     cancel_waiting,
+    drop_from_intermediate,
     fetch,
+    in_flight,
+    known_queues,
     release_abandoned,
     retry_in,
+    return_to_queue,
     run_due_scheduled,
     statuses,
     stop_running,
@@ -72,6 +80,7 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "cv:reconciler:lock"
 EPOCH_KEY = "cv:epoch"  # gone after Redis lost its data: the next pass sweeps SQL
 REQUEUE_LOCK = "cv:requeue:"
+DEQUEUED_AT = "cv:dequeued:"  # when the reconciler first saw a job in RQ's intermediate list
 PAGE = 500
 HEARTBEAT_MARKER = "conveyor_heartbeat_interval"  # see worker.main.ConveyorWorker
 
@@ -89,6 +98,8 @@ class PassReport:
     stops_sent: int = 0
     dependency_failed: int = 0
     requeued: int = 0
+    returned: int = 0  # taken off a queue by a worker that died before starting it
+    settled: int = 0  # RQ leftovers of ended jobs, brought in line
     reseeded: int = 0
     unrecoverable: int = 0
     seconds: float = 0.0
@@ -112,10 +123,13 @@ class Reconciler:
         """One pass; ``sweep`` forces (True) or skips (False) the SQL sweep, else it runs when due."""
         started = time.monotonic()
         token = f"{self.name}:{uuid.uuid4().hex[:8]}"
-        if self.use_lock and not self.client.set(LOCK_KEY, token, nx=True, ex=60):
+        settings = get_settings()
+        # Short, so that a reconciler killed mid-pass delays the others by seconds only. A pass
+        # that outlives it may overlap the next one: harmless (the lock only saves repeated work).
+        lock_ttl = max(5, int(2 * settings.reconcile_interval))
+        if self.use_lock and not self.client.set(LOCK_KEY, token, nx=True, ex=lock_ttl):
             return PassReport(ran=False)
         try:
-            settings = get_settings()
             if sweep is None:
                 overdue = started - self._last_sweep >= settings.reconcile_sweep_interval
                 sweep = overdue or not self.client.exists(EPOCH_KEY)
@@ -127,12 +141,14 @@ class Reconciler:
                 candidates |= sql_running
             self._check_running(sorted(candidates), report)
             self._fail_orphans(report)
+            queues = known_queues(self.client)
+            self._reconcile_in_flight(queues, report)
             if sweep:
                 self._requeue_lost(report)
                 self.client.set(EPOCH_KEY, isoformat(utcnow()) or "")
                 self._last_sweep = started
-            run_due_scheduled(self.client, settings.queues)
-            trim_canceled(self.client, settings.queues)
+            run_due_scheduled(self.client, queues)
+            trim_canceled(self.client, queues)
             report.seconds = round(time.monotonic() - started, 3)
             return report
         finally:
@@ -169,20 +185,20 @@ class Reconciler:
                 continue
             self._take_over(job_id, int(attempt or 0), worker_name, report)
 
-    def _worker_alive(self, worker_name: str, job_id: str) -> bool:
-        """Whether RQ's record shows a live worker still running this job."""
+    def _worker_alive(self, worker_name: str, job_id: str | None) -> bool:
+        """Whether RQ's record shows a live worker (still running ``job_id``, when given)."""
         if not worker_name:
             return False
         key = RQWorker.redis_worker_namespace_prefix + worker_name
         current, beat, marker, death = self.client.hmget(
             key, ["current_job", "last_heartbeat", HEARTBEAT_MARKER, "death"]
         )
-        if current is None or current.decode() != job_id or death is not None:
+        if death is not None or (job_id is not None and (current is None or current.decode() != job_id)):
+            return False
+        if beat is None:  # no such worker (every RQ worker hash has a last heartbeat)
             return False
         if marker is None:  # a worker that sends no heartbeat while a job runs (SimpleWorker)
             return True  # its key outlives it by the job's timeout only
-        if beat is None:
-            return False
         age = (utcnow() - utcparse(beat.decode())).total_seconds()
         return age < get_settings().heartbeat_ttl
 
@@ -287,6 +303,63 @@ class Reconciler:
                 cancel_waiting(row.job_id, self.client)
                 self._write_through(result, "failed", data)
                 report.dependency_failed += 1
+
+    # --- 4. what RQ holds in flight ---------------------------------------------------------------
+
+    def _reconcile_in_flight(self, queues: list[str], report: PassReport) -> None:
+        entries = list(in_flight(self.client, queues))
+        if not entries:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.hget(job_key(entry.job_id), "status")
+            live = pipe.execute()
+        started = {(e.job_id, e.queue) for e in entries if e.worker is not None}
+        for entry, raw in zip(entries, live, strict=True):
+            status = JobStatus(raw.decode().strip('"')) if raw else None
+            if status is None or status in RUNNING:
+                continue  # unknown to us, or running: the heartbeat decides (step 1)
+            if entry.worker is None:
+                if (entry.job_id, entry.queue) not in started:
+                    self._unstick(entry.job_id, entry.queue, status, report)
+                continue
+            # Its worker may not have named the job as current yet (it is forking): judge the worker.
+            if self._worker_alive(entry.worker, None):
+                continue
+            rq_job = fetch(entry.job_id, self.client)
+            if rq_job is None or rq_job.get_status(refresh=False) not in (RQStatus.STARTED, RQStatus.QUEUED):
+                continue
+            if status in WAITING:  # its worker died between taking it and our record of its start
+                noted = annotate(
+                    entry.job_id,
+                    event="requeued",
+                    when=WAITING,
+                    data={"reason": f"worker {entry.worker} died before the job started", "by": self.name},
+                    client=self.client,
+                )
+                if noted.applied:
+                    release_abandoned(rq_job, self.client, outcome="requeue")
+                    report.returned += 1
+            else:
+                release_abandoned(rq_job, self.client, outcome=status.value)
+                report.settled += 1
+
+    def _unstick(self, job_id: str, queue: str, status: JobStatus, report: PassReport) -> None:
+        """A job in RQ's intermediate list that no worker started within a heartbeat TTL goes back."""
+        if status not in WAITING:
+            drop_from_intermediate(job_id, queue, self.client)  # a leftover of a job that ended
+            return
+        marker = DEQUEUED_AT + job_id
+        ttl = get_settings().heartbeat_ttl
+        if self.client.set(marker, time.time(), nx=True, ex=3 * ttl + 5):
+            return  # first seen now
+        seen = float(self.client.get(marker) or time.time())
+        if time.time() - seen < ttl:
+            return
+        if return_to_queue(job_id, queue, self.client):
+            self.client.delete(marker)
+            report.returned += 1
+            log.warning("reconciler: job %s was dequeued by a worker that never started it; requeued", job_id)
 
     # --- 3. waiting jobs RQ lost ------------------------------------------------------------------
 

@@ -173,9 +173,10 @@ class ConveyorWorker(Worker):
             )
             return
         with self.connection.pipeline() as pipe:
+            pipe.multi()
             self.cleanup_execution(job, pipeline=pipe)
             job.started_at = job.ended_at = None
-            queue.enqueue_job(job, pipeline=pipe)
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)  # as RQ's retry does: no WATCH in MULTI
             pipe.execute()
 
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
