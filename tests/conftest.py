@@ -25,7 +25,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_ENV = {
     "CONVEYOR_ENVIRONMENT": "test",
     "CONVEYOR_SECRET_KEY": "test-secret-key-not-for-production",
-    "CONVEYOR_QUEUES": '["default", "other", "control"]',
+    "CONVEYOR_QUEUES": '["default", "other", "control", "isolated"]',
     "CONVEYOR_TASK_MODULES": '["worker.tasks", "tests.control_tasks"]',
     "CONVEYOR_LOG_LEVEL": "WARNING",
 }
