@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
@@ -114,7 +114,9 @@ def enqueue(
     if run_at is not None:
         if not pipeline.explicit_transaction:
             pipeline.multi()
-        queue.schedule_job(rq_job, run_at, pipeline=pipeline)
+        # RQ keeps whole seconds, rounded down: round up instead, so a job never runs early.
+        whole = run_at.replace(microsecond=0)
+        queue.schedule_job(rq_job, whole + timedelta(seconds=1) if whole < run_at else whole, pipeline=pipeline)
         return
     if not depends_on and not pipeline.explicit_transaction:
         pipeline.multi()

@@ -149,8 +149,8 @@ def test_cancel_a_finished_job_is_409(api: TestClient, control_worker: Any):
 def test_pause_holds_a_running_job_keeps_its_heartbeat_and_stops_its_timeout_clock(
     api: TestClient, control_worker: Any, redis_client: Any
 ):
-    # 40 steps of 50 ms: 2 s of work under a 3-second timeout, paused for longer than that.
-    job_id = submit(api, "steps", {"steps": 40, "step": 0.05, "report": True}, timeout=3)["job_id"]
+    # 20 steps of 50 ms: 1 s of work under a 3-second timeout, paused for longer than that.
+    job_id = submit(api, "steps", {"steps": 20, "step": 0.05, "report": True}, timeout=3)["job_id"]
     wait_until(lambda: (api.get(f"/api/v1/jobs/{job_id}").json()["progress"] or 0) > 10, timeout=10)
     response = control(api, job_id, "pause")
     assert response.status_code == 202

@@ -60,8 +60,8 @@ def test_a_worker_killed_mid_job_has_its_jobs_failed_or_retried_within_30_second
 ):
     """Default heartbeat and reconciler settings: the figure docs/reliability.md quotes."""
     workers += [start_worker(env, tmp_path, "victim"), start_worker(env, tmp_path, "victim")]
-    once = submit(api, "sleeper", {"seconds": 8}, queue=QUEUE)["job_id"]
-    retried = submit(api, "retrying_sleeper", {"seconds": 8}, queue=QUEUE)["job_id"]
+    once = submit(api, "sleeper", {"seconds": 4}, queue=QUEUE)["job_id"]
+    retried = submit(api, "retrying_sleeper", {"seconds": 4}, queue=QUEUE)["job_id"]
     for job_id in (once, retried):
         wait_status(api, job_id, {"started"}, timeout=15)
     workers.append(start_worker(env, tmp_path, "survivor"))
