@@ -43,6 +43,7 @@ from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
 from jobs.tasks import load_tasks
+from worker import runner  # noqa: F401  (RQ imports the runner by name: load it before forking)
 from worker.progress import JobInterrupted
 
 log = logging.getLogger(__name__)
