@@ -105,6 +105,16 @@ def annotate(
     return result
 
 
+def write_through_or_log(result: TransitionResult, *, event: str, data: dict[str, Any] | None = None) -> None:
+    """`write_through`, for background callers: a failure is logged, as the recorder applies it later."""
+    try:
+        write_through(result, event=event, data=data)
+    except Exception:
+        log.exception(
+            "could not write job %s's %s through to SQL", result.snapshot and result.snapshot.job_id, event
+        )
+
+
 def write_through(result: TransitionResult, *, event: str, data: dict[str, Any] | None = None) -> None:
     """Apply an accepted change to SQL now, so the caller reads its own write there.
 

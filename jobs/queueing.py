@@ -28,6 +28,7 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, utcparse
+from rq.worker import Worker as RQWorker
 
 from jobs.clock import isoformat, utcnow
 from jobs.models import Job
@@ -43,6 +44,10 @@ SERIALIZER = JSONSerializer
 
 # RQ statuses under which a job is waiting to run (what a waiting Conveyor job should have).
 RQ_WAITING = frozenset({RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED})
+
+# A field of the RQ worker hash: this worker keeps `last_heartbeat` fresh while a job runs (see
+# worker.main.ConveyorWorker), so a stale one means it is dead.
+HEARTBEAT_MARKER = "conveyor_heartbeat_interval"
 
 _queues: dict[tuple[int, str], Queue] = {}
 
@@ -116,7 +121,9 @@ def enqueue(
             pipeline.multi()
         # RQ keeps whole seconds, rounded down: round up instead, so a job never runs early.
         whole = run_at.replace(microsecond=0)
-        queue.schedule_job(rq_job, whole + timedelta(seconds=1) if whole < run_at else whole, pipeline=pipeline)
+        queue.schedule_job(
+            rq_job, whole + timedelta(seconds=1) if whole < run_at else whole, pipeline=pipeline
+        )
         return
     if not depends_on and not pipeline.explicit_transaction:
         pipeline.multi()
@@ -264,6 +271,29 @@ def release_abandoned(rq_job: RQJob, connection: Redis, *, outcome: str, detail:
             rq_job.set_status(RQStatus.FAILED, pipeline=pipe)
             queue.failed_job_registry.add(rq_job, ttl=settings.failure_ttl, exc_string=detail, pipeline=pipe)
         pipe.execute()
+
+
+def worker_alive(connection: Redis, worker_name: str, job_id: str | None, *, stale_after: float) -> bool:
+    """Whether RQ's record shows a live worker (and, with ``job_id``, one still running that job).
+
+    Checked before a job is judged abandoned: RQ's registries alone give false
+    positives (rq#2424). A worker with Conveyor's heartbeat marker is dead once
+    its `last_heartbeat` is older than ``stale_after``; one without it (RQ's
+    `SimpleWorker` sends none while a job runs) only once its key expires.
+    """
+    if not worker_name:
+        return False
+    key = RQWorker.redis_worker_namespace_prefix + worker_name
+    current, beat, marker, death = connection.hmget(
+        key, ["current_job", "last_heartbeat", HEARTBEAT_MARKER, "death"]
+    )
+    if death is not None or (job_id is not None and (current is None or current.decode() != job_id)):
+        return False
+    if beat is None:  # no such worker: every RQ worker hash has a last heartbeat
+        return False
+    if marker is None:
+        return True
+    return (utcnow() - utcparse(beat.decode())).total_seconds() < stale_after
 
 
 # --- jobs RQ holds between its queue and a finished run --------------------------------------------

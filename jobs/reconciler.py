@@ -11,7 +11,7 @@ One pass:
    RQ's stop-job command.
 2. Deferred jobs whose parent ended failed or canceled can never run: they
    fail as ``DependencyFailed``.
-3. A sweep of waiting jobs SQL has and RQ lost (Redis restarted without
+3. A sweep (`jobs.requeue.requeue_lost`) of waiting jobs SQL has and RQ lost (Redis restarted without
    persistence, or a crash between the SQL write and the enqueue): their live
    state is seeded from SQL and they are enqueued again. A sweep runs when
    Redis has lost the ``cv:epoch`` marker, every ``reconcile_sweep_interval``,
@@ -39,23 +39,19 @@ from typing import Any
 
 from redis import Redis
 from rq.job import JobStatus as RQStatus
-from rq.utils import utcparse
-from rq.worker import Worker as RQWorker
 
 from jobs.attempts import WORKER_LOST, AttemptEnd, end_failed_attempt
 from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
-from jobs.lifecycle import annotate, record, reseed_from_sql, write_through
+from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
 from jobs.live import (
     CONTROL,
     CONTROL_DEADLINE,
     RUNNING_SET,
-    TransitionResult,
     heartbeat_key,
     job_key,
 )
 from jobs.queueing import (
-    RQ_WAITING,
     cancel_waiting,
     drop_from_intermediate,
     fetch,
@@ -65,24 +61,29 @@ from jobs.queueing import (
     retry_in,
     return_to_queue,
     run_due_scheduled,
-    statuses,
     stop_running,
     trim_canceled,
+    worker_alive,
 )
-from jobs.requeue import dependency_ids, enqueue_again, parents_of, payload_for, retries_left
+from jobs.requeue import (
+    dependency_ids,
+    enqueue_again,
+    parents_of,
+    payload_for,
+    requeue_lost,
+    retries_left,
+)
 from jobs.settings import get_settings
 from jobs.status import RUNNING, WAITING, JobStatus
-from jobs.store import deferred_jobs, get_job, running_job_ids, statuses_of, waiting_jobs
+from jobs.store import deferred_jobs, get_job, running_job_ids, statuses_of
 from jobs.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "cv:reconciler:lock"
 EPOCH_KEY = "cv:epoch"  # gone after Redis lost its data: the next pass sweeps SQL
-REQUEUE_LOCK = "cv:requeue:"
 DEQUEUED_AT = "cv:dequeued:"  # when the reconciler first saw a job in RQ's intermediate list
 PAGE = 500
-HEARTBEAT_MARKER = "conveyor_heartbeat_interval"  # see worker.main.ConveyorWorker
 
 
 @dataclass
@@ -144,7 +145,12 @@ class Reconciler:
             queues = known_queues(self.client)
             self._reconcile_in_flight(queues, report)
             if sweep:
-                self._requeue_lost(report)
+                lost = requeue_lost(self.client, by=self.name)
+                report.requeued, report.reseeded, report.unrecoverable = (
+                    lost.requeued,
+                    report.reseeded + lost.reseeded,
+                    lost.unrecoverable,
+                )
                 self.client.set(EPOCH_KEY, isoformat(utcnow()) or "")
                 self._last_sweep = started
             run_due_scheduled(self.client, queues)
@@ -186,21 +192,7 @@ class Reconciler:
             self._take_over(job_id, int(attempt or 0), worker_name, report)
 
     def _worker_alive(self, worker_name: str, job_id: str | None) -> bool:
-        """Whether RQ's record shows a live worker (still running ``job_id``, when given)."""
-        if not worker_name:
-            return False
-        key = RQWorker.redis_worker_namespace_prefix + worker_name
-        current, beat, marker, death = self.client.hmget(
-            key, ["current_job", "last_heartbeat", HEARTBEAT_MARKER, "death"]
-        )
-        if death is not None or (job_id is not None and (current is None or current.decode() != job_id)):
-            return False
-        if beat is None:  # no such worker (every RQ worker hash has a last heartbeat)
-            return False
-        if marker is None:  # a worker that sends no heartbeat while a job runs (SimpleWorker)
-            return True  # its key outlives it by the job's timeout only
-        age = (utcnow() - utcparse(beat.decode())).total_seconds()
-        return age < get_settings().heartbeat_ttl
+        return worker_alive(self.client, worker_name, job_id, stale_after=get_settings().heartbeat_ttl)
 
     def _take_over(self, job_id: str, attempt: int, worker_name: str, report: PassReport) -> None:
         """End the attempt of a job whose worker is gone: recovered, canceled, retried or failed."""
@@ -225,7 +217,7 @@ class Reconciler:
             ended = self._take_over_without_rq(job_id, attempt, error, data)
         if ended is None or not ended.applied:
             return
-        self._write_through(ended.result, ended.event, ended.data)
+        write_through_or_log(ended.result, event=ended.event, data=ended.data)
         log.warning("reconciler: job %s abandoned by %s: %s", job_id, worker_name or "?", ended.outcome)
         if ended.outcome == "retry":
             report.retried += 1
@@ -270,7 +262,7 @@ class Reconciler:
             client=self.client,
         )
         if result.applied:
-            self._write_through(result, "finished", {"recovered_by": self.name})
+            write_through_or_log(result, event="finished", data={"recovered_by": self.name})
             report.recovered += 1
 
     # --- 2. jobs whose parents failed -------------------------------------------------------------
@@ -301,7 +293,7 @@ class Reconciler:
             )
             if result.applied:
                 cancel_waiting(row.job_id, self.client)
-                self._write_through(result, "failed", data)
+                write_through_or_log(result, event="failed", data=data)
                 report.dependency_failed += 1
 
     # --- 4. what RQ holds in flight ---------------------------------------------------------------
@@ -360,86 +352,6 @@ class Reconciler:
             self.client.delete(marker)
             report.returned += 1
             log.warning("reconciler: job %s was dequeued by a worker that never started it; requeued", job_id)
-
-    # --- 3. waiting jobs RQ lost ------------------------------------------------------------------
-
-    def _requeue_lost(self, report: PassReport) -> None:
-        cutoff = utcnow() - timedelta(seconds=get_settings().reconcile_grace)
-        after = None
-        while True:
-            with session_scope() as session:
-                page = waiting_jobs(session, untouched_since=cutoff, after=after, limit=PAGE)
-            if not page:
-                return
-            after = (page[-1].created_at, page[-1].job_id)
-            ids = [row.job_id for row in page]
-            rq = statuses(ids, self.client)
-            with self.client.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hget(job_key(job_id), "status")
-                live = pipe.execute()
-            for row, live_status in zip(page, live, strict=True):
-                current = JobStatus(live_status.decode().strip('"')) if live_status else None
-                if current is not None and current not in WAITING:
-                    continue  # it moved on; SQL has not caught up yet
-                if rq[row.job_id] in RQ_WAITING:
-                    continue
-                if self.client.set(REQUEUE_LOCK + row.job_id, self.name, nx=True, ex=60):
-                    self._requeue(row, reseed=current is None, report=report)
-
-    def _requeue(self, row: Any, *, reseed: bool, report: PassReport) -> None:
-        if reseed and reseed_from_sql(row.job_id, self.client) is not None:
-            report.reseeded += 1
-        payload = payload_for(row, self.client)
-        with session_scope() as session:
-            parents = parents_of(row, statuses_of(session, dependency_ids(row)))
-        if payload is None or parents.blocking:
-            if payload is None:
-                error = {
-                    "type": "PayloadLost",
-                    "detail": "Redis lost this job before it ran, and its payload held secrets, which "
-                    "Conveyor never stores in SQL. Submit it again.",
-                }
-            else:
-                error = {"type": "DependencyFailed", "detail": f"Job {parents.blocking[0]} did not finish."}
-            failed = record(
-                row.job_id,
-                JobStatus.FAILED,
-                event="failed",
-                from_statuses=WAITING,
-                patch={"error": error, "ended_at": utcnow(), "eta_seconds": None},
-                data={"error": error},
-                client=self.client,
-            )
-            if failed.applied:
-                self._write_through(failed, "failed", {"error": error})
-                report.unrecoverable += 1
-            return
-        data = {"reason": "RQ had no waiting record of this job", "by": self.name}
-        noted = annotate(row.job_id, event="requeued", when=WAITING, data=data, client=self.client)
-        if not noted.applied:
-            return
-        run_at = row.scheduled_for if row.status == JobStatus.SCHEDULED.value else None
-        if run_at is not None and run_at <= utcnow():
-            run_at = None
-        enqueue_again(
-            row,
-            payload,
-            self.client,
-            run_at=run_at,
-            depends_on=parents.unfinished or None,
-            retries_left=retries_left(row),
-        )
-        self._write_through(noted, "requeued", data)
-        report.requeued += 1
-
-    # --- helpers ------------------------------------------------------------------------------------
-
-    def _write_through(self, result: TransitionResult, event: str, data: dict[str, Any] | None) -> None:
-        try:
-            write_through(result, event=event, data=data)
-        except Exception:  # the recorder applies the same entry from the journal anyway
-            log.exception("reconciler: could not write job changes through to SQL")
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:

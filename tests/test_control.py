@@ -167,6 +167,7 @@ def test_pause_holds_a_running_job_keeps_its_heartbeat_and_stops_its_timeout_clo
     final = wait_status(api, job_id, {"finished", "failed"}, timeout=15)
     assert final["status"] == "finished", final["error"]
     assert final["attempt"] == 1
+    wait_sql_status(job_id, "finished")
     names = [e["event"] for e in events(api, job_id)]
     for event in ("pause_requested", "paused", "resume_requested", "resumed"):
         assert event in names
@@ -183,9 +184,12 @@ def test_pause_and_resume_refuse_what_makes_no_sense(api: TestClient, control_wo
     running = submit(api, "steps", {"steps": 200, "step": 0.05})["job_id"]
     wait_status(api, running, {"started"})
     assert control(api, running, "resume").status_code == 409  # not paused
+    restart = control(api, running, "restart")
+    assert restart.status_code == 409 and restart.json()["allowed_actions"] == ["cancel", "pause"]
     control(api, running, "cancel")
     wait_status(api, running, {"canceled"})
     assert control(api, running, "pause").status_code == 409
+    assert control(api, running, "resume").status_code == 409
 
 
 def test_a_pause_not_reached_yet_can_be_withdrawn(api: TestClient, control_worker: Any):
@@ -196,8 +200,9 @@ def test_a_pause_not_reached_yet_can_be_withdrawn(api: TestClient, control_worke
     response = control(api, job_id, "resume")
     assert response.status_code == 200
     final = wait_status(api, job_id, {"finished"}, timeout=15)
+    wait_sql_status(job_id, "finished")
     names = [e["event"] for e in events(api, job_id)]
-    assert "paused" not in names and final["status"] == "finished"
+    assert "resume_requested" in names and "paused" not in names and final["status"] == "finished"
 
 
 def test_cancel_a_paused_job(api: TestClient, control_worker: Any):

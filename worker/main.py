@@ -37,7 +37,7 @@ from jobs.clock import utcnow
 from jobs.lifecycle import record
 from jobs.live import heartbeat_key, job_key
 from jobs.maintenance import Maintenance
-from jobs.queueing import SERIALIZER, get_queue, retry_in
+from jobs.queueing import HEARTBEAT_MARKER, SERIALIZER, get_queue, retry_in
 from jobs.recorder import Recorder
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
@@ -49,10 +49,6 @@ from worker.progress import JobInterrupted
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-
-# A field in the RQ worker hash: this worker keeps `last_heartbeat` fresh while a job runs,
-# so the reconciler may judge it dead as soon as that goes stale.
-HEARTBEAT_MARKER = "conveyor_heartbeat_interval"
 
 
 class ConveyorWorker(Worker):
