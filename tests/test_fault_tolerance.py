@@ -184,6 +184,28 @@ def test_a_rolling_restart_loses_nothing(
     assert names.count("started") == 2 and "requeued" in names and "failed" not in names
 
 
+def test_a_second_sigterm_requeues_the_running_job_at_once(
+    api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess], redis_client: Redis
+):
+    first = start_worker(env, tmp_path, "impatient", **FAST_ENV)  # default 20 s shutdown grace
+    workers.append(first)
+    job_id = submit(api, "sleeper", {"seconds": 60}, queue=QUEUE)["job_id"]
+    wait_status(api, job_id, {"started"})
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)
+    time.sleep(1.5)  # RQ ignores a repeat within a second
+    assert first.process.poll() is None, "the first SIGTERM lets the job go on"
+    first.process.send_signal(signal.SIGTERM)
+    first.process.wait(timeout=10)
+    snap = api.get(f"/api/v1/jobs/{job_id}").json()
+    assert snap["status"] == "queued" and snap["attempt"] == 2
+    assert get_queue(QUEUE, redis_client).get_job_ids() == [job_id]
+    requeued = [e for e in sql_events(job_id) if e.event == "requeued"]
+    assert requeued and "forced" in requeued[0].data["reason"]
+    get_queue(QUEUE, redis_client).remove(job_id)
+    api.post(f"/api/v1/jobs/{job_id}/cancel")
+
+
 # --- several reconcilers at once -------------------------------------------------------------------
 
 
