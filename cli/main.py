@@ -67,17 +67,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     from jobs.reconciler import Reconciler
     from jobs.redis_conn import get_redis
-    from jobs.settings import get_settings
     from jobs.tasks import load_tasks
 
     load_tasks()
     reconciler = Reconciler(get_redis(), name=args.name)
     while True:
-        report = reconciler.run_pass(sweep=True if not args.loop else None)
+        report = reconciler.run_pass(sweep=True if args.every is None else None)
         print(json.dumps(report.as_dict()), flush=True)
-        if not args.loop:
+        if args.every is None:
             return 0
-        time.sleep(get_settings().reconcile_interval or 5.0)
+        time.sleep(args.every)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -269,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recorder)
 
     p = sub.add_parser("reconcile", help="one reconciler pass (for a scheduled job); prints what it did")
-    p.add_argument("--loop", action="store_true", help="keep running, every CONVEYOR_RECONCILE_INTERVAL")
+    p.add_argument("--every", type=float, metavar="SECONDS", help="keep running, one pass every SECONDS")
     p.add_argument("--name", default="cli", help="name shown in the job history")
     p.set_defaults(func=cmd_reconcile)
 

@@ -352,10 +352,3 @@ class Reconciler:
             self.client.delete(marker)
             report.returned += 1
             log.warning("reconciler: job %s was dequeued by a worker that never started it; requeued", job_id)
-
-
-def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
-    """A scheduled AWS Lambda (e.g. every minute) that runs one full pass."""
-    from jobs.redis_conn import get_redis
-
-    return Reconciler(get_redis(), name="lambda").run_pass(sweep=True).as_dict()

@@ -293,3 +293,11 @@ def test_reconcile_command_prints_what_it_did(env: Backend):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["swept"] is True and "retried" in report
+
+
+def test_the_lambda_handler_runs_a_pass(env: Backend, redis_client: Redis):
+    from worker.lambda_reconcile import handler
+
+    redis_client.delete("cv:reconciler:lock")
+    report = handler({"source": "aws.events"}, None)
+    assert report["ran"] is True and set(report) >= {"retried", "failed", "requeued", "seconds"}
