@@ -289,15 +289,17 @@ def test_reconcile_command_prints_what_it_did(env: Backend):
 
     from tests.test_cli import conveyor
 
-    done = conveyor("reconcile", env=env.env())
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for _ in range(10):  # the workers' own reconcilers may hold the pass lock for a moment
+        done = conveyor("reconcile", env=env.env())
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        if report["ran"]:
+            break
     assert report["swept"] is True and "retried" in report
 
 
 def test_the_lambda_handler_runs_a_pass(env: Backend, redis_client: Redis):
     from worker.lambda_reconcile import handler
 
-    redis_client.delete("cv:reconciler:lock")
-    report = handler({"source": "aws.events"}, None)
-    assert report["ran"] is True and set(report) >= {"retried", "failed", "requeued", "seconds"}
+    report = wait_until(lambda: (r := handler({"source": "aws.events"}, None))["ran"] and r, timeout=10)
+    assert set(report) >= {"retried", "failed", "requeued", "seconds"}
