@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from redis import Redis
 
@@ -26,8 +28,11 @@ class Maintenance:
         self.name = name
         self.interval = settings.reconcile_interval
         self.reconciler = Reconciler(client, name=name)
-        declared = schedules() if settings.cron_enabled else []
-        self.cron = CronRunner(client, name=f"{name}.cron", declared=declared) if declared else None
+        self.declared = schedules() if settings.cron_enabled else []
+        self.cron: CronRunner | None = None
+
+    def _start_cron(self) -> CronRunner:
+        return CronRunner(self.client, name=f"{self.name}.cron", declared=self.declared)
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; a failing step is logged and tried again on its next turn."""
@@ -41,6 +46,8 @@ class Maintenance:
                         self._step(self.reconciler.run_pass)
                         next_pass = time.monotonic() + self.interval
                     wait = min(wait, max(0.0, next_pass - time.monotonic()))
+                if self.declared and self.cron is None:
+                    self.cron = self._step(self._start_cron)  # registers with Redis: retried if down
                 if self.cron is not None:
                     until = self._step(self.cron.tick)
                     wait = min(wait, until if isinstance(until, float | int) else 1.0)
@@ -49,9 +56,9 @@ class Maintenance:
             if self.cron is not None:
                 self._step(self.cron.register_death)
 
-    def _step(self, step: object) -> object:
+    def _step(self, step: Callable[[], Any]) -> Any:
         try:
-            return step()  # type: ignore[operator]
+            return step()
         except Exception:
             log.exception("maintenance: %s failed", getattr(step, "__qualname__", step))
             return None
