@@ -32,6 +32,7 @@ format: $(STAMP)
 bench: $(STAMP)    ## every benchmark; each prints its ratio on the last line
 	$(BIN)/python bench/worker_overhead.py
 	$(BIN)/python bench/analytics.py
+	$(BIN)/python bench/detection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
-from api.routes import health, history, insights, jobs, metrics
+from api.routes import control, health, history, insights, jobs, metrics
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
 from jobs.settings import get_settings
@@ -57,5 +57,6 @@ def create_app() -> FastAPI:
     app.include_router(history.router)
     app.include_router(insights.router)
     app.include_router(metrics.router)
+    app.include_router(control.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -62,6 +62,23 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    import time
+
+    from jobs.reconciler import Reconciler
+    from jobs.redis_conn import get_redis
+    from jobs.tasks import load_tasks
+
+    load_tasks()
+    reconciler = Reconciler(get_redis(), name=args.name)
+    while True:
+        report = reconciler.run_pass(sweep=True if args.every is None else None)
+        print(json.dumps(report.as_dict()), flush=True)
+        if args.every is None:
+            return 0
+        time.sleep(args.every)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from jobs.migrate import upgrade
 
@@ -223,7 +240,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     def run() -> int:
         with _client(args) as client:
-            snap = client.submit(args.task, payload, queue=args.queue, idempotency_key=args.idempotency_key)
+            snap = client.submit(
+                args.task,
+                payload,
+                queue=args.queue,
+                idempotency_key=args.idempotency_key,
+                run_at=args.run_at,
+                delay=args.delay,
+                depends_on=args.depends_on,
+            )
             if args.wait:
                 snap = client.wait(snap.job_id, timeout=args.timeout)
             _print_snapshot(snap, args.json)
@@ -237,6 +262,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         with _client(args) as client:
             _print_snapshot(client.get(args.job_id), args.json)
         return 0
+
+    return _api_call(run)
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    """cancel, pause, resume, restart: print the job as the API answered; --wait for its end."""
+
+    def run() -> int:
+        with _client(args) as client:
+            action = getattr(client, args.command)
+            reason = getattr(args, "reason", None)
+            snap = action(args.job_id, reason=reason) if reason else action(args.job_id)
+            wait = getattr(args, "wait", False)
+            if wait:
+                snap = client.wait(snap.job_id, timeout=args.timeout)
+            _print_snapshot(snap, args.json)
+        return {"failed": 1, "canceled": 2}.get(snap.status, 0) if wait else 0
 
     return _api_call(run)
 
@@ -274,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recorder", help="replay the live journal into SQL (the worker starts one itself)")
     p.add_argument("--name", help="consumer name (default: host.random.recorder)")
     p.set_defaults(func=cmd_recorder)
+
+    p = sub.add_parser("reconcile", help="one reconciler pass (for a scheduled job); prints what it did")
+    p.add_argument("--every", type=float, metavar="SECONDS", help="keep running, one pass every SECONDS")
+    p.add_argument("--name", default="cli", help="name shown in the job history")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("migrate", help="apply database migrations")
     p.add_argument("--revision", default="head")
@@ -316,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", help="payload field name=value (repeatable)")
     p.add_argument("--queue")
     p.add_argument("--idempotency-key")
+    p.add_argument("--delay", type=float, help="run after this many seconds")
+    p.add_argument("--run-at", help="run at this ISO 8601 time (with a timezone)")
+    p.add_argument("--depends-on", action="append", help="a job id that must finish first (repeatable)")
     p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0/1/2")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
     client_options(p)
@@ -325,6 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     client_options(p)
     p.set_defaults(func=cmd_status)
+
+    for action, text in (
+        ("cancel", "cancel a job (a running one is asked to stop, then stopped by force)"),
+        ("pause", "ask a running job to hold at its next checkpoint"),
+        ("resume", "let a paused job continue"),
+        ("restart", "run a failed or canceled job again (same id, attempt + 1)"),
+    ):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("job_id")
+        if action in ("cancel", "restart"):
+            p.add_argument("--reason", help="kept in the job's history")
+            p.add_argument("--wait", action="store_true", help="then wait until the job ends")
+            p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+        client_options(p)
+        p.set_defaults(func=cmd_control)
     return parser
 
 

@@ -145,13 +145,26 @@ class Client:
         queue: str | None = None,
         timeout: int | None = None,
         idempotency_key: str | None = None,
+        run_at: datetime | str | None = None,
+        delay: float | None = None,
+        depends_on: list[str] | None = None,
     ) -> Snapshot:
-        """Submit a job. Pass an ``idempotency_key`` to make retries of this call safe."""
+        """Submit a job. Pass an ``idempotency_key`` to make retries of this call safe.
+
+        ``run_at`` (an aware datetime) or ``delay`` (seconds) schedule it;
+        ``depends_on`` makes it wait for those jobs to finish.
+        """
         body: dict[str, Any] = {"task": task, "payload": payload or {}}
         if queue:
             body["queue"] = queue
         if timeout:
             body["timeout"] = timeout
+        if run_at is not None:
+            body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
+        if delay is not None:
+            body["delay"] = delay
+        if depends_on:
+            body["depends_on"] = list(depends_on)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return Snapshot.from_json(self.request("POST", "/api/v1/jobs", json=body, headers=headers).json())
 
@@ -175,6 +188,27 @@ class Client:
                 params[name] = value
         data = self.request("GET", "/api/v1/jobs", params=params).json()
         return Page(items=[Snapshot.from_json(i) for i in data["items"]], next_cursor=data.get("next_cursor"))
+
+    def cancel(self, job_id: str, *, reason: str | None = None) -> Snapshot:
+        """Cancel a job (a running one is asked to stop; it may still show `started` for a moment)."""
+        return self._control(job_id, "cancel", reason)
+
+    def pause(self, job_id: str) -> Snapshot:
+        """Ask a running job to hold at its next checkpoint."""
+        return self._control(job_id, "pause")
+
+    def resume(self, job_id: str) -> Snapshot:
+        """Let a paused job continue."""
+        return self._control(job_id, "resume")
+
+    def restart(self, job_id: str, *, reason: str | None = None) -> Snapshot:
+        """Run a failed or canceled job again under the same id (attempt + 1)."""
+        return self._control(job_id, "restart", reason)
+
+    def _control(self, job_id: str, action: str, reason: str | None = None) -> Snapshot:
+        body = {"reason": reason} if reason else None
+        response = self.request("POST", f"/api/v1/jobs/{job_id}/{action}", json=body)
+        return Snapshot.from_json(response.json())
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/api/v1/jobs/{job_id}/events").json()["items"])

@@ -84,6 +84,47 @@ def record(
     return result
 
 
+def annotate(
+    job_id: str,
+    *,
+    event: str,
+    when: Iterable[JobStatus],
+    patch: dict[str, Any] | None = None,
+    private: dict[str, str] | None = None,
+    expect_attempt: int = 0,
+    data: dict[str, Any] | None = None,
+    client: Redis | None = None,
+) -> TransitionResult:
+    """Record an event that keeps the job's status (a control request, a requeue).
+
+    It passes the same gate as a change: it applies only while the job is in
+    one of ``when``, bumps ``seq``, is published and journaled into the history.
+    """
+    store = live_store(client or get_redis())
+    kwargs: dict[str, Any] = {
+        "event": event,
+        "patch": patch,
+        "private": private,
+        "from_statuses": tuple(when),
+        "expect_attempt": expect_attempt,
+        "data": data,
+    }
+    result = store.transition(job_id, None, **kwargs)
+    if result.outcome == "missing" and reseed_from_sql(job_id, store.client) is not None:
+        result = store.transition(job_id, None, **kwargs)
+    return result
+
+
+def write_through_or_log(result: TransitionResult, *, event: str, data: dict[str, Any] | None = None) -> None:
+    """`write_through`, for background callers: a failure is logged, as the recorder applies it later."""
+    try:
+        write_through(result, event=event, data=data)
+    except Exception:
+        log.exception(
+            "could not write job %s's %s through to SQL", result.snapshot and result.snapshot.job_id, event
+        )
+
+
 def write_through(result: TransitionResult, *, event: str, data: dict[str, Any] | None = None) -> None:
     """Apply an accepted change to SQL now, so the caller reads its own write there.
 

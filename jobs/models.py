@@ -87,6 +87,7 @@ class Job(SQLModel, table=True):
     timeout_s: int | None = None
     seq: int = 1
     parent_id: str | None = Field(default=None, max_length=36, foreign_key="jobs.job_id", ondelete="SET NULL")
+    depends_on: list[str] | None = Field(default=None, sa_type=JSONType)
     trace_id: str | None = Field(default=None, max_length=64)
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)

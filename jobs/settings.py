@@ -51,6 +51,26 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=2.0, gt=0)
     heartbeat_ttl: int = Field(default=10, ge=2)
 
+    # Job control (see docs/reliability.md).
+    cancel_grace: float = Field(default=10.0, ge=0)
+    control_poll_interval: float = Field(default=0.2, gt=0, le=5)
+    shutdown_grace: float = Field(default=20.0, ge=0)
+
+    # Retries: a task's default backoff when it declares retries but no intervals.
+    retry_backoff: float = Field(default=2.0, gt=0)
+    retry_backoff_max: float = Field(default=600.0, gt=0)
+    retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+
+    # The reconciler (inside every worker's recorder process, or `conveyor reconcile`).
+    reconcile_interval: float = Field(default=5.0, ge=0)
+    reconcile_grace: float = Field(default=30.0, ge=0)
+    reconcile_sweep_interval: float = Field(default=300.0, gt=0)
+    recorder_claim_idle: float = Field(default=30.0, gt=0)
+
+    # Recurring jobs declared with `@cron` run in the worker's recorder process.
+    cron_enabled: bool = True
+    cron_tenant: str = Field(default="system", min_length=1, max_length=64)
+
     redact_keys: list[str] = [
         "password",
         "passwd",

@@ -44,10 +44,13 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.CANCELED: frozenset(),
 }
 
-# A new attempt (a retry after a failure, or an explicit restart) begins from
-# these statuses and lands in a waiting status with attempt + 1.
+# A new attempt (a retry after a failure, a requeue at worker shutdown, or an
+# explicit restart) begins from these statuses and lands in a waiting status
+# with attempt + 1 (deferred when a restarted job still waits for a parent).
 NEW_ATTEMPT_FROM: frozenset[JobStatus] = frozenset({S.STARTED, S.PAUSED, S.FAILED, S.CANCELED})
-NEW_ATTEMPT_TO: frozenset[JobStatus] = frozenset({S.QUEUED, S.SCHEDULED})
+NEW_ATTEMPT_TO: frozenset[JobStatus] = frozenset({S.QUEUED, S.SCHEDULED, S.DEFERRED})
+# A job in one of these statuses has a live attempt: a work-horse holds it.
+RUNNING: frozenset[JobStatus] = frozenset({S.STARTED, S.PAUSED})
 
 
 def can_transition(current: JobStatus | str, new: JobStatus | str, *, new_attempt: bool = False) -> bool:

@@ -19,7 +19,7 @@ from jobs.error_signature import error_signature
 from jobs.errors import InvalidRequest
 from jobs.models import Job, JobEvent
 from jobs.results import store_blobs
-from jobs.status import JobStatus
+from jobs.status import RUNNING, WAITING, JobStatus
 
 
 def get_job(session: Session, *, job_id: str, tenant: str | None = None) -> Job | None:
@@ -133,6 +133,52 @@ def _has_tag(session: Session, tag: str) -> Any:
 def list_events(session: Session, *, job_id: str) -> list[JobEvent]:
     query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.seq), col(JobEvent.id))
     return list(session.exec(query).all())
+
+
+# --- what the reconciler asks ------------------------------------------------------------------
+
+
+def running_job_ids(session: Session) -> list[str]:
+    """Ids of the jobs SQL believes are started or paused."""
+    query = select(Job.job_id).where(col(Job.status).in_([s.value for s in RUNNING]))
+    return list(session.exec(query).all())
+
+
+def waiting_jobs(
+    session: Session,
+    *,
+    untouched_since: datetime,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 500,
+) -> list[Job]:
+    """Waiting jobs (queued, scheduled, deferred) unchanged since a time, oldest first, one page at a time."""
+    query = select(Job).where(
+        col(Job.status).in_([s.value for s in WAITING]), col(Job.updated_at) < untouched_since
+    )
+    if after is not None:
+        created, job_id = after
+        query = query.where(
+            sa.or_(
+                col(Job.created_at) > created,
+                sa.and_(col(Job.created_at) == created, col(Job.job_id) > job_id),
+            )
+        )
+    return list(session.exec(query.order_by(col(Job.created_at), col(Job.job_id)).limit(limit)).all())
+
+
+def deferred_jobs(session: Session, *, limit: int = 500) -> list[Job]:
+    """Jobs waiting for others to finish, oldest first."""
+    query = select(Job).where(Job.status == JobStatus.DEFERRED.value)
+    return list(session.exec(query.order_by(col(Job.created_at)).limit(limit)).all())
+
+
+def statuses_of(session: Session, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+    """The SQL status of each of those jobs that exists."""
+    ids = list(set(job_ids))
+    if not ids:
+        return {}
+    rows = session.exec(select(Job.job_id, Job.status).where(col(Job.job_id).in_(ids))).all()
+    return {job_id: JobStatus(status) for job_id, status in rows}
 
 
 # --- replaying the live journal into SQL -------------------------------------------------------

@@ -13,14 +13,16 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis.exceptions
 import sqlalchemy as sa
+from sqlmodel import Session
 
-from jobs.clock import utcnow
+from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
-from jobs.errors import IdempotencyConflict, InvalidRequest, ServiceUnavailable
+from jobs.errors import IdempotencyConflict, IllegalTransition, InvalidRequest, ServiceUnavailable
 from jobs.live import job_key
 from jobs.models import Job, JobEvent
 from jobs.queueing import enqueue
@@ -29,7 +31,7 @@ from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import assemble, doc_from_row, row_fields
 from jobs.status import JobStatus
-from jobs.store import add_job, find_by_idempotency_key
+from jobs.store import add_job, find_by_idempotency_key, get_job
 from jobs.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ REDIS_DOWN = (
 )
 
 
+MAX_AHEAD = timedelta(days=366)
+MAX_PARENTS = 20
+
+
 @dataclass(frozen=True)
 class Submission:
     job_id: str
@@ -48,9 +54,54 @@ class Submission:
     created: bool  # False when an Idempotency-Key replayed an earlier submission
 
 
-def request_hash(task: str, payload: Any, queue: str | None) -> str:
-    canonical = json.dumps({"task": task, "payload": payload, "queue": queue}, sort_keys=True, default=str)
+def request_hash(task: str, payload: Any, queue: str | None, **options: Any) -> str:
+    """The digest an Idempotency-Key is bound to (options count only when given)."""
+    body = {"task": task, "payload": payload, "queue": queue}
+    body.update({name: value for name, value in options.items() if value not in (None, [], ())})
+    canonical = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _run_at(now: datetime, run_at: datetime | None, delay: float | None) -> datetime | None:
+    """When a delayed submission should run (None: now)."""
+    if run_at is not None and delay is not None:
+        raise InvalidRequest("Give run_at or delay, not both.")
+    when = run_at if run_at is not None else (now + timedelta(seconds=delay) if delay else None)
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise InvalidRequest("run_at needs a timezone (for example 2030-01-01T09:00:00Z).")
+    if when - now > MAX_AHEAD:
+        raise InvalidRequest("run_at and delay may be at most 366 days ahead.")
+    return when if when > now else None
+
+
+def _parents(session: Session, tenant: str, depends_on: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(all parent ids, those not finished yet); unknown ids are 422, failed parents 409."""
+    ids = list(dict.fromkeys(depends_on))
+    if len(ids) > MAX_PARENTS:
+        raise InvalidRequest(f"depends_on may name at most {MAX_PARENTS} jobs.")
+    unfinished = []
+    for parent_id in ids:
+        row = get_job(session, job_id=parent_id, tenant=tenant) if _is_uuid(parent_id) else None
+        if row is None:
+            raise InvalidRequest(f"depends_on: there is no job {parent_id!r}.", unknown_job=parent_id)
+        if row.status in (JobStatus.FAILED.value, JobStatus.CANCELED.value):
+            raise IllegalTransition(
+                f"depends_on: job {parent_id} is {row.status}, so this job could never run. "
+                "Restart that job first, or leave it out.",
+                status=row.status,
+            )
+        if row.status != JobStatus.FINISHED.value:
+            unfinished.append(parent_id)
+    return ids, unfinished
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def _replay(job: Job, digest: str) -> Submission:
@@ -88,22 +139,34 @@ def submit_job(
     timeout: int | None = None,
     tags: Sequence[str] = (),
     trace_id: str | None = None,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+    depends_on: Sequence[str] = (),
 ) -> Submission:
-    """Accept a job for ``tenant``; raises a ConveyorError the API turns into a status code."""
+    """Accept a job for ``tenant``; raises a ConveyorError the API turns into a status code.
+
+    With ``run_at`` or ``delay`` it waits as ``scheduled``; with ``depends_on``
+    (job ids of the same tenant) it waits as ``deferred`` until they finish.
+    """
     spec = get_task(task)
     model = spec.validate(payload)
     queue_name = _resolve_queue(spec, queue)
     clean = model.model_dump(mode="json")
-    digest = request_hash(task, payload, queue)
-
     now = utcnow()
+    when = _run_at(now, run_at, delay)
+    if when is not None and depends_on:
+        raise InvalidRequest("A job can wait for a time or for other jobs, not both.")
+    digest = request_hash(
+        task, payload, queue, run_at=isoformat(run_at), delay=delay, depends_on=list(depends_on)
+    )
+
     job = Job(
         job_id=str(uuid.uuid4()),
         tenant=tenant,
         owner=owner,
         task=spec.name,
         queue=queue_name,
-        status=JobStatus.QUEUED.value,
+        status=JobStatus.SCHEDULED.value if when else JobStatus.QUEUED.value,
         params=redact(clean),
         max_retries=spec.retries,
         timeout_s=timeout or spec.timeout,
@@ -111,17 +174,28 @@ def submit_job(
         trace_id=trace_id,
         idempotency_key=idempotency_key,
         request_hash=digest,
+        scheduled_for=when,
         created_at=now,
-        enqueued_at=now,
+        enqueued_at=when or now,
         updated_at=now,
     )
+    unfinished: list[str] = []
     try:
         with session_scope() as session:
             if idempotency_key:
                 earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key)
                 if earlier is not None:
                     return _replay(earlier, digest)
-            add_job(session, job=job)
+            details: dict[str, Any] = {}
+            if depends_on:
+                parents, unfinished = _parents(session, tenant, depends_on)
+                job.parent_id, job.depends_on = parents[0], parents
+                details["depends_on"] = parents
+                if unfinished:
+                    job.status = JobStatus.DEFERRED.value
+            if when is not None:
+                details["scheduled_for"] = isoformat(when)
+            add_job(session, job=job, data=details or None)
     except sa.exc.IntegrityError:
         # A concurrent submission with the same Idempotency-Key won the race.
         with session_scope() as session:
@@ -135,16 +209,25 @@ def submit_job(
 
     fields = row_fields(job)
     doc = assemble(fields)
+    mapping: dict[str | bytes, bytes | float | int | str] = {"tenant": tenant, "owner": owner or ""}
+    mapping.update(fields)
+    mapping["_doc"] = doc
     try:
         client = get_redis()
-        with client.pipeline(transaction=True) as pipe:
-            pipe.multi()  # RQ expects a caller's pipeline to be in MULTI already
-            mapping: dict[str | bytes, bytes | float | int | str] = {"tenant": tenant, "owner": owner or ""}
-            mapping.update(fields)
-            mapping["_doc"] = doc
-            pipe.hset(job_key(job.job_id), mapping=mapping)
-            enqueue(job, spec, clean, connection=client, pipeline=pipe)
-            pipe.execute()
+        for _ in range(5):
+            try:
+                with client.pipeline(transaction=True) as pipe:
+                    # RQ first WATCHes the parents, then opens the transaction our live state joins.
+                    enqueue(
+                        job, spec, clean, connection=client, pipeline=pipe, run_at=when, depends_on=unfinished
+                    )
+                    pipe.hset(job_key(job.job_id), mapping=mapping)
+                    pipe.execute()
+                break
+            except redis.exceptions.WatchError:
+                continue  # a parent changed while RQ looked at it: look again
+        else:
+            raise ServiceUnavailable("the jobs this one depends on kept changing while it was enqueued")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ServiceUnavailable) as exc:
         log.error("submit: could not enqueue job %s: %s", job.job_id, exc)
         _mark_enqueue_failed(job, str(exc))

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from jobs.errors import InvalidPayload, UnknownTask
+from jobs.retries import RetryPolicy
 from jobs.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +43,9 @@ class TaskSpec:
     timeout: int | None = None
     retries: int = 0
     retry_intervals: tuple[int, ...] = ()
+    retry_backoff: float | None = None
+    retry_backoff_max: float | None = None
+    retry_jitter: float | None = None
     result_ttl: int | None = None
     description: str = ""
     takes_progress: bool = False
@@ -61,6 +65,18 @@ class TaskSpec:
     def schema(self) -> dict[str, Any]:
         return self.payload_model.model_json_schema()
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The task's retry policy, with the settings' defaults for what it leaves open."""
+        settings = get_settings()
+        return RetryPolicy(
+            retries=self.retries,
+            intervals=self.retry_intervals,
+            backoff=self.retry_backoff or settings.retry_backoff,
+            backoff_max=self.retry_backoff_max or settings.retry_backoff_max,
+            jitter=settings.retry_jitter if self.retry_jitter is None else self.retry_jitter,
+        )
+
 
 _registry: dict[str, TaskSpec] = {}
 _loaded: set[str] = set()
@@ -75,10 +91,19 @@ def task(
     timeout: int | None = None,
     retries: int = 0,
     retry_intervals: tuple[int, ...] | list[int] = (),
+    retry_backoff: float | None = None,
+    retry_backoff_max: float | None = None,
+    retry_jitter: float | None = None,
     result_ttl: int | None = None,
     tags: tuple[str, ...] | list[str] = (),
 ) -> Any:
-    """Register a task. Usable bare (`@task`) or with options (`@task(queue="reports")`)."""
+    """Register a task. Usable bare (`@task`) or with options (`@task(queue="reports")`).
+
+    A failed attempt is retried ``retries`` times: after ``retry_intervals``
+    seconds when given, else with exponential backoff from ``retry_backoff``
+    seconds (doubling, capped at ``retry_backoff_max``); every interval is
+    spread by ±``retry_jitter`` (a fraction). Unset values come from the settings.
+    """
 
     def register(fn: F) -> F:
         spec = _spec_for(
@@ -88,6 +113,9 @@ def task(
             timeout=timeout,
             retries=retries,
             retry_intervals=tuple(retry_intervals),
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_jitter=retry_jitter,
             result_ttl=result_ttl,
             tags=tuple(tags),
         )
@@ -114,8 +142,13 @@ def _spec_for(fn: Callable[..., Any], **options: Any) -> TaskSpec:
         raise TypeError(
             f"task {fn.__name__}: annotate its first parameter with a pydantic BaseModel subclass"
         )
-    if options["retries"] < 0:
-        raise ValueError("retries must be >= 0")
+    RetryPolicy(  # refuses bad retry options at import time, with a clear message
+        retries=options["retries"],
+        intervals=options["retry_intervals"],
+        backoff=options["retry_backoff"] or 1.0,
+        backoff_max=options["retry_backoff_max"] or 1.0,
+        jitter=options["retry_jitter"] or 0.0,
+    )
     doc = inspect.getdoc(fn) or ""
     return TaskSpec(
         func=fn,
@@ -136,6 +169,14 @@ def load_tasks() -> dict[str, TaskSpec]:
                     importlib.import_module(module)
                     _loaded.add(module)
     return _registry
+
+
+def task_of(func: Callable[..., Any]) -> TaskSpec:
+    """The task registered for ``func`` (for decorators stacked on `@task`)."""
+    for spec in _registry.values():
+        if spec.func is func:
+            return spec
+    raise TypeError(f"{_qualname(func)} is not a task: put @task(...) directly under this decorator")
 
 
 def get_task(name: str) -> TaskSpec:

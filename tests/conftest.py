@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -23,9 +25,19 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_ENV = {
     "CONVEYOR_ENVIRONMENT": "test",
     "CONVEYOR_SECRET_KEY": "test-secret-key-not-for-production",
-    "CONVEYOR_QUEUES": '["default", "other"]',
+    "CONVEYOR_QUEUES": '["default", "other", "control", "isolated"]',
+    "CONVEYOR_TASK_MODULES": '["worker.tasks", "tests.control_tasks", "tests.history_tasks"]',
     "CONVEYOR_LOG_LEVEL": "WARNING",
-    "CONVEYOR_TASK_MODULES": '["worker.tasks", "tests.history_tasks"]',
+}
+
+# Short heartbeats and reconciler intervals for workers whose tests wait on them.
+FAST_ENV = {
+    "CONVEYOR_HEARTBEAT_INTERVAL": "1",
+    "CONVEYOR_HEARTBEAT_TTL": "3",
+    "CONVEYOR_RECONCILE_INTERVAL": "0.5",
+    "CONVEYOR_RECONCILE_GRACE": "2",
+    "CONVEYOR_CONTROL_POLL_INTERVAL": "0.05",
+    "CONVEYOR_RECORDER_CLAIM_IDLE": "3",
 }
 os.environ.update(TEST_ENV)
 for name in ("REDIS_URL", "DATABASE_URL", "CONVEYOR_REDIS_URL", "CONVEYOR_DATABASE_URL"):
@@ -147,28 +159,37 @@ def redis_client(env: Backend) -> Redis:
 
 
 class WorkerProcess:
-    """A real `conveyor worker` child process."""
+    """A real `conveyor worker` child process (in its own session, so it can be killed as a whole)."""
 
-    def __init__(self, backend: Backend, log_path: Path, name: str, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        log_path: Path,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+        queues: str = "default",
+    ):
         self.backend = backend
         self.log_path = log_path
         self.name = name
         self.extra_env = extra_env or {}
+        self.queues = queues
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **self.backend.env(), **self.extra_env}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "--name", self.name, "--queues", "default"],
+            [sys.executable, "-m", "cli.main", "worker", "--name", self.name, "--queues", self.queues],
             env=env,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         from rq import Worker
 
-        connection = Redis.from_url(self.backend.redis_url)
+        connection = Redis.from_url(env.get("REDIS_URL", self.backend.redis_url))
         wait_until(
             lambda: self.name in {w.name for w in Worker.all(connection=connection)} or self._died(),
             timeout=30,
@@ -188,11 +209,45 @@ class WorkerProcess:
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill_hard()
+
+    def kill_hard(self) -> None:
+        """SIGKILL the worker and every process under it (work-horse, recorder, scheduler) at once."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        pids = [*descendants(self.process.pid), self.process.pid]
+        for pid in pids:  # freeze them all first, so none reacts to another's death
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (Linux /proc), children first found first."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
+            except FileNotFoundError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.append(child)
+                    pending.append(child)
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -200,6 +255,16 @@ def worker(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """One real worker process per backend, shared by the tests that need jobs to run."""
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     proc = WorkerProcess(backend, log_path, f"test-{backend.name}-{uuid.uuid4().hex[:6]}").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def control_worker(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A worker on the `control` queue with short heartbeats and a fast reconciler."""
+    log_path = tmp_path_factory.mktemp("control-worker") / "worker.log"
+    name = f"control-{backend.name}-{uuid.uuid4().hex[:6]}"
+    proc = WorkerProcess(backend, log_path, name, extra_env=FAST_ENV, queues="control").start()
     yield proc
     proc.stop()
 

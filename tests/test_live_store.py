@@ -104,3 +104,37 @@ def test_read_returns_tenant_and_document(env: Backend):
     assert tenant == "acme"
     assert json.loads(doc)["job_id"] == job_id
     assert store.read("00000000-0000-4000-8000-000000000000") is None
+
+
+def test_an_annotation_keeps_the_status_and_is_versioned_and_journaled(env: Backend, redis_client: Any):
+    from jobs.lifecycle import annotate
+    from jobs.live import CONTROL, RUNNING_SET
+
+    job_id = seed_job()
+    record(job_id, S.STARTED, event="started")
+    assert redis_client.sismember(RUNNING_SET, job_id)
+    noted = annotate(
+        job_id, event="cancel_requested", when=(S.STARTED, S.PAUSED), private={CONTROL: "cancel"}
+    )
+    assert noted.applied and noted.control == "cancel"
+    assert noted.snapshot is not None and noted.snapshot.status == S.STARTED and noted.snapshot.seq == 3
+    progress = record(
+        job_id, S.STARTED, event="progress", from_statuses=(S.STARTED,), patch={"progress": 5.0}
+    )
+    assert progress.control == "cancel"  # every write hands the pending request back
+
+    done = record(job_id, S.CANCELED, event="canceled")
+    assert done.applied and done.control is None  # leaving `started` drops the request
+    assert not redis_client.sismember(RUNNING_SET, job_id)
+    refused = annotate(job_id, event="cancel_requested", when=(S.STARTED, S.PAUSED))
+    assert refused.outcome == "refused"
+
+
+def test_an_annotation_names_live_statuses_only(env: Backend):
+    import pytest
+
+    from jobs.lifecycle import annotate
+
+    job_id = seed_job()
+    with pytest.raises(ValueError):
+        annotate(job_id, event="x", when=(S.FINISHED,))

@@ -46,6 +46,7 @@ def test_a_new_attempt_may_leave_failed_or_canceled_but_never_finished():
     assert can_transition(S.FAILED, S.QUEUED, new_attempt=True)
     assert can_transition(S.CANCELED, S.QUEUED, new_attempt=True)
     assert can_transition(S.STARTED, S.SCHEDULED, new_attempt=True)
+    assert can_transition(S.FAILED, S.DEFERRED, new_attempt=True)  # a restart that waits for a parent
     assert not can_transition(S.FINISHED, S.QUEUED, new_attempt=True)
     assert not can_transition(S.FAILED, S.STARTED, new_attempt=True)
 

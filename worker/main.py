@@ -22,7 +22,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
+from types import FrameType
 from typing import Any
 
 from redis import Redis
@@ -30,47 +32,171 @@ from rq import SimpleWorker, Worker
 from rq.job import Job as RQJob
 from rq.queue import Queue
 
-from jobs.live import heartbeat_key
-from jobs.queueing import SERIALIZER, get_queue
+from jobs.attempts import end_failed_attempt
+from jobs.clock import utcnow
+from jobs.lifecycle import record
+from jobs.live import heartbeat_key, job_key
+from jobs.maintenance import Maintenance
+from jobs.queueing import HEARTBEAT_MARKER, SERIALIZER, get_queue, retry_in
 from jobs.recorder import Recorder
 from jobs.redaction import install_log_redaction
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
+from jobs.status import RUNNING, JobStatus
 from jobs.tasks import load_tasks
 from jobs.tracing import TraceIdFilter
-from worker.runner import record_attempt_failed
+from worker import runner  # noqa: F401  (RQ imports the runner by name: load it before forking)
+from worker.progress import JobInterrupted
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 
 
-def on_work_horse_killed(job: RQJob, retpid: int, ret_val: int, rusage: Any) -> None:
-    """The work-horse died without reporting (OOM killer, SIGKILL): record the attempt as failed."""
-    record_attempt_failed(
-        job,
-        {
-            "type": "WorkHorseKilled",
-            "detail": f"The work-horse process died unexpectedly (status {ret_val}).",
-        },
-    )
-
-
 class ConveyorWorker(Worker):
-    """RQ's forking worker, plus two things Conveyor needs from the parent process.
+    """RQ's forking worker, plus what Conveyor needs from the parent process.
 
     - It keeps the running job's heartbeat key alive every `heartbeat_interval`
       (RQ wakes this often to monitor its work-horse), so the reconciler can
       tell an abandoned job from a quiet one within seconds.
+    - A paused job's time does not count against its timeout: the work-horse
+      sets its alarm aside while paused, and this process leaves paused time
+      out of the working time it checks against ``timeout + 60``.
+    - On SIGTERM it lets the running job finish (RQ's warm shutdown) for up to
+      `shutdown_grace` seconds, then requeues it as a new attempt and stops
+      its work-horse, so a rolling restart loses nothing.
     - It freezes the garbage collector's view of the parent's objects around
       each fork, so collections in the work-horse do not dirty (copy) the
       pages of every object it inherited.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reset_job_state(None)
+
+    def _reset_job_state(self, job_id: str | None) -> None:
+        self._job_id = job_id
+        self._attempt = 0
+        self._paused_seconds = 0.0
+        self._paused_since: float | None = None
+        self._requeued_job_id: str | None = None
+
+    def serialize(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().serialize()
+        data[HEARTBEAT_MARKER] = get_settings().heartbeat_interval
+        if self._job_id:  # so that a worker hash rebuilt after a Redis restart still names its job
+            data["current_job"] = self._job_id
+        return data
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        self._reset_job_state(job.id)
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._reset_job_state(None)
+
+    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
+        paused = self._paused_seconds
+        if self._paused_since is not None:
+            paused += time.monotonic() - self._paused_since
+        super().set_current_job_working_time(max(0.0, current_job_working_time - paused), pipeline=pipeline)
+
     def maintain_heartbeats(self, job: RQJob) -> None:
         super().maintain_heartbeats(job)
         ttl = get_settings().heartbeat_ttl
-        self.connection.set(heartbeat_key(job.id), 1, ex=ttl, xx=True)
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.set(heartbeat_key(job.id), 1, ex=ttl, xx=True)
+            pipe.hmget(job_key(job.id), ["status", "attempt"])
+            _, (status, attempt) = pipe.execute()
+        if status is not None:
+            self._attempt = int(attempt or 0)
+            self._track_pause(JobStatus(status.decode().strip('"')) == JobStatus.PAUSED)
+        if self._stop_requested and self._shutdown_requested_date is not None:
+            waited = (utcnow() - self._shutdown_requested_date).total_seconds()
+            if waited >= get_settings().shutdown_grace:
+                self.requeue_current_job(job, reason=f"worker shutdown: still running after {waited:.0f}s")
+
+    def _track_pause(self, paused: bool) -> None:
+        now = time.monotonic()
+        if paused and self._paused_since is None:
+            self._paused_since = now
+        elif not paused and self._paused_since is not None:
+            self._paused_seconds += now - self._paused_since
+            self._paused_since = None
+
+    def requeue_current_job(self, job: RQJob, *, reason: str) -> bool:
+        """Give the running job back to the queue as a new attempt, then stop its work-horse.
+
+        The new attempt is recorded first, so the old work-horse's last writes
+        are refused as stale; RQ's record is requeued when the horse is gone
+        (see `handle_job_failure`). It does not use up a retry.
+        """
+        if self._requeued_job_id == job.id or not self.horse_pid:
+            return False
+        requeued = record(
+            job.id,
+            JobStatus.QUEUED,
+            event="requeued",
+            new_attempt=True,
+            from_statuses=RUNNING,
+            expect_attempt=self._attempt,
+            patch={"enqueued_at": utcnow(), "eta_seconds": None, "message": "requeued: " + reason},
+            data={"reason": reason, "worker": self.name},
+        )
+        if not requeued.applied:
+            return False
+        log.warning("worker %s: requeued job %s (%s)", self.name, job.id, reason)
+        self._requeued_job_id = job.id
+        self.kill_horse()
+        return True
+
+    def handle_work_horse_killed(self, job: RQJob, retpid: int, ret_val: int, rusage: Any) -> None:
+        """The work-horse died without reporting (OOM killer, SIGKILL): record how the attempt ends."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        if job.id == self._requeued_job_id:
+            return
+        error = {
+            "type": "WorkHorseKilled",
+            "detail": f"The work-horse process died unexpectedly (status {ret_val}).",
+        }
+        ended = end_failed_attempt(job.id, error, attempt=self._attempt, retry_in=retry_in(job))
+        if ended.outcome == "canceled":
+            job.retries_left = 0
+
+    def handle_job_failure(
+        self, job: RQJob, queue: Queue, started_job_registry: Any = None, exc_string: str = ""
+    ) -> None:
+        if job.id != self._requeued_job_id:
+            super().handle_job_failure(
+                job, queue, started_job_registry=started_job_registry, exc_string=exc_string
+            )
+            return
+        with self.connection.pipeline() as pipe:
+            pipe.multi()
+            self.cleanup_execution(job, pipeline=pipe)
+            job.started_at = job.ended_at = None
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)  # as RQ's retry does: no WATCH in MULTI
+            pipe.execute()
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A second SIGTERM/SIGINT: requeue the running job at once instead of abandoning it."""
+        since = self._shutdown_requested_date
+        if since is not None and (utcnow() - since).total_seconds() < 1:
+            return  # the same shutdown signal delivered twice (RQ ignores it too)
+        job = self.get_current_job() if self.horse_pid else None
+        if job is not None and self.requeue_current_job(job, reason="worker shutdown (forced)"):
+            with contextlib.suppress(OSError):
+                self.wait_for_horse()
+            self.handle_job_failure(job, get_queue(job.origin, self.connection))
+            self._horse_pid = 0
+        super().request_force_stop(signum, frame)
+
+    def handle_exception(self, job: RQJob, *exc_info: Any) -> None:
+        """A canceled or superseded attempt is not an error: one line, no traceback."""
+        if len(exc_info) > 1 and isinstance(exc_info[1], JobInterrupted):
+            self.log.info("Worker %s: job %s stopped: %s", self.name, job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)
 
     def fork_work_horse(self, job: RQJob, queue: Queue) -> None:
         gc.freeze()
@@ -141,7 +267,6 @@ def run_worker(
         connection=connection,
         serializer=SERIALIZER,
         name=name,
-        work_horse_killed_handler=on_work_horse_killed,
         job_monitoring_interval=max(1, int(settings.heartbeat_interval)),
     )
     try:
@@ -151,8 +276,12 @@ def run_worker(
             stop_process(recorder_proc)  # it drains what is left before exiting
 
 
-def run_recorder(name: str | None = None) -> None:
-    """Replay the journal into SQL until SIGTERM/SIGINT; then drain what is left and exit."""
+def run_recorder(name: str | None = None, *, maintenance: bool = True) -> None:
+    """Replay the journal into SQL until SIGTERM/SIGINT; then drain what is left and exit.
+
+    Beside it, a thread runs the maintenance loop: the reconciler and the
+    recurring (cron) jobs, both of which need SQL, which work-horses never open.
+    """
     configure_logging()
     stop = threading.Event()
 
@@ -161,7 +290,18 @@ def run_recorder(name: str | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    settings = get_settings()
+    consumer = name or f"{worker_name()}.recorder"
     client = Redis.from_url(redis_url(), socket_timeout=30)
-    recorder = Recorder(client, consumer=name or f"{worker_name()}.recorder")
+    use_redis(client)
+    thread = None
+    if maintenance:
+        load_tasks()
+        loop = Maintenance(client, name=consumer)
+        thread = threading.Thread(target=loop.run, args=(stop,), name="maintenance", daemon=True)
+        thread.start()
+    recorder = Recorder(client, consumer=consumer, claim_idle=settings.recorder_claim_idle)
     recorder.run(stop, block=0.5)
     recorder.drain()
+    if thread is not None:
+        thread.join(timeout=10)

@@ -12,12 +12,22 @@ per ``progress_journal_interval``. A tight loop of 100,000 calls therefore
 costs a bounded number of Redis writes, and the last value always lands.
 Each write also refreshes the job's heartbeat; between writes the worker
 process keeps it (see `worker.main.ConveyorWorker`).
+
+`update` and `checkpoint` are where a job obeys its controls: a cancel raises
+:class:`JobCanceled`, a pause holds the task (status ``paused``) until it is
+resumed or canceled. Both are cheap: the gate hands back any pending request
+with every write, and a checkpoint reads it from Redis at most once per
+``control_poll_interval``. `checkpoint` also raises :class:`JobInterrupted`
+when this attempt is over (the job was ended or retried by someone else), so
+a long loop stops doing work nobody will record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import threading
 import time
 from datetime import datetime
@@ -26,11 +36,25 @@ from redis import Redis
 
 from jobs.clock import utcnow
 from jobs.lifecycle import record
+from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, heartbeat_key, job_key
 from jobs.redaction import redact_text
 from jobs.settings import get_settings
-from jobs.status import JobStatus
+from jobs.status import RUNNING, JobStatus
 
 log = logging.getLogger(__name__)
+
+
+class JobInterrupted(BaseException):
+    """This attempt is over: stop working. A BaseException, so `except Exception` does not swallow it."""
+
+
+class JobCanceled(JobInterrupted):
+    """The job was canceled; the runner records it. Catch it only to clean up, then re-raise."""
+
+    def __init__(self, by: str | None = None, requested_at: str | None = None) -> None:
+        super().__init__(f"canceled by {by or 'a request'}")
+        self.by = by
+        self.requested_at = requested_at
 
 
 class Progress:
@@ -55,6 +79,10 @@ class Progress:
         self.writes = 0  # snapshot writes made, for tests and benchmarks
         self.interrupted_by: JobStatus | None = None  # set when the job left `started` under us
         self._thread: threading.Thread | None = None
+        self._poll = settings.control_poll_interval
+        self._heartbeat_ttl = settings.heartbeat_ttl
+        self._control: str | None = None  # the pending control request, as last seen
+        self._control_seen = time.monotonic()
 
     @property
     def percent(self) -> float | None:
@@ -80,6 +108,97 @@ class Progress:
                 self._thread.start()
             else:
                 self._cond.notify()
+        self._obey(self._control_request())
+
+    def checkpoint(self) -> None:
+        """A safe point to stop or hold: raises on cancel, holds while paused, returns at once otherwise.
+
+        Call it in loops that do not report progress. It costs a clock read,
+        and a Redis read at most once per ``control_poll_interval``.
+        """
+        if self._closed:
+            return
+        if self.interrupted_by is not None:
+            raise JobInterrupted(f"job {self.job_id} is now {self.interrupted_by.value}")
+        self._obey(self._control_request(refresh_status=True))
+
+    def _control_request(self, *, refresh_status: bool = False) -> str | None:
+        """The pending control request, re-read from Redis when the last sight of it is stale."""
+        now = time.monotonic()
+        if now - self._control_seen < self._poll:
+            return self._control
+        status, attempt, control = self._client.hmget(job_key(self.job_id), ["status", "attempt", CONTROL])
+        self._control_seen = now
+        self._control = control.decode() if control else None
+        if refresh_status and status is not None:
+            current = JobStatus(status.decode().strip('"'))
+            if current not in RUNNING or int(attempt or 0) != self.attempt:
+                self.interrupted_by = current
+                raise JobInterrupted(
+                    f"job {self.job_id} is now {current.value} (attempt {int(attempt or 0)})"
+                )
+        return self._control
+
+    def _obey(self, control: str | None) -> None:
+        if control == "cancel":
+            self._raise_canceled()
+        if control == "pause":
+            self._hold()
+
+    def _raise_canceled(self) -> None:
+        self.flush()
+        by, at = self._client.hmget(job_key(self.job_id), [CONTROL_BY, CONTROL_AT])
+        raise JobCanceled(by.decode() if by else None, at.decode() if at else None)
+
+    def _hold(self) -> None:
+        """Hold while paused. RQ's timeout clock stops meanwhile (its alarm is set aside and re-armed)."""
+        self.flush()
+        paused = record(
+            self.job_id,
+            JobStatus.PAUSED,
+            event="paused",
+            from_statuses=(JobStatus.STARTED,),
+            patch={"eta_seconds": None},
+            expect_attempt=self.attempt,
+            client=self._client,
+        )
+        if not paused.applied:
+            return
+        remaining = 0.0
+        with contextlib.suppress(ValueError, OSError):  # no alarm outside RQ's forking worker
+            remaining = signal.setitimer(signal.ITIMER_REAL, 0)[0]
+        try:
+            while True:
+                time.sleep(self._poll)
+                with self._client.pipeline(transaction=False) as pipe:
+                    pipe.hmget(job_key(self.job_id), ["status", "attempt", CONTROL])
+                    pipe.set(heartbeat_key(self.job_id), self.attempt, ex=self._heartbeat_ttl, xx=True)
+                    (status, attempt, control), _ = pipe.execute()
+                self._control = control.decode() if control else None
+                self._control_seen = time.monotonic()
+                if status is None:  # Redis lost the live state: the pause went with it
+                    self._control = None
+                elif (
+                    JobStatus(status.decode().strip('"')) != JobStatus.PAUSED or int(attempt) != self.attempt
+                ):
+                    self.interrupted_by = JobStatus(status.decode().strip('"'))
+                    raise JobInterrupted(f"job {self.job_id} is now {self.interrupted_by.value}")
+                if self._control == "cancel":
+                    self._raise_canceled()
+                if self._control != "pause":
+                    record(
+                        self.job_id,
+                        JobStatus.STARTED,
+                        event="resumed",
+                        from_statuses=(JobStatus.PAUSED,),
+                        expect_attempt=self.attempt,
+                        client=self._client,
+                    )
+                    return
+        finally:
+            if remaining > 0:
+                with contextlib.suppress(ValueError, OSError):
+                    signal.setitimer(signal.ITIMER_REAL, remaining)
 
     def _eta(self, percent: float | None) -> float | None:
         if not percent or percent >= 100.0:
@@ -118,7 +237,8 @@ class Progress:
         except Exception:  # a progress write must never fail the task
             log.exception("progress: could not write progress of job %s", self.job_id)
             return
-        if not result.applied and result.outcome != "noop":
+        self._control, self._control_seen = result.control, time.monotonic()
+        if not result.applied and result.outcome != "noop" and result.current_status != JobStatus.PAUSED:
             self.interrupted_by = result.current_status
 
     def _flusher(self) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,15 +21,18 @@ from rq import get_current_job
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
+from jobs.attempts import end_failed_attempt, record_canceled
 from jobs.clock import utcnow
 from jobs.lifecycle import record
+from jobs.live import CONTROL_AT, CONTROL_BY, job_key
+from jobs.queueing import retry_in
 from jobs.redaction import redact, redact_text
 from jobs.redis_conn import get_redis
 from jobs.results import discard_blob, result_patch
-from jobs.status import JobStatus
+from jobs.status import WAITING, JobStatus
 from jobs.tasks import get_task
 from jobs.tracing import current_trace_id
-from worker.progress import Progress
+from worker.progress import JobCanceled, JobInterrupted, Progress
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,15 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         job_id,
         JobStatus.STARTED,
         event="started",
+        from_statuses=WAITING,  # never a second run of an attempt that is already running or over
         patch={
             "started_at": started_at,
             "ended_at": None,
             "error": None,
             "result": None,
             "result_ref": None,
+            "progress": None,
+            "message": None,
             "eta_seconds": None,
         },
         private={"worker": worker_name},
@@ -81,8 +86,10 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         client=client,
     )
     if not started.applied or started.snapshot is None:
-        log.warning("job %s not started: it is %s", job_id, started.current_status)
-        return None
+        # Canceled while queued, or a duplicate delivery of an attempt that ran: RQ must neither
+        # retry it nor release the jobs that depend on it, so it ends as an RQ failure.
+        _no_retry(rq_job)
+        raise JobInterrupted(f"job {job_id} was not started: it is {started.current_status}")
     attempt = started.snapshot.attempt
 
     progress = Progress(job_id=job_id, attempt=attempt, started_at=started_at, client=client)
@@ -91,6 +98,15 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         model = spec.validate(payload)
         value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
         fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
+    except JobCanceled as exc:
+        progress.close()
+        record_canceled(job_id, by=exc.by, requested_at=exc.requested_at, attempt=attempt, client=client)
+        _no_retry(rq_job)
+        raise
+    except JobInterrupted:
+        progress.close()
+        _no_retry(rq_job)
+        raise
     except BaseException as exc:
         progress.close()
         _record_failure(rq_job, exc, attempt)
@@ -110,47 +126,27 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
     return fields["result"] if fields["result_ref"] is None else fields["result_ref"]
 
 
+def _no_retry(rq_job: RQJob) -> None:
+    """Make RQ treat this attempt's end as final (the worker reads it off the same job object)."""
+    rq_job.retries_left = 0
+
+
 def _record_failure(rq_job: RQJob, exc: BaseException, attempt: int) -> None:
     error = error_info(exc)
-    data = {"error": error, "traceback": redact_text(traceback.format_exc(limit=30))}
-    record_attempt_failed(rq_job, error, attempt=attempt, data=data)
-
-
-def record_attempt_failed(
-    rq_job: RQJob, error: dict[str, str], *, attempt: int = 0, data: dict[str, Any] | None = None
-) -> None:
-    """Record a failed attempt: a new attempt when RQ will retry it, else the job's failure."""
-    now = utcnow()
-    if rq_job.should_retry:
-        delay = rq_job.get_retry_interval()
-        status = JobStatus.SCHEDULED if delay else JobStatus.QUEUED
-        when = now + timedelta(seconds=delay)
-        record(
-            rq_job.id,
-            status,
-            event="retry",
-            new_attempt=True,
-            patch={"error": error, "enqueued_at": when, "eta_seconds": None},
-            expect_attempt=attempt,
-            data={**(data or {}), "scheduled_for": when.isoformat(), "retry_in_s": delay},
-        )
-        return
-    record(
-        rq_job.id,
-        JobStatus.FAILED,
-        event="failed",
-        patch={"error": error, "ended_at": now, "eta_seconds": None},
-        expect_attempt=attempt,
-        data=data,
-    )
+    data = {"traceback": redact_text(traceback.format_exc(limit=30))}
+    ended = end_failed_attempt(rq_job.id, error, attempt=attempt, retry_in=retry_in(rq_job), data=data)
+    if ended.outcome == "canceled":
+        _no_retry(rq_job)
 
 
 def on_stopped(job: RQJob, connection: Any) -> None:
     """RQ callback, run in the worker process after it killed a job's work-horse on request."""
-    record(
+    client = get_redis()
+    by, at = client.hmget(job_key(job.id), [CONTROL_BY, CONTROL_AT])
+    record_canceled(
         job.id,
-        JobStatus.CANCELED,
-        event="canceled",
-        patch={"ended_at": utcnow(), "eta_seconds": None},
-        data={"forced": True},
+        by=by.decode() if by else None,
+        requested_at=at.decode() if at else None,
+        forced=True,
+        client=client,
     )

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
@@ -40,6 +40,17 @@ class SubmitRequest(BaseModel):
     )
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,63}$")]] = Field(
         default_factory=list, max_length=16, description="Labels to find the job by (`?tag=` on the list)."
+    )
+    run_at: AwareDatetime | None = Field(
+        default=None, description="Run at this time (ISO 8601 with a timezone); the job waits as `scheduled`."
+    )
+    delay: float | None = Field(
+        default=None, ge=0, le=366 * 86400, description="Run after this many seconds (`scheduled`)."
+    )
+    depends_on: list[str] | None = Field(
+        default=None,
+        max_length=20,
+        description="Ids of your jobs that must finish first; the job waits as `deferred`.",
     )
 
 
@@ -138,6 +149,9 @@ def submit(
         timeout=body.timeout,
         tags=body.tags,
         trace_id=trace_id_from_headers(traceparent, x_trace_id or x_request_id),
+        run_at=body.run_at,
+        delay=body.delay,
+        depends_on=body.depends_on or (),
     )
     headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
     if not submission.created:

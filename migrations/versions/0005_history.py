@@ -1,7 +1,7 @@
 """history: result references, error signatures, tags, large results, and the indexes history queries need
 
 Revision ID: 0005_history
-Revises: 0001
+Revises: 0004_job_control
 Create Date: 2026-11-23 09:15:02.941654
 """
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0005_history'
-down_revision: str | None = '0001'
+down_revision: str | None = '0004_job_control'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

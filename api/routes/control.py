@@ -1,0 +1,69 @@
+"""Steering a job: cancel, pause, resume, restart. Thin routes over `jobs.control`.
+
+Each answers with the job's snapshot: `200` when the change is in effect,
+`202` when the running job was asked and obeys at its next checkpoint. Another
+tenant's job is `404`; an action the job's status does not allow is `409`,
+saying what the status is and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Response
+from pydantic import BaseModel, Field
+
+from api.deps import CurrentPrincipal
+from jobs.control import ControlOutcome, cancel_job, pause_job, restart_job, resume_job
+from jobs.snapshot import JobSnapshot
+
+router = APIRouter(prefix="/api/v1", tags=["control"])
+
+RESPONSES: dict[int | str, dict[str, str]] = {
+    202: {"description": "Asked: the running job obeys at its next checkpoint."},
+    404: {"description": "No such job (for this tenant)."},
+    409: {"description": "Not allowed in the job's status; the body says which actions are."},
+}
+
+
+class ControlRequest(BaseModel):
+    reason: str | None = Field(default=None, max_length=500, description="Kept in the job's history.")
+
+
+OptionalBody = Annotated[ControlRequest | None, Body()]
+
+
+def _answer(outcome: ControlOutcome) -> Response:
+    return Response(
+        content=outcome.doc,
+        status_code=200 if outcome.done else 202,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobSnapshot, responses=RESPONSES)
+def cancel(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
+    """Cancel a job. A waiting job is canceled at once (200); a running one is asked to stop (202)
+    and is stopped by force if it has not within the grace period."""
+    reason = body.reason if body else None
+    return _answer(cancel_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id, reason=reason))
+
+
+@router.post("/jobs/{job_id}/pause", response_model=JobSnapshot, responses=RESPONSES)
+def pause(job_id: str, principal: CurrentPrincipal) -> Response:
+    """Ask a running job to hold at its next checkpoint (it shows `paused` once it does)."""
+    return _answer(pause_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id))
+
+
+@router.post("/jobs/{job_id}/resume", response_model=JobSnapshot, responses=RESPONSES)
+def resume(job_id: str, principal: CurrentPrincipal) -> Response:
+    """Let a paused job continue (202), or withdraw a pause it has not reached yet (200)."""
+    return _answer(resume_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id))
+
+
+@router.post("/jobs/{job_id}/restart", response_model=JobSnapshot, responses=RESPONSES)
+def restart(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
+    """Run a failed or canceled job again under the same id, as attempt + 1."""
+    reason = body.reason if body else None
+    return _answer(restart_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id, reason=reason))

@@ -1,0 +1,138 @@
+"""How an attempt that did not finish ends: one decision for every place that sees it end.
+
+The work-horse (the task raised), the worker process (its work-horse died)
+and the reconciler (the whole worker died) all record the end of an attempt
+here. A pending cancel wins: the job ends canceled. Otherwise the retry
+policy decides between a new attempt (``scheduled`` with the next run time,
+or ``queued``) and ``failed``. Every write is guarded by the attempt number
+and by the job still running, so a late or repeated report changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from redis import Redis
+
+from jobs.clock import isoformat, utcnow
+from jobs.lifecycle import record
+from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, TransitionResult, job_key
+from jobs.redis_conn import get_redis
+from jobs.status import RUNNING, JobStatus
+
+WORKER_LOST = "WorkerLost"
+
+Ending = Literal["retry", "failed", "canceled"]
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """What was recorded: the outcome, the gate's answer, and the retry delay (seconds)."""
+
+    outcome: Ending
+    result: TransitionResult
+    retry_in: int | None = None
+    event: str = ""
+    data: dict[str, Any] | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.result.applied
+
+
+def record_canceled(
+    job_id: str,
+    *,
+    by: str | None,
+    requested_at: str | None = None,
+    attempt: int = 0,
+    forced: bool = False,
+    data: dict[str, Any] | None = None,
+    client: Redis | None = None,
+) -> TransitionResult:
+    """Record that a running job stopped because it was canceled (by whom, asked when)."""
+    return record(
+        job_id,
+        JobStatus.CANCELED,
+        event="canceled",
+        from_statuses=RUNNING,
+        expect_attempt=attempt,
+        patch={"ended_at": utcnow(), "eta_seconds": None},
+        data=cancel_details(by=by, requested_at=requested_at, forced=forced, data=data),
+        client=client,
+    )
+
+
+def cancel_details(
+    *, by: str | None, requested_at: str | None, forced: bool, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The data of a `canceled` event (`canceled_by` also lands in the jobs row)."""
+    details: dict[str, Any] = {"forced": forced, **(data or {})}
+    if by:
+        details["canceled_by"] = by
+    if requested_at:
+        details["requested_at"] = requested_at
+    return details
+
+
+def pending_cancel(job_id: str, client: Redis) -> tuple[str, str | None] | None:
+    """(who, when) of a cancel requested for this running job, or None."""
+    action, by, at = client.hmget(job_key(job_id), [CONTROL, CONTROL_BY, CONTROL_AT])
+    if action != b"cancel":
+        return None
+    return (by or b"").decode(), at.decode() if at else None
+
+
+def end_failed_attempt(
+    job_id: str,
+    error: dict[str, str],
+    *,
+    attempt: int,
+    retry_in: int | None,
+    data: dict[str, Any] | None = None,
+    client: Redis | None = None,
+) -> AttemptEnd:
+    """Record a failed attempt: canceled if a cancel was pending, retried if ``retry_in`` is set,
+    else failed."""
+    client = client or get_redis()
+    cancel = pending_cancel(job_id, client)
+    if cancel is not None:
+        by, at = cancel
+        result = record_canceled(
+            job_id, by=by, requested_at=at, attempt=attempt, data={"error": error}, client=client
+        )
+        details = cancel_details(by=by, requested_at=at, forced=False, data={"error": error})
+        return AttemptEnd("canceled", result, event="canceled", data=details)
+    now = utcnow()
+    if retry_in is not None:
+        status = JobStatus.SCHEDULED if retry_in else JobStatus.QUEUED
+        # RQ's scheduled registry keeps whole seconds (utctimetuple drops the fraction), so the
+        # retry may run up to a second before now + retry_in: report the whole second it may start.
+        when = (now + timedelta(seconds=retry_in)).replace(microsecond=0) if retry_in else now
+        details = {**(data or {}), "error": error, "scheduled_for": isoformat(when), "retry_in_s": retry_in}
+        result = record(
+            job_id,
+            status,
+            event="retry",
+            new_attempt=True,
+            from_statuses=RUNNING,
+            patch={"error": error, "enqueued_at": when, "eta_seconds": None},
+            expect_attempt=attempt,
+            data=details,
+            client=client,
+        )
+        return AttemptEnd("retry", result, retry_in, event="retry", data=details)
+    details = {**(data or {}), "error": error}
+    result = record(
+        job_id,
+        JobStatus.FAILED,
+        event="failed",
+        from_statuses=RUNNING,
+        patch={"error": error, "ended_at": now, "eta_seconds": None},
+        expect_attempt=attempt,
+        data=details,
+        client=client,
+    )
+    return AttemptEnd("failed", result, event="failed", data=details)

@@ -1,0 +1,246 @@
+"""Steering jobs: cancel, pause, resume and restart, as the API, the CLI and the client ask.
+
+Every action passes the gate (`jobs.lifecycle`) and is written through to
+SQL, so the history shows who asked, and when, at once. A job that is waiting
+changes at once. A running job is asked: the request is stored with the live
+state and the work-horse obeys at its next `progress.update()` or
+`progress.checkpoint()`; a cancel it has not obeyed within ``cancel_grace``
+seconds is enforced by the reconciler with RQ's stop-job command.
+
+An action that makes no sense for the job's status raises `IllegalTransition`
+(409) saying what the status is and which actions are allowed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.clock import isoformat, utcnow
+from jobs.db import session_scope
+from jobs.errors import IllegalTransition, JobNotFound
+from jobs.lifecycle import annotate, record, write_through
+from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, CONTROL_DEADLINE, TransitionResult, job_key
+from jobs.queueing import cancel_waiting
+from jobs.redis_conn import get_redis
+from jobs.requeue import BLOCKING, enqueue_again, parents_of, payload_for
+from jobs.settings import get_settings
+from jobs.snapshot import doc_from_row
+from jobs.status import RUNNING, WAITING, JobStatus
+from jobs.store import get_job, statuses_of
+from jobs.tasks import get_task
+
+S = JobStatus
+
+
+@dataclass(frozen=True)
+class ControlOutcome:
+    """The job's snapshot after the action; ``done`` False means it was asked and takes effect shortly."""
+
+    doc: bytes
+    done: bool
+
+
+@dataclass(frozen=True)
+class _Current:
+    status: JobStatus
+    control: str | None
+    doc: bytes
+
+
+def valid_job_id(job_id: str) -> bool:
+    try:
+        return str(uuid.UUID(job_id)) == job_id
+    except ValueError:
+        return False
+
+
+def allowed_actions(status: JobStatus, control: str | None = None) -> list[str]:
+    """What may be asked of a job in ``status`` with a pending ``control`` request."""
+    if status in WAITING:
+        return ["cancel"]
+    if status == S.STARTED:
+        if control == "cancel":
+            return ["cancel"]
+        return ["cancel", "resume"] if control == "pause" else ["cancel", "pause"]
+    if status == S.PAUSED:
+        return ["cancel"] if control == "cancel" else ["cancel", "resume"]
+    return ["restart"] if status in (S.FAILED, S.CANCELED) else []
+
+
+def _refuse(job_id: str, action: str, current: _Current, why: str) -> IllegalTransition:
+    allowed = allowed_actions(current.status, current.control)
+    return IllegalTransition(
+        f"Cannot {action} job {job_id}: it is {current.status.value}{why}. "
+        f"Allowed now: {', '.join(allowed) if allowed else 'nothing (it has finished)'}.",
+        status=current.status.value,
+        allowed_actions=allowed,
+    )
+
+
+def _current(job_id: str, tenant: str) -> _Current:
+    """The job's status and pending request: Redis first, SQL when Redis no longer has it."""
+    if not valid_job_id(job_id):
+        raise JobNotFound(job_id)
+    owner, status, control, doc = get_redis().hmget(job_key(job_id), ["tenant", "status", CONTROL, "_doc"])
+    if doc is not None and status is not None:
+        if (owner or b"").decode() != tenant:
+            raise JobNotFound(job_id)
+        return _Current(JobStatus(status.decode().strip('"')), control.decode() if control else None, doc)
+    with session_scope() as session:
+        row = get_job(session, job_id=job_id, tenant=tenant)
+        if row is None:
+            raise JobNotFound(job_id)
+        return _Current(JobStatus(row.status), None, doc_from_row(row))
+
+
+def _applied(result: TransitionResult, *, event: str, data: dict[str, Any]) -> bytes:
+    write_through(result, event=event, data=data)
+    assert result.doc is not None
+    return result.doc
+
+
+def cancel_job(*, job_id: str, tenant: str, by: str, reason: str | None = None) -> ControlOutcome:
+    """Cancel a job: at once when it waits; a running one is asked to stop (and is stopped by force
+    once the grace period is over)."""
+    data: dict[str, Any]
+    for _ in range(3):  # the job may move while we act; look again
+        current = _current(job_id, tenant)
+        if current.status in WAITING:
+            data = {"canceled_by": by, "reason": reason} if reason else {"canceled_by": by}
+            result = record(
+                job_id,
+                S.CANCELED,
+                event="canceled",
+                from_statuses=WAITING,
+                patch={"ended_at": utcnow(), "eta_seconds": None},
+                data=data,
+            )
+            if result.applied:
+                cancel_waiting(job_id, get_redis())
+                return ControlOutcome(_applied(result, event="canceled", data=data), done=True)
+            continue
+        if current.status in RUNNING:
+            if current.control == "cancel":
+                return ControlOutcome(current.doc, done=False)  # already asked; the grace runs from then
+            grace = get_settings().cancel_grace
+            now = utcnow()
+            data = {"requested_by": by, "grace_s": grace}
+            if reason:
+                data["reason"] = reason
+            result = annotate(
+                job_id,
+                event="cancel_requested",
+                when=RUNNING,
+                private={
+                    CONTROL: "cancel",
+                    CONTROL_BY: by,
+                    CONTROL_AT: isoformat(now) or "",
+                    CONTROL_DEADLINE: str(time.time() + grace),
+                },
+                data=data,
+            )
+            if result.applied:
+                return ControlOutcome(_applied(result, event="cancel_requested", data=data), done=False)
+            continue
+        raise _refuse(job_id, "cancel", current, "")
+    raise IllegalTransition(f"Job {job_id} kept changing while it was being canceled; try again.")
+
+
+def pause_job(*, job_id: str, tenant: str, by: str) -> ControlOutcome:
+    """Ask a running job to hold at its next checkpoint."""
+    current = _current(job_id, tenant)
+    if current.status != S.STARTED or current.control == "cancel":
+        why = " and a cancel is pending" if current.control == "cancel" else ""
+        raise _refuse(job_id, "pause", current, why)
+    if current.control == "pause":
+        return ControlOutcome(current.doc, done=False)
+    data = {"requested_by": by}
+    result = annotate(
+        job_id,
+        event="pause_requested",
+        when=(S.STARTED,),
+        private={CONTROL: "pause", CONTROL_BY: by, CONTROL_AT: isoformat(utcnow()) or ""},
+        data=data,
+    )
+    if not result.applied:
+        raise _refuse(job_id, "pause", _current(job_id, tenant), "")
+    return ControlOutcome(_applied(result, event="pause_requested", data=data), done=False)
+
+
+def resume_job(*, job_id: str, tenant: str, by: str) -> ControlOutcome:
+    """Let a paused job continue (or withdraw a pause it has not reached yet)."""
+    current = _current(job_id, tenant)
+    paused = current.status == S.PAUSED and current.control != "cancel"
+    withdrawing = current.status == S.STARTED and current.control == "pause"
+    if not (paused or withdrawing):
+        why = " and a cancel is pending" if current.control == "cancel" else ""
+        raise _refuse(job_id, "resume", current, why)
+    data = {"requested_by": by}
+    result = annotate(
+        job_id,
+        event="resume_requested",
+        when=(current.status,),
+        private={CONTROL: "", CONTROL_BY: by, CONTROL_AT: isoformat(utcnow()) or ""},
+        data=data,
+    )
+    if not result.applied:
+        raise _refuse(job_id, "resume", _current(job_id, tenant), "")
+    return ControlOutcome(_applied(result, event="resume_requested", data=data), done=withdrawing)
+
+
+def restart_job(*, job_id: str, tenant: str, by: str, reason: str | None = None) -> ControlOutcome:
+    """Run a failed or canceled job again under the same id, as attempt + 1."""
+    current = _current(job_id, tenant)
+    if current.status not in (S.FAILED, S.CANCELED):
+        why = "; submit a new job to run it again" if current.status == S.FINISHED else ""
+        raise _refuse(job_id, "restart", current, why)
+    client = get_redis()
+    with session_scope() as session:
+        row = get_job(session, job_id=job_id, tenant=tenant)
+        if row is None:
+            raise JobNotFound(job_id)
+        parents = parents_of(row, statuses_of(session, row.depends_on or []))
+    if parents.blocking:
+        raise IllegalTransition(
+            f"Cannot restart job {job_id}: job {parents.blocking[0]}, which it depends on, is "
+            f"{'/'.join(sorted(s.value for s in BLOCKING))}. Restart that job first.",
+            status=current.status.value,
+            allowed_actions=["restart"],
+        )
+    get_task(row.task)  # the task must still exist (404 names the known ones)
+    payload = payload_for(row, client)
+    if payload is None:
+        raise IllegalTransition(
+            f"Cannot restart job {job_id}: its payload held secrets, which are not kept once RQ's "
+            "record of the job expires. Submit it again.",
+            status=current.status.value,
+            allowed_actions=[],
+        )
+    now = utcnow()
+    data = {"restarted_by": by, "canceled_by": None, **({"reason": reason} if reason else {})}
+    result = record(
+        job_id,
+        S.DEFERRED if parents.unfinished else S.QUEUED,
+        event="restarted",
+        new_attempt=True,
+        from_statuses=(S.FAILED, S.CANCELED),
+        patch={
+            "progress": None,
+            "message": None,
+            "result": None,
+            "error": None,
+            "started_at": None,
+            "ended_at": None,
+            "enqueued_at": now,
+            "eta_seconds": None,
+        },
+        data=data,
+        client=client,
+    )
+    if not result.applied:
+        raise _refuse(job_id, "restart", _current(job_id, tenant), "")
+    enqueue_again(row, payload, client, depends_on=parents.unfinished or None)
+    return ControlOutcome(_applied(result, event="restarted", data=data), done=True)

@@ -1,0 +1,305 @@
+"""No job lost: a worker killed mid-job, Redis restarted empty, workers restarted one by one,
+and several reconcilers at once. Real worker processes on the `isolated` queue."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from jobs.clock import utcnow
+from jobs.db import session_scope
+from jobs.embedded import EmbeddedRedis
+from jobs.lifecycle import record
+from jobs.live import RUNNING_SET, heartbeat_key, job_key
+from jobs.models import Job
+from jobs.queueing import fetch, get_queue
+from jobs.reconciler import Reconciler
+from jobs.status import JobStatus
+from tests.conftest import FAST_ENV, Backend, Tenant, WorkerProcess, configure, seed_job
+from tests.control_tasks import DONE_PREFIX
+from tests.services import wait_until
+from tests.test_jobs_e2e import sql_events, sql_row, submit, wait_status
+
+QUEUE = "isolated"
+
+
+def start_worker(env: Backend, tmp_path: Path, label: str, **settings: str) -> WorkerProcess:
+    name = f"{label}-{uuid.uuid4().hex[:6]}"
+    return WorkerProcess(env, tmp_path / f"{name}.log", name, settings, queues=QUEUE).start()
+
+
+@pytest.fixture
+def workers(env: Backend, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """Workers a test starts (append to the list); all are stopped afterwards."""
+    started: list[WorkerProcess] = []
+    yield started
+    for proc in started:
+        proc.kill_hard()
+
+
+def sql_wait(job_id: str, predicate: Any, timeout: float, message: str) -> Job:
+    return wait_until(
+        lambda: (row := sql_row(job_id)) is not None and predicate(row) and row,
+        timeout=timeout,
+        interval=0.1,
+        message=message,
+    )
+
+
+def test_a_worker_killed_mid_job_has_its_jobs_failed_or_retried_within_30_seconds(
+    api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess], redis_client: Redis
+):
+    """Default heartbeat and reconciler settings: the figure docs/reliability.md quotes."""
+    workers += [start_worker(env, tmp_path, "victim"), start_worker(env, tmp_path, "victim")]
+    once = submit(api, "sleeper", {"seconds": 4}, queue=QUEUE)["job_id"]
+    retried = submit(api, "retrying_sleeper", {"seconds": 4}, queue=QUEUE)["job_id"]
+    for job_id in (once, retried):
+        wait_status(api, job_id, {"started"}, timeout=15)
+    workers.append(start_worker(env, tmp_path, "survivor"))
+    time.sleep(0.5)
+
+    killed_at = time.monotonic()
+    for victim in workers[:2]:
+        victim.kill_hard()
+
+    failed = sql_wait(once, lambda r: r.status == "failed", 30, "the lost job to fail in SQL")
+    failed_after = time.monotonic() - killed_at
+    assert failed.error_type == "WorkerLost" and failed.attempt == 1
+    row = sql_wait(retried, lambda r: r.attempt == 2, 30, "the lost job to be retried in SQL")
+    retried_after = time.monotonic() - killed_at
+    print(f"\ndetected after kill -9: failed in {failed_after:.1f}s, retried in {retried_after:.1f}s")
+    assert failed_after < 30 and retried_after < 30
+    assert row.status in ("queued", "started", "finished")
+
+    final = wait_status(api, retried, {"finished"}, timeout=30)  # the survivor runs attempt 2
+    assert final["attempt"] == 2
+    retry = next(e for e in sql_events(retried) if e.event == "retry")
+    assert retry.data["error"]["type"] == "WorkerLost"
+    assert int(redis_client.get(DONE_PREFIX + retried) or 0) == 1
+    assert redis_client.get(DONE_PREFIX + once) is None
+    rq_job = fetch(once, redis_client)
+    assert rq_job is not None and rq_job.get_status() == "failed"  # RQ's record agrees
+
+
+def test_jobs_redis_forgot_are_enqueued_again_and_all_finish(
+    env: Backend, tmp_path: Path, tenant: Tenant, app: Any
+):
+    """Redis restarted without persistence while 100 jobs were queued."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    url = server.start()
+    private = Backend(env.name, env.database_url, url)
+    configure(private.env())
+    worker: WorkerProcess | None = None
+    try:
+        with TestClient(app, headers=tenant.headers) as client:
+            ids = [
+                submit(client, "steps", {"steps": 1, "step": 0}, queue=QUEUE)["job_id"] for _ in range(100)
+            ]
+            parent = submit(client, "steps", {"steps": 1, "step": 0}, queue=QUEUE, delay=2)["job_id"]
+            child = submit(client, "steps", {"steps": 1, "step": 0}, queue=QUEUE, depends_on=[parent])[
+                "job_id"
+            ]
+        assert Redis.from_url(url).llen(get_queue(QUEUE, Redis.from_url(url)).key) == 100
+
+        port = server.port
+        server.stop()
+        server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
+        server.start()
+        assert Redis.from_url(url).dbsize() == 0
+        time.sleep(1.2)  # older than the reconciler's grace for waiting jobs
+
+        worker = WorkerProcess(
+            private,
+            tmp_path / "w.log",
+            f"after-{uuid.uuid4().hex[:6]}",
+            {**FAST_ENV, "CONVEYOR_RECONCILE_GRACE": "1"},
+            QUEUE,
+        ).start()
+
+        def finished() -> int:
+            with session_scope() as session:
+                rows = [session.get(Job, i) for i in [*ids, parent, child]]
+            return sum(1 for r in rows if r is not None and r.status == "finished")
+
+        wait_until(lambda: finished() == 102, timeout=60, interval=0.25, message="all 102 jobs to finish")
+        requeued = [e for e in sql_events(ids[0]) if e.event == "requeued"]
+        assert len(requeued) == 1
+        child_row = sql_row(child)
+        parent_row = sql_row(parent)
+        assert child_row is not None and parent_row is not None
+        assert child_row.started_at >= parent_row.ended_at  # type: ignore[operator]
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+        configure(env.env())
+
+
+def test_a_rolling_restart_loses_nothing(
+    api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess], redis_client: Redis
+):
+    # First worker: SIGTERM while a short job runs; it finishes the job, then exits.
+    first = start_worker(env, tmp_path, "first", **FAST_ENV, CONVEYOR_SHUTDOWN_GRACE="10")
+    workers.append(first)
+    short = submit(api, "sleeper", {"seconds": 1.5}, queue=QUEUE)["job_id"]
+    wait_status(api, short, {"started"})
+    waiting = [submit(api, "sleeper", {"seconds": 0.1}, queue=QUEUE)["job_id"] for _ in range(5)]
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=15) == 0
+    assert wait_status(api, short, {"finished"})["attempt"] == 1
+    assert {api.get(f"/api/v1/jobs/{j}").json()["status"] for j in waiting} == {"queued"}
+
+    # Second worker: SIGTERM while a long job runs; after its grace it requeues the job and exits.
+    second = start_worker(env, tmp_path, "second", **FAST_ENV, CONVEYOR_SHUTDOWN_GRACE="1")
+    workers.append(second)
+    for job_id in waiting:
+        wait_status(api, job_id, {"finished"})
+    long = submit(api, "sleeper", {"seconds": 30}, queue=QUEUE)["job_id"]
+    wait_status(api, long, {"started"})
+    assert second.process is not None
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(timeout=15) == 0
+    requeued = api.get(f"/api/v1/jobs/{long}").json()
+    assert requeued["status"] == "queued" and requeued["attempt"] == 2
+    assert long in get_queue(QUEUE, redis_client).get_job_ids()
+
+    # Third worker: runs the requeued attempt to the end.
+    workers.append(start_worker(env, tmp_path, "third", **FAST_ENV))
+    assert wait_status(api, long, {"started"}, timeout=15)["attempt"] == 2
+    api.post(f"/api/v1/jobs/{long}/cancel")  # no need to wait 30 s: a cancel proves it runs again
+    final = wait_status(api, long, {"canceled"}, timeout=15)
+    assert final["attempt"] == 2
+    sql_wait(long, lambda r: r.status == "canceled", 10, "SQL to record the cancel")
+    names = [e.event for e in sql_events(long)]
+    assert names.count("started") == 2 and "requeued" in names and "failed" not in names
+
+
+def test_a_second_sigterm_requeues_the_running_job_at_once(
+    api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess], redis_client: Redis
+):
+    first = start_worker(env, tmp_path, "impatient", **FAST_ENV)  # default 20 s shutdown grace
+    workers.append(first)
+    job_id = submit(api, "sleeper", {"seconds": 60}, queue=QUEUE)["job_id"]
+    wait_status(api, job_id, {"started"})
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)
+    time.sleep(1.5)  # RQ ignores a repeat within a second
+    assert first.process.poll() is None, "the first SIGTERM lets the job go on"
+    first.process.send_signal(signal.SIGTERM)
+    first.process.wait(timeout=10)
+    snap = api.get(f"/api/v1/jobs/{job_id}").json()
+    assert snap["status"] == "queued" and snap["attempt"] == 2
+    assert get_queue(QUEUE, redis_client).get_job_ids() == [job_id]
+    requeued = [e for e in sql_events(job_id) if e.event == "requeued"]
+    assert requeued and "forced" in requeued[0].data["reason"]
+    get_queue(QUEUE, redis_client).remove(job_id)
+    api.post(f"/api/v1/jobs/{job_id}/cancel")
+
+
+# --- several reconcilers at once -------------------------------------------------------------------
+
+
+def _together(passes: int, action: Any) -> None:
+    barrier = threading.Barrier(passes)
+
+    def run() -> None:
+        barrier.wait()
+        action()
+
+    threads = [threading.Thread(target=run) for _ in range(passes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_concurrent_reconcilers_end_an_abandoned_job_once(env: Backend, redis_client: Redis):
+    job_id = seed_job(queue=QUEUE)
+    assert record(job_id, JobStatus.STARTED, event="started", private={"worker": "gone"}).applied
+    redis_client.delete(heartbeat_key(job_id))  # its worker died long ago
+
+    _together(4, lambda: Reconciler(redis_client, use_lock=False).run_pass(sweep=False))
+    events = [e.event for e in sql_events(job_id)]
+    assert events.count("failed") == 1, events
+    row = sql_row(job_id)
+    assert row is not None and row.status == "failed" and row.error_type == "WorkerLost"
+    assert not redis_client.sismember(RUNNING_SET, job_id)
+
+
+def test_concurrent_reconcilers_enqueue_a_lost_job_once(env: Backend, redis_client: Redis):
+    job_id = seed_job(queue=QUEUE)  # in SQL and in the live state, but RQ has no record of it
+    with session_scope() as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        row.updated_at = row.created_at = utcnow().replace(year=2000)
+        session.add(row)
+    _together(4, lambda: Reconciler(redis_client, use_lock=False).run_pass(sweep=True))
+    assert get_queue(QUEUE, redis_client).get_job_ids().count(job_id) == 1
+    assert [e.event for e in sql_events(job_id)].count("requeued") == 1
+    get_queue(QUEUE, redis_client).remove(job_id)
+
+
+def test_the_reconciler_never_moves_a_job_backwards(env: Backend, redis_client: Redis):
+    job_id = seed_job(queue=QUEUE)
+    record(job_id, JobStatus.STARTED, event="started")
+    record(job_id, JobStatus.FINISHED, event="finished", patch={"result": 1})
+    redis_client.sadd(RUNNING_SET, job_id)  # a stale index entry
+    before = redis_client.hget(job_key(job_id), "seq")
+    Reconciler(redis_client, use_lock=False).run_pass(sweep=True)
+    assert redis_client.hget(job_key(job_id), "seq") == before
+    assert not redis_client.sismember(RUNNING_SET, job_id)
+
+
+def test_a_live_worker_is_not_mistaken_for_a_dead_one(env: Backend, redis_client: Redis):
+    """rq#2424: RQ's own view is checked before anything is failed. A job whose heartbeat key is gone
+    but whose worker is alive and says it runs the job gets its heartbeat back, nothing else."""
+    job_id = seed_job(queue=QUEUE)
+    record(job_id, JobStatus.STARTED, event="started", private={"worker": "alive-worker"})
+    redis_client.delete(heartbeat_key(job_id))
+    redis_client.hset(
+        "rq:worker:alive-worker",
+        mapping={
+            "current_job": job_id,
+            "last_heartbeat": utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "conveyor_heartbeat_interval": "2",
+        },
+    )
+    try:
+        report = Reconciler(redis_client, use_lock=False).run_pass(sweep=False)
+        assert report.failed == report.retried == 0
+        assert redis_client.exists(heartbeat_key(job_id))
+        assert redis_client.hget(job_key(job_id), "status") == b'"started"'
+    finally:
+        redis_client.delete("rq:worker:alive-worker")
+        record(job_id, JobStatus.FAILED, event="failed")
+
+
+def test_reconcile_command_prints_what_it_did(env: Backend):
+    import json
+
+    from tests.test_cli import conveyor
+
+    for _ in range(10):  # the workers' own reconcilers may hold the pass lock for a moment
+        done = conveyor("reconcile", env=env.env())
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        if report["ran"]:
+            break
+    assert report["swept"] is True and "retried" in report
+
+
+def test_the_lambda_handler_runs_a_pass(env: Backend, redis_client: Redis):
+    from worker.lambda_reconcile import handler
+
+    report = wait_until(lambda: (r := handler({"source": "aws.events"}, None))["ran"] and r, timeout=10)
+    assert set(report) >= {"retried", "failed", "requeued", "seconds"}
