@@ -5,6 +5,9 @@ are created lazily on first use."""
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import redis.exceptions
 import sqlalchemy as sa
@@ -12,7 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
-from api.routes import health, jobs
+from api.live_hub import close_hub
+from api.routes import health, jobs, live
 from jobs.errors import ConveyorError
 from jobs.settings import get_settings
 
@@ -38,12 +42,39 @@ async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+class HideAccessTokens(logging.Filter):
+    """Mask `access_token=` query values (keys sent by EventSource/WebSocket clients) in access logs."""
+
+    pattern = re.compile(r"(access_token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any("access_token=" in str(a) for a in record.args):
+            record.args = tuple(
+                self.pattern.sub(r"\1[REDACTED]", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def hide_access_tokens_in_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, HideAccessTokens) for f in access.filters):
+        access.addFilter(HideAccessTokens())
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Nothing at startup (clients are created lazily); at shutdown, drop the live subscription."""
+    yield
+    await close_hub()
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(
         title="Conveyor",
         version="0.1.0",
         description="Background jobs with live progress: submit, watch, steer and review jobs.",
+        lifespan=lifespan,
     )
     app.add_exception_handler(ConveyorError, conveyor_error)
     for db_error in (sa.exc.OperationalError, sa.exc.InterfaceError):
@@ -52,5 +83,11 @@ def create_app() -> FastAPI:
         app.add_exception_handler(redis_error, redis_unavailable)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(live.router)
+    if settings.compat_endpoints:
+        from api import compat
+
+        app.include_router(compat.router)
+    hide_access_tokens_in_access_log()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -15,6 +15,7 @@ from jobs.settings import get_settings
 _lock = threading.Lock()
 _client: Redis | None = None
 _client_url: str | None = None
+# Keyed by the loop object itself (weakly): a new loop may reuse a closed one's id().
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
     weakref.WeakKeyDictionary()
 )
