@@ -11,7 +11,7 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from rq import Callback, Queue, Retry
+from rq import Callback, Queue, Retry, Worker
 from rq.serializers import JSONSerializer
 
 from jobs.clock import isoformat
@@ -73,3 +73,8 @@ def enqueue(
         on_stopped=Callback(ON_STOPPED),
         pipeline=pipeline,
     )
+
+
+def active_worker_count(connection: Redis) -> int:
+    """How many RQ workers are registered (alive: a dead worker's registration expires)."""
+    return int(Worker.count(connection=connection))

@@ -233,3 +233,35 @@ def apply_journal(session: Session, entries: Iterable[JournalEntry]) -> int:
         rows,
     )
     return moved
+
+
+# --- counts ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    """How many jobs are in each status, and how many live ones are on a retry (attempt > 1)."""
+
+    by_status: dict[str, int]
+    retrying: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    def of(self, *statuses: JobStatus) -> int:
+        return sum(self.by_status.get(s.value, 0) for s in statuses)
+
+
+def count_by_status(session: Session, *, tenant: str | None) -> StatusCounts:
+    """Jobs per status (all tenants when ``tenant`` is None), in one grouped query."""
+    live = [s.value for s in JobStatus if not s.is_terminal]
+    retrying = sa.func.sum(sa.case((sa.and_(col(Job.attempt) > 1, col(Job.status).in_(live)), 1), else_=0))
+    query = sa.select(col(Job.status), sa.func.count(), retrying).group_by(col(Job.status))
+    if tenant is not None:
+        query = query.where(col(Job.tenant) == tenant)
+    rows = session.execute(query).all()
+    return StatusCounts(
+        by_status={status: int(count) for status, count, _ in rows},
+        retrying=sum(int(r or 0) for _, _, r in rows),
+    )
