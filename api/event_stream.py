@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from api.live_feed import JobFeed, until_disconnect
+from api.live_feed import JobFeed
 from api.live_hub import Delivery
 from jobs.settings import get_settings
 
@@ -88,9 +89,9 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        timeout = get_settings().live_send_timeout
-        gone = asyncio.ensure_future(until_disconnect(receive))
         feed, since = self.feed, self.since
+        gone = feed.watch_disconnect(receive)
+        stall = StallGuard(feed)
         deadline = None if self.max_seconds is None else loop.time() + self.max_seconds
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -104,13 +105,12 @@ class EventStream(Response):
                 done = feed.current.is_terminal or self.once
             while True:
                 for chunk in chunks:
-                    if not await self._send(send, chunk, timeout):
-                        return
+                    await feed.guarded_send(send, body_message(chunk))
                 if done or (deadline is not None and loop.time() >= deadline):
                     break
                 left = None if deadline is None else max(0.0, deadline - loop.time())
-                items = await feed.next(since, timeout=left, disconnected=gone)
-                if gone.done():
+                items = await feed.next(since, timeout=left)
+                if feed.gone:
                     return
                 items, done = upto_terminal(items)
                 if items:
@@ -119,24 +119,46 @@ class EventStream(Response):
                     done = done or self.once
                 else:
                     chunks = [HEARTBEAT_FRAME]
-            await self._send(send, b"", timeout, more=False)
+            await feed.guarded_send(send, body_message(b"", more=False))
+        except asyncio.CancelledError:
+            if not stall.dropped():
+                raise
+        except OSError:  # the client went away mid-send
+            return
         finally:
             gone.cancel()
             feed.close()
 
-    async def _send(self, send: Send, body: bytes, timeout: float, *, more: bool = True) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await send({"type": "http.response.body", "body": body, "more_body": more})
-        except TimeoutError:
-            log.warning(
-                "live: dropped a stream of job %s: its client took no data for %.1f s",
-                self.feed.job_id,
-                timeout,
-            )
+
+def body_message(body: bytes, *, more: bool = True) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": body, "more_body": more}
+
+
+class StallGuard:
+    """Drops a stream whose client stopped reading: the hub's watchdog cancels the stream's task
+    once a send has been stuck for CONVEYOR_LIVE_SEND_TIMEOUT, and the stream ends quietly."""
+
+    def __init__(self, feed: JobFeed) -> None:
+        self.feed = feed
+        self.task = asyncio.current_task()
+        self.fired = False
+        feed.on_stall(self._fire)
+
+    def _fire(self) -> None:
+        if self.task is not None and not self.fired:
+            self.fired = True
+            self.task.cancel()
+
+    def dropped(self) -> bool:
+        """True (and the cancellation absorbed) when the CancelledError was this guard's."""
+        if not self.fired or self.task is None:
             return False
-        except OSError:  # the client went away mid-send
-            return False
+        self.task.uncancel()
+        log.warning(
+            "live: dropped a stream of job %s: its client took no data for %.1f s",
+            self.feed.job_id,
+            get_settings().live_send_timeout,
+        )
         return True
 
 
@@ -154,8 +176,8 @@ async def pump_websocket(
 ) -> None:
     """Send the feed over an accepted WebSocket as text messages (``render`` makes each one's
     JSON); close with 1000 after the terminal snapshot."""
-    timeout = get_settings().live_send_timeout
-    gone = asyncio.ensure_future(until_disconnect(websocket.receive))
+    gone = feed.watch_disconnect(websocket.receive)
+    stall = StallGuard(feed)
     items = [feed.current] if feed.current.seq > since else []
     try:
         if not items and feed.current.is_terminal:  # resumed after the end: nothing more to say
@@ -164,23 +186,18 @@ async def pump_websocket(
         while True:
             items, done = upto_terminal(items)
             for item in items:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await websocket.send({"type": "websocket.send", "text": render(item)})
-                except TimeoutError:
-                    log.warning("live: dropped a WebSocket of job %s: client not reading", feed.job_id)
-                    return
+                await feed.guarded_send(websocket.send, {"type": "websocket.send", "text": render(item)})
                 since = item.seq
             if done:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await websocket.close(code=1000)
-                except TimeoutError:
-                    pass
+                close = {"type": "websocket.close", "code": 1000, "reason": ""}
+                await feed.guarded_send(websocket.send, close)
                 return
-            items = await feed.next(since, disconnected=gone)
-            if gone.done():
+            items = await feed.next(since)
+            if feed.gone:
                 return
+    except asyncio.CancelledError:
+        if not stall.dropped():
+            raise
     except (WebSocketDisconnect, OSError, RuntimeError):
         # The client left mid-send (RuntimeError: Starlette refuses sends after a close).
         return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions
@@ -22,7 +22,6 @@ from starlette.types import Receive, Scope
 
 from api.live_hub import Delivery, Listener, SnapshotHub, get_hub
 from api.routes.jobs import read_snapshot
-from jobs.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,6 @@ class JobFeed:
         self.job_id = listener.job_id
         self.tenant = tenant
         self.current = current
-        self.heartbeat = get_settings().live_heartbeat
 
     @classmethod
     async def open(cls, job_id: str, tenant: str) -> JobFeed:
@@ -81,23 +79,39 @@ class JobFeed:
             return None
         return Delivery.of(doc)
 
-    async def next(
-        self, after: int, *, timeout: float | None = None, disconnected: asyncio.Future[Any] | None = None
-    ) -> list[Delivery]:
-        """Snapshots newer than ``after``, in ``seq`` order; empty when nothing changed for
-        ``timeout`` (default: one heartbeat), or the client left.
+    def watch_disconnect(self, receive: Receive) -> asyncio.Future[None]:
+        """Notice the client leaving (a task reading ``receive``); cancel it when done."""
+        gone = asyncio.ensure_future(until_disconnect(receive))
+        gone.add_done_callback(self._listener.mark_gone)
+        return gone
 
-        A quiet wait of a full heartbeat, or a resync, ends with a re-read of the snapshot.
-        """
-        wait = self.heartbeat if timeout is None else min(timeout, self.heartbeat)
+    @property
+    def gone(self) -> bool:
+        return self._listener.gone
+
+    async def guarded_send(self, send: Callable[[Any], Awaitable[None]], message: Any) -> None:
+        """``send(message)``, watched: the hub's watchdog calls ``on_stall`` if it hangs."""
         listener = self._listener
-        woke = await listener.wait(wait, disconnected)
-        if disconnected is not None and disconnected.done():
+        listener.sending_since = asyncio.get_running_loop().time()
+        try:
+            await send(message)
+        finally:
+            listener.sending_since = 0.0
+
+    def on_stall(self, callback: Callable[[], None]) -> None:
+        self._listener.on_stall = callback
+
+    async def next(self, after: int, *, timeout: float | None = None) -> list[Delivery]:
+        """Snapshots newer than ``after``, in ``seq`` order. Empty when the stream's heartbeat
+        came with nothing new (after a re-read of the snapshot), when ``timeout`` passed, or
+        when the client left."""
+        listener = self._listener
+        await listener.wait(timeout)
+        if listener.gone:
             return []
         items = listener.take()
-        quiet_heartbeat = not woke and wait >= self.heartbeat
-        if listener.resync or quiet_heartbeat:
-            listener.resync = False
+        if listener.resync or listener.quiet:
+            listener.resync = listener.quiet = False
             current = await self.reread()
             if current is not None:
                 items.append(current)
@@ -124,14 +138,12 @@ async def long_poll(
         return feed.current
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    gone = asyncio.ensure_future(until_disconnect(receive)) if receive is not None else None
+    gone = feed.watch_disconnect(receive) if receive is not None else None
     try:
-        while (left := deadline - loop.time()) > 0:
-            for item in await feed.next(feed.current.seq, timeout=left, disconnected=gone):
+        while (left := deadline - loop.time()) > 0 and not feed.gone:
+            for item in await feed.next(feed.current.seq, timeout=left):
                 if is_news(item):
                     return item
-            if gone is not None and gone.done():
-                break
         latest = await feed.reread()  # a lost message must not leave a poller a timeout behind
         if latest is not None and latest.seq > feed.current.seq:
             feed.current = latest

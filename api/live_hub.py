@@ -73,15 +73,36 @@ class Delivery:
 
 
 class Listener:
-    """One stream's mailbox for one job: a bounded buffer plus a wake-up future."""
+    """One stream's mailbox for one job: a bounded buffer and a wake-up future.
 
-    __slots__ = ("_pending", "_waiter", "job_id", "resync")
+    Waiting costs no timer: the hub's watchdog flags a listener ``quiet`` once
+    it has had nothing for a heartbeat, and stops a stream whose send has been
+    stuck for the send timeout. A stream wakes for a delivery, a resync, its
+    heartbeat, or its client leaving (``gone``).
+    """
 
-    def __init__(self, job_id: str, size: int) -> None:
+    __slots__ = (
+        "_pending",
+        "_waiter",
+        "gone",
+        "job_id",
+        "last_active",
+        "on_stall",
+        "quiet",
+        "resync",
+        "sending_since",
+    )
+
+    def __init__(self, job_id: str, size: int, now: float = 0.0) -> None:
         self.job_id = job_id
         self._pending: deque[Delivery] = deque(maxlen=size)
         self._waiter: asyncio.Future[None] | None = None
         self.resync = False
+        self.quiet = False
+        self.gone = False
+        self.last_active = now
+        self.sending_since = 0.0  # loop time a send began, while it is in progress
+        self.on_stall: Callable[[], None] | None = None
 
     def deliver(self, delivery: Delivery) -> None:
         self._pending.append(delivery)
@@ -92,33 +113,47 @@ class Listener:
         self.resync = True
         self._wake()
 
+    def mark_quiet(self) -> None:
+        self.quiet = True
+        self._wake()
+
+    def mark_gone(self, *_: Any) -> None:
+        """The client left (usable as a future's done-callback)."""
+        self.gone = True
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def take(self) -> list[Delivery]:
+        self.last_active = asyncio.get_running_loop().time()
         items = list(self._pending)
         self._pending.clear()
         return items
 
-    async def wait(self, timeout: float, also: asyncio.Future[Any] | None = None) -> bool:
-        """Wait until something is pending (True), or ``timeout`` passes or ``also`` completes (False)."""
-        if self._pending or self.resync:
+    @property
+    def ready(self) -> bool:
+        return bool(self._pending) or self.resync or self.quiet or self.gone
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until woken (True) or, with a ``timeout``, until it passes (False)."""
+        if self.ready:
             return True
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
-            if also is None:
+            if timeout is None:
+                await waiter
+            else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await waiter
-            else:
-                await asyncio.wait((waiter, also), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._waiter = None
             if not waiter.done():
                 waiter.cancel()
-        return bool(self._pending or self.resync)
+        return self.ready
 
 
 class SnapshotHub:
@@ -128,6 +163,7 @@ class SnapshotHub:
         self._client_factory = client_factory
         self._listeners: dict[str, set[Listener]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.received = 0
         self.reconnects = 0
@@ -148,10 +184,12 @@ class SnapshotHub:
         If Redis does not confirm the subscription in time the listener is
         returned anyway: the caller's heartbeat re-reads keep it correct.
         """
-        listener = Listener(job_id, get_settings().live_buffer)
+        listener = Listener(job_id, get_settings().live_buffer, asyncio.get_running_loop().time())
         self._listeners.setdefault(job_id, set()).add(listener)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="conveyor-snapshot-hub")
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name="conveyor-live-watchdog")
         if not self._ready.is_set():
             try:
                 await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT)
@@ -198,11 +236,36 @@ class SnapshotHub:
 
     async def close(self) -> None:
         task, self._task = self._task, None
+        watchdog, self._watchdog = self._watchdog, None
         self._ready.clear()
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for running in (task, watchdog):
+            if running is not None and not running.done():
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await running
+
+    async def _watch(self) -> None:
+        """Flag listeners quiet for a heartbeat, stop sends stuck past the send timeout.
+
+        One pass over every listener each quarter of the shorter interval, so a
+        quiet stream re-reads within (3/4, 1] of a heartbeat, and no wait or send
+        needs a timer of its own.
+        """
+        loop = asyncio.get_running_loop()
+        while self._listeners:
+            settings = get_settings()
+            heartbeat, send_timeout = settings.live_heartbeat, settings.live_send_timeout
+            period = min(heartbeat, send_timeout) / 4
+            await asyncio.sleep(period)
+            now = loop.time()
+            for group in list(self._listeners.values()):
+                for listener in list(group):
+                    if now - listener.last_active >= heartbeat - period:
+                        listener.mark_quiet()
+                    if listener.sending_since and now - listener.sending_since >= send_timeout:
+                        listener.sending_since = 0.0
+                        if listener.on_stall is not None:
+                            listener.on_stall()
 
     async def _run(self) -> None:
         """Read the channel until idle; reconnect (and resync listeners) when it breaks."""

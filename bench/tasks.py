@@ -1,10 +1,15 @@
-"""Tasks the benchmarks run: a no-op for Conveyor, and the same no-op as a bare RQ function."""
+"""Tasks the benchmarks run: a no-op for Conveyor, the same no-op as a bare RQ function, and a
+task that reports timestamped progress for the fan-out benchmark."""
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel
 
+from jobs.redis_conn import get_redis
 from jobs.tasks import task
+from worker.progress import Progress
 
 
 class NoPayload(BaseModel):
@@ -19,3 +24,24 @@ def noop(payload: NoPayload) -> None:
 
 def bare_noop() -> None:
     return None
+
+
+class TimedProgressPayload(BaseModel):
+    updates: int = 40
+    interval: float = 0.2
+    go_key: str = ""
+
+
+@task(queue="bench")
+def timed_progress(payload: TimedProgressPayload, progress: Progress) -> int:
+    """Wait for the benchmark's go signal, then report progress `updates` times, each update's
+    message being the wall-clock time just before `progress.update` (clients measure against it)."""
+    if payload.go_key:
+        client = get_redis()
+        deadline = time.monotonic() + 300
+        while not client.exists(payload.go_key) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for i in range(payload.updates):
+        time.sleep(payload.interval)
+        progress.update(i + 1, total=payload.updates, message=f"{time.time():.6f}")
+    return payload.updates

@@ -100,14 +100,17 @@ def test_one_subscription_serves_many_listeners(long_heartbeat: None, redis_clie
 
 
 def test_a_full_listener_keeps_the_newest_snapshots_and_never_blocks(env: Backend):
-    listener = Listener("job", size=4)
-    job_id = "00000000-0000-4000-8000-000000000000"
-    for seq in range(1, 1001):
-        doc = f'{{"job_id":"{job_id}","task":"t","queue":"q","status":"started","seq":{seq}}}'.encode()
-        delivery = Delivery.of(doc)
-        assert delivery is not None
-        listener.deliver(delivery)
-    assert [d.seq for d in listener.take()] == [997, 998, 999, 1000]
+    async def scenario() -> list[int]:
+        listener = Listener("job", size=4)
+        job_id = "00000000-0000-4000-8000-000000000000"
+        for seq in range(1, 1001):
+            doc = f'{{"job_id":"{job_id}","task":"t","queue":"q","status":"started","seq":{seq}}}'.encode()
+            delivery = Delivery.of(doc)
+            assert delivery is not None
+            listener.deliver(delivery)
+        return [d.seq for d in listener.take()]
+
+    assert run_async(scenario()) == [997, 998, 999, 1000]
 
 
 def test_a_broken_subscription_reconnects_and_listeners_catch_up(long_heartbeat: None, redis_client: Redis):
