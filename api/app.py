@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from api.limits import BodySizeLimit
 from api.live_hub import close_hub
 from api.routes import health, jobs, live
+from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.settings import get_settings
 
@@ -76,6 +77,7 @@ def create_app() -> FastAPI:
         description="Background jobs with live progress: submit, watch, steer and review jobs.",
         lifespan=lifespan,
     )
+    app.add_middleware(SnapshotFastPath)  # first, so innermost: see its docstring
     app.add_exception_handler(ConveyorError, conveyor_error)
     for db_error in (sa.exc.OperationalError, sa.exc.InterfaceError):
         app.add_exception_handler(db_error, database_unavailable)

@@ -372,3 +372,32 @@ def test_a_client_that_stops_reading_delays_no_one_and_is_dropped(server: Server
     stalled.close()
     assert received.startswith(b"HTTP/1.1 200")
     assert b'"status":"finished"' not in received
+
+
+# --- GET /api/v1/jobs/{id}: the fast path answers exactly as the route -----------------------------
+
+
+def test_the_snapshot_fast_path_answers_exactly_like_the_route(server: ServerProcess, tenant: Tenant):
+    job_id = seed_job(tenant.name)
+    record(job_id, S.STARTED, event="started", patch={"progress": 12.5, "message": "é ✓"})
+    url = f"{server.url}/api/v1/jobs/{job_id}"
+    fresh = make_tenant(name=tenant.name)  # a key the server has not verified yet: the route answers
+    keep = ("content-type", "content-length", "etag", "cache-control")
+
+    def answer(key: str, **headers: str) -> tuple[int, bytes, dict[str, str | None]]:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {key}", **headers})
+        return response.status_code, response.content, {h: response.headers.get(h) for h in keep}
+
+    by_route = answer(fresh.key)
+    by_fast_path = answer(fresh.key)  # now cached: the fast path answers
+    assert by_route == by_fast_path
+    assert by_route[0] == 200 and json.loads(by_route[1])["message"] == "é ✓"
+    etag = by_route[2]["etag"] or ""
+    assert answer(fresh.key, **{"If-None-Match": etag})[0] == 304
+    assert answer(fresh.key, **{"If-None-Match": f'"0", {etag}'})[0] == 304
+    assert answer(fresh.key, **{"If-None-Match": '"999"'})[0] == 200
+
+    # What the fast path does not own still gets the route's answers.
+    assert httpx.get(url, headers=make_tenant().headers).status_code == 404
+    assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert httpx.get(url).status_code == 401
