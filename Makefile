@@ -31,6 +31,8 @@ format: $(STAMP)
 
 bench: $(STAMP)    ## every benchmark; each prints its ratio on the last line
 	$(BIN)/python bench/worker_overhead.py
+	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/get_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

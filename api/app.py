@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
 from api.live_hub import close_hub
+from api.pipelined_redis import close_pipelined_redis
 from api.routes import health, jobs, live
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
@@ -64,9 +65,10 @@ def hide_access_tokens_in_access_log() -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Nothing at startup (clients are created lazily); at shutdown, drop the live subscription."""
+    """Nothing at startup (clients are created lazily); at shutdown, close what the loop holds."""
     yield
     await close_hub()
+    close_pipelined_redis()
 
 
 def create_app() -> FastAPI:

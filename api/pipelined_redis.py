@@ -221,3 +221,10 @@ def pipelined_redis() -> PipelinedRedis:
     if client is None or client.url != url:
         client = _clients[loop] = PipelinedRedis(url)
     return client
+
+
+def close_pipelined_redis() -> None:
+    """Close the running loop's connection, if any (the app's lifespan calls this at shutdown)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        client._fail(redis.exceptions.ConnectionError("the connection was closed at shutdown"))

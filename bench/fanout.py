@@ -249,14 +249,17 @@ async def run(args: argparse.Namespace) -> None:
             for server in servers:
                 await memory_phase(stack, api_port, server, args.streams)
                 print_memory(server)
-        p95s: dict[str, list[float]] = {server.name: [] for server in servers}
+        figures = ("p95_all_ms", "p95_each_ms")
+        rounds: dict[tuple[str, str], list[float]] = {(s.name, f): [] for s in servers for f in figures}
         for round_no in range(args.rounds):
             for server in servers if round_no % 2 == 0 else servers[::-1]:
                 await delay_phase(stack, api_port, server, args.delay_streams, args.updates, args.interval)
                 print_delay(server, round_no + 1)
-                p95s[server.name].append(server.results["p95_all_ms"])
+                for figure in figures:
+                    rounds[server.name, figure].append(server.results[figure])
         for server in servers:
-            server.results["p95_all_ms"] = statistics.median(p95s[server.name])
+            for figure in figures:
+                server.results[figure] = statistics.median(rounds[server.name, figure])
     finally:
         stack.close()
 

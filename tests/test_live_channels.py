@@ -75,6 +75,10 @@ def test_sse_follows_a_job_from_queued_to_finished_and_closes(
     assert [e.id for e in events] == [str(s["seq"]) for s in snaps]
     assert snaps[-1]["result"] == {"sum": 435, "n": 30}
     assert all(s["job_id"] == job_id for s in snaps)
+    # The ETA appears once the job has run long enough to estimate its rate, and goes at the end.
+    etas = [s["eta_seconds"] for s in snaps if s["status"] == "started"]
+    assert etas[0] is None and any(eta is not None and 0 < eta < 5 for eta in etas)
+    assert snaps[-1]["eta_seconds"] is None
 
 
 def test_sse_resumes_with_last_event_id_without_repeats_or_gaps_at_the_end(
@@ -401,3 +405,19 @@ def test_the_snapshot_fast_path_answers_exactly_like_the_route(server: ServerPro
     assert httpx.get(url, headers=make_tenant().headers).status_code == 404
     assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
     assert httpx.get(url).status_code == 401
+
+
+def test_access_logs_mask_query_string_keys():
+    import logging
+
+    from api.app import HideAccessTokens
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/api/v1/jobs/x/stream?since=3&access_token=cvk_secret&x=1", "1.1", 200),
+        None,
+    )  # fmt: skip
+    assert HideAccessTokens().filter(record)
+    message = record.getMessage()
+    assert "cvk_secret" not in message
+    assert "access_token=[REDACTED]&x=1" in message and "since=3" in message
