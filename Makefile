@@ -33,6 +33,8 @@ bench: $(STAMP)    ## every benchmark; each prints its ratio on the last line
 	$(BIN)/python bench/worker_overhead.py
 	$(BIN)/python bench/analytics.py
 	$(BIN)/python bench/detection.py
+	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/get_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,9 @@
-"""Request dependencies: who is calling (an `Annotated` alias routes can declare) and what they may see."""
+"""Request dependencies: who is calling, as `Annotated` aliases routes can declare, and what they may see.
+
+Every route takes `Authorization: Bearer <key>`. Streams (SSE, WebSocket) also
+take `?access_token=<key>`, because a browser's EventSource and WebSocket
+cannot set headers; see docs/decisions.md for what that costs (URLs get logged).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,36 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket
 
 from jobs.auth import Principal, authenticate, cached_principal
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}
+MISSING_KEY = (
+    "Missing API key. Send it as `Authorization: Bearer <key>` (create one with `conveyor keys create`)."
+)
+MISSING_STREAM_KEY = (
+    "Missing API key. Send it as `Authorization: Bearer <key>`, or as `?access_token=<key>` "
+    "from a browser's EventSource or WebSocket."
+)
+INVALID_KEY = "Invalid or revoked API key."
+
+
+async def principal_for(key: str) -> Principal | None:
+    """The principal a key stands for, or None (verified keys are cached for 30 s)."""
+    return cached_principal(key) or await run_in_threadpool(authenticate, key)
+
+
+async def _require(request: Request, key: str | None, missing: str) -> Principal:
+    if not key:
+        raise HTTPException(status_code=401, detail=missing, headers=UNAUTHORIZED_HEADERS)
+    principal = await principal_for(key)
+    if principal is None:
+        raise HTTPException(status_code=401, detail=INVALID_KEY, headers=UNAUTHORIZED_HEADERS)
+    request.state.principal = principal
+    return principal
 
 
 async def current_principal(
@@ -20,21 +49,35 @@ async def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """The caller, from `Authorization: Bearer <key>`; 401 when missing or not valid."""
-    key = credentials.credentials if credentials else None
-    if not key:
-        raise HTTPException(
-            status_code=401,
-            detail="Missing API key. Send it as `Authorization: Bearer <key>` "
-            "(create one with `conveyor keys create`).",
-            headers=UNAUTHORIZED_HEADERS,
-        )
-    principal = cached_principal(key) or await run_in_threadpool(authenticate, key)
-    if principal is None:
-        raise HTTPException(
-            status_code=401, detail="Invalid or revoked API key.", headers=UNAUTHORIZED_HEADERS
-        )
-    request.state.principal = principal
-    return principal
+    return await _require(request, credentials.credentials if credentials else None, MISSING_KEY)
+
+
+async def stream_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    access_token: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            description="The API key, for EventSource clients that cannot send headers. "
+            "Prefer the header: URLs end up in logs.",
+        ),
+    ] = None,
+) -> Principal:
+    """The caller of a stream: the Authorization header, else `?access_token=`."""
+    key = credentials.credentials if credentials else access_token
+    return await _require(request, key, MISSING_STREAM_KEY)
+
+
+async def websocket_principal(websocket: WebSocket) -> Principal | None:
+    """The caller of a WebSocket (Authorization header, else `?access_token=`), or None."""
+    header = websocket.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    key = credentials.strip() if scheme.lower() == "bearer" else ""
+    key = key or websocket.query_params.get("access_token", "")
+    if not key or len(key) > 512:
+        return None
+    return await principal_for(key)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
@@ -71,3 +114,6 @@ def tenant_scope(principal: Principal, requested: str | None) -> str | None:
 def readable_tenant(principal: Principal) -> str | None:
     """The tenant a by-id read is limited to: the caller's own, or None (any) for admins."""
     return None if principal.is_admin else principal.tenant
+
+
+StreamPrincipal = Annotated[Principal, Depends(stream_principal)]

@@ -1,4 +1,5 @@
-"""Tasks the benchmarks run: a no-op for Conveyor and the same as a bare RQ function; a long hold."""
+"""Tasks the benchmarks run: a no-op for Conveyor and the same as a bare RQ function, a long hold
+(the detection benchmark's victim), and a task that reports timestamped progress (fan-out)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 
 from pydantic import BaseModel
 
+from jobs.redis_conn import get_redis
 from jobs.tasks import task
 from worker.progress import Progress
 
@@ -39,3 +41,24 @@ def hold(payload: HoldPayload, progress: Progress) -> None:
 
 def bare_sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+class TimedProgressPayload(BaseModel):
+    updates: int = 40
+    interval: float = 0.2
+    go_key: str = ""
+
+
+@task(queue="bench")
+def timed_progress(payload: TimedProgressPayload, progress: Progress) -> int:
+    """Wait for the benchmark's go signal, then report progress `updates` times, each update's
+    message being the wall-clock time just before `progress.update` (clients measure against it)."""
+    if payload.go_key:
+        client = get_redis()
+        deadline = time.monotonic() + 300
+        while not client.exists(payload.go_key) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for i in range(payload.updates):
+        time.sleep(payload.interval)
+        progress.update(i + 1, total=payload.updates, message=f"{time.time():.6f}")
+    return payload.updates

@@ -235,6 +235,30 @@ def _api_call(fn: Callable[[], int]) -> int:
         return _fail(f"could not reach the API: {exc}")
 
 
+def _channels(args: argparse.Namespace) -> list[str] | None:
+    return [args.via] if getattr(args, "via", None) else None
+
+
+def _follow_and_report(client: Any, job_id: str, args: argparse.Namespace) -> int:
+    """Follow a job to its end (bar on stderr, or JSON lines), print it, exit 0/1/2 (3: timeout)."""
+    from cli.watch import exit_code, follow, timed_out
+
+    try:
+        snap = follow(
+            client,
+            job_id,
+            timeout=args.timeout,
+            as_json=args.json and args.command == "watch",
+            channels=_channels(args),
+        )
+    except TimeoutError as exc:
+        return timed_out(str(exc))
+    if args.command == "watch" and args.json:
+        return exit_code(snap)
+    _print_snapshot(snap, args.json)
+    return exit_code(snap)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     payload = _parse_payload(args)
 
@@ -249,10 +273,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 delay=args.delay,
                 depends_on=args.depends_on,
             )
-            if args.wait:
-                snap = client.wait(snap.job_id, timeout=args.timeout)
-            _print_snapshot(snap, args.json)
-            return {"failed": 1, "canceled": 2}.get(snap.status, 0) if args.wait else 0
+            if not args.wait:
+                _print_snapshot(snap, args.json)
+                return 0
+            if args.json:  # scripts: no bar, just the final snapshot
+                from cli.watch import exit_code, timed_out
+
+                try:
+                    via = {"channels": _channels(args)} if args.via else {}
+                    snap = client.wait(snap.job_id, timeout=args.timeout, **via)
+                except TimeoutError as exc:
+                    return timed_out(str(exc))
+                _print_snapshot(snap, True)
+                return exit_code(snap)
+            print(f"submitted {snap.job_id}", file=sys.stderr)
+            return _follow_and_report(client, snap.job_id, args)
+
+    return _api_call(run)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    def run() -> int:
+        with _client(args) as client:
+            return _follow_and_report(client, args.job_id, args)
 
     return _api_call(run)
 
@@ -357,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key", help="API key (default: CONVEYOR_API_KEY, then the dev key)")
         p.add_argument("--json", action="store_true", help="print the raw snapshot")
 
+    def watch_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 3)")
+        p.add_argument(
+            "--via",
+            choices=["sse", "long_poll", "poll"],
+            help="follow over this channel only (default: SSE, falling back to long poll, then polling)",
+        )
+
     p = sub.add_parser("submit", help="submit a job")
     p.add_argument("task")
     p.add_argument("--payload", help="JSON object, or @file.json")
@@ -366,10 +417,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", type=float, help="run after this many seconds")
     p.add_argument("--run-at", help="run at this ISO 8601 time (with a timezone)")
     p.add_argument("--depends-on", action="append", help="a job id that must finish first (repeatable)")
-    p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0/1/2")
-    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    p.add_argument(
+        "--wait", action="store_true", help="follow the job with a progress bar until it ends; exit 0/1/2"
+    )
+    watch_options(p)
     client_options(p)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "watch",
+        help="follow a job live (progress bar, message, ETA); exit 0 finished, 1 failed, 2 canceled",
+        description="Follow a job until it ends. The bar is drawn on stderr; --json prints every "
+        "snapshot as a JSON line instead. Exit 0 finished, 1 failed, 2 canceled, 3 timed out.",
+    )
+    p.add_argument("job_id")
+    watch_options(p)
+    client_options(p)
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="show a job's status")
     p.add_argument("job_id")

@@ -1,12 +1,18 @@
 """A Python client for Conveyor's API. It needs only httpx (no server code).
 
-from conveyor_client import Client
+    from conveyor_client import Client
 
-with Client("http://127.0.0.1:8000", api_key="cvk_...") as conveyor:
-    job = conveyor.submit("long_task", {"n": 50})
-    print(conveyor.get(job.job_id).status)
+    with Client("http://127.0.0.1:8000", api_key="cvk_...") as conveyor:
+        job = conveyor.submit("long_task", {"n": 50})
+        for snap in conveyor.updates(job.job_id):      # live: SSE, else long poll, else polling
+            print(snap.status, snap.progress, snap.message)
+
+`AsyncClient` offers the same calls for asyncio (`async for snap in client.updates(...)`).
 """
 
-from conveyor_client.client import Client, ConveyorAPIError, Page, Snapshot
+from conveyor_client.aio import AsyncClient
+from conveyor_client.client import CHANNELS, Client
+from conveyor_client.errors import ConveyorAPIError
+from conveyor_client.snapshot import TERMINAL, Page, Snapshot
 
-__all__ = ["Client", "ConveyorAPIError", "Page", "Snapshot"]
+__all__ = ["CHANNELS", "TERMINAL", "AsyncClient", "Client", "ConveyorAPIError", "Page", "Snapshot"]

@@ -1,101 +1,110 @@
-"""The synchronous client and the typed snapshot it returns."""
+"""The synchronous client."""
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import httpx
 
-TERMINAL = frozenset({"finished", "failed", "canceled"})
+from conveyor_client.errors import (
+    MAYBE_SENT,
+    NOT_SENT,
+    RETRY_STATUSES,
+    UNSERVED_STATUSES,
+    ChannelUnavailable,
+    ConveyorAPIError,
+    is_safe_to_repeat,
+    raise_for_error,
+)
+from conveyor_client.snapshot import Page, Snapshot
+from conveyor_client.sse import EventParser
+
+CHANNELS = ("sse", "long_poll", "poll")
+"""How `updates()` and `wait()` follow a job, in order of preference."""
+LONG_POLL_SECONDS = 25  # below API Gateway's 29 s, so the same client works against Lambda
+STREAM_READ_TIMEOUT = 60.0  # the server sends a heartbeat comment every 15 s by default
+MAX_POLL_DELAY = 5.0
 
 
-class ConveyorAPIError(Exception):
-    """The API answered with an error status; ``detail`` is its human-readable message."""
-
-    def __init__(self, status_code: int, detail: Any, body: Any = None) -> None:
-        super().__init__(f"{status_code}: {detail}")
-        self.status_code = status_code
-        self.detail = detail
-        self.body = body
-
-
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A job as the API reports it (the same shape on every channel)."""
-
-    job_id: str
-    task: str
-    queue: str
-    status: str
-    progress: float | None
-    message: str | None
-    result: Any
-    error: dict[str, str] | None
-    attempt: int
-    max_retries: int
-    created_at: datetime | None
-    enqueued_at: datetime | None
-    started_at: datetime | None
-    ended_at: datetime | None
-    updated_at: datetime | None
-    eta_seconds: float | None
-    seq: int
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Snapshot:
-        return cls(
-            job_id=data["job_id"],
-            task=data["task"],
-            queue=data["queue"],
-            status=data["status"],
-            progress=data.get("progress"),
-            message=data.get("message"),
-            result=data.get("result"),
-            error=data.get("error"),
-            attempt=data.get("attempt", 1),
-            max_retries=data.get("max_retries", 0),
-            created_at=_ts(data.get("created_at")),
-            enqueued_at=_ts(data.get("enqueued_at")),
-            started_at=_ts(data.get("started_at")),
-            ended_at=_ts(data.get("ended_at")),
-            updated_at=_ts(data.get("updated_at")),
-            eta_seconds=data.get("eta_seconds"),
-            seq=data["seq"],
-            raw=data,
-        )
+def submit_body(
+    task: str,
+    payload: dict[str, Any] | None,
+    queue: str | None,
+    timeout: int | None,
+    run_at: datetime | str | None = None,
+    delay: float | None = None,
+    depends_on: list[str] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"task": task, "payload": payload or {}}
+    if queue:
+        body["queue"] = queue
+    if timeout:
+        body["timeout"] = timeout
+    if run_at is not None:
+        body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
+    if delay is not None:
+        body["delay"] = delay
+    if depends_on:
+        body["depends_on"] = list(depends_on)
+    return body
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[Snapshot]
-    next_cursor: str | None
+def list_params(
+    status: str | list[str] | None, task: str | None, queue: str | None, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = [status] if isinstance(status, str) else status
+    for name, value in (("task", task), ("queue", queue), ("cursor", cursor)):
+        if value:
+            params[name] = value
+    return params
 
 
-def raise_for_error(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        body = response.json()
-        detail = body.get("detail", body) if isinstance(body, dict) else body
-    except ValueError:
-        body, detail = response.text, response.text or response.reason_phrase
-    raise ConveyorAPIError(response.status_code, detail, body)
+def job_missing(exc: ConveyorAPIError) -> bool:
+    """A 404 about the job itself (the API says "No job with id ..."), not about the route."""
+    return exc.status_code == 404 and str(exc.detail).startswith("No job")
+
+
+def channel_unserved(exc: ConveyorAPIError) -> bool:
+    """Whether an error means "this channel is not served here" (a proxy, an older server)."""
+    return exc.status_code in UNSERVED_STATUSES and not job_missing(exc)
+
+
+def not_an_event_stream(response: httpx.Response) -> bool:
+    return not response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+class Deadline:
+    """An optional time limit shared by the steps of one wait."""
+
+    def __init__(self, seconds: float | None, job_id: str) -> None:
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.seconds = seconds
+        self.job_id = job_id
+        self.status: str | None = None  # the job's last known status, for the timeout's message
+
+    def left(self, cap: float) -> float:
+        return cap if self.at is None else max(0.0, min(cap, self.at - time.monotonic()))
+
+    def check(self) -> None:
+        if self.at is not None and time.monotonic() >= self.at:
+            status = self.status or "not done"
+            raise TimeoutError(f"job {self.job_id} is still {status} after {self.seconds} s")
 
 
 class Client:
-    """A synchronous Conveyor client. Connection errors are retried with backoff."""
+    """A synchronous Conveyor client.
+
+    Connection failures are retried with backoff: any request when it certainly
+    never reached the server, GETs (and submissions, which always carry an
+    Idempotency-Key) also after failures where it may have.
+    """
 
     def __init__(
         self,
@@ -122,20 +131,28 @@ class Client:
         self._http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request, retrying connection failures (not HTTP errors) with backoff."""
+        """Send a request, retrying what is safe to retry (see the class), then raise API errors."""
         delay = 0.25
+        safe = is_safe_to_repeat(method, httpx.Headers(kwargs.get("headers") or {}))
         for attempt in range(self.retries + 1):
+            last = attempt == self.retries
             try:
                 response = self._http.request(method, path, **kwargs)
-            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
-                if attempt == self.retries:
+            except NOT_SENT:
+                if last:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            raise_for_error(response)
-            return response
+            except MAYBE_SENT:
+                if last or not safe:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or last or not safe:
+                    raise_for_error(response)
+                    return response
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+    # --- jobs ------------------------------------------------------------------------------------
 
     def submit(
         self,
@@ -149,23 +166,14 @@ class Client:
         delay: float | None = None,
         depends_on: list[str] | None = None,
     ) -> Snapshot:
-        """Submit a job. Pass an ``idempotency_key`` to make retries of this call safe.
+        """Submit a job. It always carries an Idempotency-Key (a fresh one unless you pass one),
+        so a retry after a lost response returns the same job instead of creating another.
 
         ``run_at`` (an aware datetime) or ``delay`` (seconds) schedule it;
         ``depends_on`` makes it wait for those jobs to finish.
         """
-        body: dict[str, Any] = {"task": task, "payload": payload or {}}
-        if queue:
-            body["queue"] = queue
-        if timeout:
-            body["timeout"] = timeout
-        if run_at is not None:
-            body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
-        if delay is not None:
-            body["delay"] = delay
-        if depends_on:
-            body["depends_on"] = list(depends_on)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        headers = {"Idempotency-Key": idempotency_key or f"cvc-{uuid.uuid4()}"}
+        body = submit_body(task, payload, queue, timeout, run_at, delay, depends_on)
         return Snapshot.from_json(self.request("POST", "/api/v1/jobs", json=body, headers=headers).json())
 
     def get(self, job_id: str) -> Snapshot:
@@ -180,12 +188,7 @@ class Client:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = [status] if isinstance(status, str) else status
-        for name, value in (("task", task), ("queue", queue), ("cursor", cursor)):
-            if value:
-                params[name] = value
+        params = list_params(status, task, queue, limit, cursor)
         data = self.request("GET", "/api/v1/jobs", params=params).json()
         return Page(items=[Snapshot.from_json(i) for i in data["items"]], next_cursor=data.get("next_cursor"))
 
@@ -216,15 +219,121 @@ class Client:
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/api/v1/tasks").json())
 
-    def wait(self, job_id: str, *, timeout: float | None = None, interval: float = 0.5) -> Snapshot:
-        """Poll until the job is terminal, backing off from ``interval`` to 5 s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = interval
+    # --- following a job -------------------------------------------------------------------------
+
+    def updates(
+        self, job_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> Iterator[Snapshot]:
+        """Yield the job's snapshot now and each time it changes, ending after the terminal one.
+
+        Follows Server-Sent Events; where they are not served, long polls; where
+        that is not served either, polls with backoff (0.5 s growing to 5 s).
+        Raises TimeoutError after ``timeout`` seconds.
+        """
+        deadline = Deadline(timeout, job_id)
+        last = self.get(job_id)
+        deadline.status = last.status
+        yield last
+        followers = {"sse": self._follow_sse, "long_poll": self._follow_long_poll, "poll": self._follow_poll}
+        for channel in channels:
+            if last.is_terminal:
+                return
+            try:
+                for snap in followers[channel](job_id, last.seq, deadline):
+                    if snap.seq > last.seq:
+                        last, deadline.status = snap, snap.status
+                        yield snap
+                        if snap.is_terminal:
+                            return
+            except ChannelUnavailable:
+                continue
+        if not last.is_terminal:
+            raise ConveyorAPIError(0, f"no channel could follow job {job_id} (tried {', '.join(channels)})")
+
+    def wait(
+        self, job_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> Snapshot:
+        """Block until the job ends; returns its terminal snapshot (TimeoutError after ``timeout``)."""
+        last: Snapshot | None = None
+        for snap in self.updates(job_id, timeout=timeout, channels=channels):
+            last = snap
+        assert last is not None
+        return last
+
+    def _follow_sse(self, job_id: str, after: int, deadline: Deadline) -> Iterator[Snapshot]:
+        failures = 0
+        while True:
+            deadline.check()
+            read = deadline.left(STREAM_READ_TIMEOUT) or 0.001
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/stream",
+                    headers=headers,
+                    timeout=httpx.Timeout(10.0, read=read),
+                ) as response:
+                    if response.status_code == 204:
+                        return  # the server has nothing after `after`: we already have the end
+                    if response.status_code >= 400:
+                        response.read()
+                        try:
+                            raise_for_error(response)
+                        except ConveyorAPIError as exc:
+                            if channel_unserved(exc):
+                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
+                            if exc.status_code not in RETRY_STATUSES:
+                                raise
+                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
+                    if not_an_event_stream(response):
+                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    parser = EventParser()
+                    for line in response.iter_lines():
+                        event = parser.feed(line)
+                        if event is None:
+                            deadline.check()  # heartbeats keep a quiet stream's reads short
+                            continue
+                        snap = Snapshot.from_json(json.loads(event.data))
+                        failures, after = 0, snap.seq
+                        yield snap
+                        if snap.is_terminal:
+                            return
+            except (*NOT_SENT, *MAYBE_SENT):
+                failures += 1
+                if failures > self.retries:
+                    raise ChannelUnavailable("SSE keeps failing") from None
+                time.sleep(min(0.25 * 2**failures, 5.0, deadline.left(5.0)))
+            # A stream that ended without the terminal snapshot (a proxy's time limit, Lambda's
+            # one-batch streams) is simply resumed from the last seq.
+
+    def _follow_long_poll(self, job_id: str, after: int, deadline: Deadline) -> Iterator[Snapshot]:
+        while True:
+            deadline.check()
+            wait = max(1, int(deadline.left(LONG_POLL_SECONDS)))
+            try:
+                response = self.request(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/poll",
+                    params={"since": after, "timeout": wait},
+                    timeout=httpx.Timeout(10.0, read=wait + 15.0),
+                )
+            except ConveyorAPIError as exc:
+                if channel_unserved(exc):
+                    raise ChannelUnavailable(f"long poll answered {exc.status_code}") from None
+                raise
+            snap = Snapshot.from_json(response.json())
+            if snap.seq > after:
+                after = snap.seq
+                yield snap
+
+    def _follow_poll(self, job_id: str, after: int, deadline: Deadline) -> Iterator[Snapshot]:
+        delay = 0.5
         while True:
             snap = self.get(job_id)
-            if snap.is_terminal:
-                return snap
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise TimeoutError(f"job {job_id} is still {snap.status} after {timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 5.0)
+            if snap.seq > after:
+                after = snap.seq
+                delay = 0.5
+                yield snap
+            deadline.check()
+            time.sleep(deadline.left(delay))
+            delay = min(delay * 1.5, MAX_POLL_DELAY)

@@ -12,9 +12,11 @@ from redis import Redis
 from jobs.errors import ServiceUnavailable
 from jobs.settings import get_settings
 
+ASYNC_MAX_CONNECTIONS = 100
 _lock = threading.Lock()
 _client: Redis | None = None
 _client_url: str | None = None
+# Keyed by the loop object itself (weakly): a new loop may reuse a closed one's id().
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
     weakref.WeakKeyDictionary()
 )
@@ -55,9 +57,16 @@ def get_async_redis() -> aioredis.Redis:
     clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
     client = clients.get(url)
     if client is None:
-        client = clients[url] = aioredis.Redis.from_url(
-            url, socket_connect_timeout=5, health_check_interval=30
+        # A blocking pool: a burst of more concurrent commands than connections waits for one
+        # instead of failing (redis-py's default pool raises "Too many connections" at 100).
+        pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=ASYNC_MAX_CONNECTIONS,
+            timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
         )
+        client = clients[url] = aioredis.Redis(connection_pool=pool)
     return client
 
 

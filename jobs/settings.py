@@ -104,6 +104,9 @@ class Settings(BaseSettings):
 
     # GET /metrics needs an admin key unless this is true (a scraper on a private network).
     metrics_public: bool = False
+    live_heartbeat: float = Field(default=15.0, gt=0)
+    live_send_timeout: float = Field(default=10.0, gt=0)
+    live_buffer: int = Field(default=32, ge=1, le=10_000)
 
     compat_endpoints: bool = True
     log_level: str = "INFO"

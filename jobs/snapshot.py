@@ -10,6 +10,7 @@ byte-identical documents.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -129,3 +130,50 @@ def row_fields(job: Job) -> dict[str, str]:
 
 def doc_from_row(job: Job) -> bytes:
     return assemble(row_fields(job))
+
+
+@dataclass(frozen=True, slots=True)
+class DocHead:
+    """The fields a live stream routes and orders by, read from a document without parsing it."""
+
+    job_id: str
+    status: str
+    seq: int
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_VALUES
+
+
+TERMINAL_VALUES = frozenset(s.value for s in JobStatus if s.is_terminal)
+_HEAD_JOB_ID = b'{"job_id":"'
+_HEAD_STATUS = b',"status":"'
+_HEAD_SEQ = b',"seq":'
+
+
+def peek(doc: bytes) -> DocHead | None:
+    """job_id, status and seq of a snapshot document, or None if it is not one.
+
+    Documents always list :data:`PUBLIC_FIELDS` in order (job_id first, seq
+    last), and the only fields before status are JSON strings, in which an
+    unescaped quote cannot occur; so three searches find the values without
+    decoding a possibly large result.
+    """
+    if not doc.startswith(_HEAD_JOB_ID):
+        return None
+    start = len(_HEAD_JOB_ID)
+    end = doc.find(b'"', start)
+    at = doc.find(_HEAD_STATUS, end)
+    seq_at = doc.rfind(_HEAD_SEQ)
+    if end < 0 or at < 0 or seq_at < at:
+        return None
+    status_end = doc.find(b'"', at + len(_HEAD_STATUS))
+    try:
+        seq = int(doc[seq_at + len(_HEAD_SEQ) : -1])
+    except ValueError:
+        return None
+    return DocHead(
+        job_id=doc[start:end].decode(),
+        status=doc[at + len(_HEAD_STATUS) : status_end].decode(),
+        seq=seq,
+    )

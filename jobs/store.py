@@ -312,3 +312,6 @@ def apply_journal(
     if blobs:
         store_blobs(session, blobs)
     return moved
+
+
+# --- counts ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from jobs.recorder import Recorder
 from jobs.status import JobStatus
 from jobs.store import JournalEntry, apply_journal
 from tests.conftest import Backend, seed_job
+from tests.services import wait_until
 
 S = JobStatus
 
@@ -58,6 +59,11 @@ def test_the_recorder_drains_the_journal_into_sql(env: Backend, redis_client: An
     record(job_id, S.STARTED, event="started")
     record(job_id, S.FINISHED, event="finished", patch={"result": {"n": 1}})
     Recorder(redis_client, consumer="test-drain").drain()
-    with session_scope() as session:
-        row = session.get(Job, job_id)
-        assert row is not None and row.status == "finished" and row.result == {"n": 1}
+
+    def recorded() -> bool:
+        # A worker's recorder (same consumer group) may have taken the entries first.
+        with session_scope() as session:
+            row = session.get(Job, job_id)
+            return row is not None and row.status == "finished" and row.result == {"n": 1}
+
+    wait_until(recorded, timeout=5, message="the journal to reach SQL")

@@ -12,11 +12,12 @@ from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
+from api.pipelined_redis import pipelined_redis
 from jobs.db import session_scope
 from jobs.errors import JobNotFound
 from jobs.live import job_key, live_store
 from jobs.redaction import redact, redact_text
-from jobs.redis_conn import get_async_redis, get_redis
+from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import JobSnapshot, doc_from_row
 from jobs.status import TERMINAL, JobStatus
@@ -84,11 +85,11 @@ class TaskInfo(BaseModel):
     payload_schema: dict[str, Any]
 
 
-def _etag(seq: int | str) -> str:
+def etag_of(seq: int | str) -> str:
     return f'"{seq}"'
 
 
-def _valid_id(job_id: str) -> bool:
+def valid_id(job_id: str) -> bool:
     try:
         return str(uuid.UUID(job_id)) == job_id
     except ValueError:
@@ -99,15 +100,25 @@ def _doc_response(doc: bytes, *, status_code: int = 200, headers: dict[str, str]
     return Response(content=doc, status_code=status_code, media_type=JSON, headers=headers)
 
 
-async def read_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int]:
-    """(document, seq) of a tenant's job (any tenant's for None): Redis first, SQL once it expired."""
-    if not _valid_id(job_id):
+async def read_live_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int] | None:
+    """(document, seq) of a tenant's job (any tenant's for None) from Redis; None when Redis has
+    no live state for it."""
+    owner, doc, seq = await pipelined_redis().command("HMGET", job_key(job_id), "tenant", "_doc", "seq")
+    if doc is None:
+        return None
+    if tenant is not None and (owner or b"").decode() != tenant:
         raise JobNotFound(job_id)
-    owner, doc, seq = await get_async_redis().hmget(job_key(job_id), ["tenant", "_doc", "seq"])
-    if doc is not None:
-        if tenant is not None and (owner or b"").decode() != tenant:
-            raise JobNotFound(job_id)
-        return doc, int(seq or 0)
+    return doc, int(seq or 0)
+
+
+async def read_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int]:
+    """(document, seq) of a tenant's job (any tenant's for None): Redis first, SQL after the live
+    state expired."""
+    if not valid_id(job_id):
+        raise JobNotFound(job_id)
+    live = await read_live_snapshot(job_id, tenant)
+    if live is not None:
+        return live
     return await run_in_threadpool(_snapshot_from_sql, job_id, tenant)
 
 
@@ -159,18 +170,31 @@ def submit(
     return _doc_response(submission.doc, status_code=201 if submission.created else 200, headers=headers)
 
 
-@router.get("/jobs/{job_id}", response_model=JobSnapshot, name="get_job_snapshot")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobSnapshot,
+    name="get_job_snapshot",
+    responses={304: {"description": "Not modified: the job's seq still matches If-None-Match."}},
+)
 async def get_snapshot(
     job_id: str,
     principal: CurrentPrincipal,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The job's current snapshot. `ETag` is its `seq`; `If-None-Match` answers 304 when unchanged."""
+    """The job's current snapshot. `ETag` is its `seq`; `If-None-Match` answers 304 when unchanged.
+
+    Most of these requests never reach this function: `api.snapshot_fast_path` answers
+    them first when the key is cached and Redis has the job (same checks, same bytes).
+    """
     doc, seq = await read_snapshot(job_id, readable_tenant(principal))
-    etag = _etag(seq)
-    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+    etag = etag_of(seq)
+    if etag_matches(etag, if_none_match):
         return Response(status_code=304, headers={"ETag": etag})
     return _doc_response(doc, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+def etag_matches(etag: str, if_none_match: str | None) -> bool:
+    return if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]
 
 
 @router.get("/jobs", response_model=JobList)
@@ -215,7 +239,7 @@ def get_jobs(
 @router.get("/jobs/{job_id}/events", response_model=EventList)
 def get_events(job_id: str, principal: CurrentPrincipal) -> EventList:
     """The job's lifecycle events, oldest first (one per accepted state change), secrets redacted."""
-    if not _valid_id(job_id):
+    if not valid_id(job_id):
         raise JobNotFound(job_id)
     with session_scope() as session:
         if get_job(session, job_id=job_id, tenant=readable_tenant(principal)) is None:

@@ -1,0 +1,153 @@
+"""One client's feed of one job's snapshots, shared by long poll, SSE and WebSocket.
+
+A feed registers with the process's :class:`~api.live_hub.SnapshotHub` before
+it reads the current snapshot (Redis first, SQL once the live state expired),
+so nothing published in between is missed. It then yields each newer
+snapshot in ``seq`` order. A feed that has been quiet for a heartbeat, or
+whose subscription was re-established, re-reads the snapshot: a lost
+pub/sub message delays a client by at most one heartbeat and never hangs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy as sa
+from starlette.types import Receive, Scope
+
+from api.live_hub import Delivery, Listener, SnapshotHub, get_hub
+from api.routes.jobs import read_snapshot
+
+log = logging.getLogger(__name__)
+
+LAMBDA_MAX_WAIT = 25.0
+"""API Gateway ends a request after 29 s: under Lambda no request waits longer than this."""
+
+
+def under_lambda(scope: Scope) -> bool:
+    """Whether this request is served by AWS Lambda (Mangum puts the event in the scope)."""
+    return "aws.event" in scope or bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Return once the client has gone (for a request whose body nobody reads)."""
+    while True:
+        message = await receive()
+        if message["type"] in ("http.disconnect", "websocket.disconnect"):
+            return
+
+
+class JobFeed:
+    """The snapshots of one job, for one client, newest state always last."""
+
+    def __init__(self, hub: SnapshotHub, listener: Listener, tenant: str, current: Delivery) -> None:
+        self._hub = hub
+        self._listener = listener
+        self.job_id = listener.job_id
+        self.tenant = tenant
+        self.current = current
+
+    @classmethod
+    async def open(cls, job_id: str, tenant: str) -> JobFeed:
+        """Subscribe, then read the current snapshot; JobNotFound for another tenant's or no job."""
+        hub = get_hub()
+        listener = await hub.add(job_id)
+        try:
+            doc, _ = await read_snapshot(job_id, tenant)
+            current = Delivery.of(doc)
+            if current is None:
+                raise RuntimeError(f"job {job_id}: stored snapshot is malformed")
+        except BaseException:
+            hub.remove(listener)
+            raise
+        return cls(hub, listener, tenant, current)
+
+    def close(self) -> None:
+        self._hub.remove(self._listener)
+
+    async def reread(self) -> Delivery | None:
+        """The current snapshot, read again (None when the stores cannot answer right now)."""
+        try:
+            doc, _ = await read_snapshot(self.job_id, self.tenant)
+        except (redis.exceptions.RedisError, sa.exc.SQLAlchemyError, OSError) as exc:
+            log.warning("live feed: could not re-read job %s: %s", self.job_id, exc)
+            return None
+        return Delivery.of(doc)
+
+    def watch_disconnect(self, receive: Receive) -> asyncio.Future[None]:
+        """Notice the client leaving (a task reading ``receive``); cancel it when done."""
+        gone = asyncio.ensure_future(until_disconnect(receive))
+        gone.add_done_callback(self._listener.mark_gone)
+        return gone
+
+    @property
+    def gone(self) -> bool:
+        return self._listener.gone
+
+    async def guarded_send(self, send: Callable[[Any], Awaitable[None]], message: Any) -> None:
+        """``send(message)``, watched: the hub's watchdog calls ``on_stall`` if it hangs."""
+        listener = self._listener
+        listener.sending_since = asyncio.get_running_loop().time()
+        try:
+            await send(message)
+        finally:
+            listener.sending_since = 0.0
+
+    def on_stall(self, callback: Callable[[], None]) -> None:
+        self._listener.on_stall = callback
+
+    async def next(self, after: int, *, timeout: float | None = None) -> list[Delivery]:
+        """Snapshots newer than ``after``, in ``seq`` order. Empty when the stream's heartbeat
+        came with nothing new (after a re-read of the snapshot), when ``timeout`` passed, or
+        when the client left."""
+        listener = self._listener
+        await listener.wait(timeout)
+        if listener.gone:
+            return []
+        items = listener.take()
+        if listener.resync or listener.quiet:
+            listener.resync = listener.quiet = False
+            current = await self.reread()
+            if current is not None:
+                items.append(current)
+        fresh: list[Delivery] = []
+        for item in items:
+            if item.seq > after:
+                fresh.append(item)
+                after = item.seq
+        if fresh:
+            self.current = fresh[-1]
+        return fresh
+
+
+async def long_poll(
+    feed: JobFeed,
+    *,
+    timeout: float,
+    is_news: Callable[[Delivery], bool],
+    receive: Receive | None = None,
+) -> Delivery:
+    """The first snapshot that ``is_news`` (the current one, if it already is), else the
+    latest one once ``timeout`` seconds have passed or the client has gone."""
+    if is_news(feed.current):
+        return feed.current
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    gone = feed.watch_disconnect(receive) if receive is not None else None
+    try:
+        while (left := deadline - loop.time()) > 0 and not feed.gone:
+            for item in await feed.next(feed.current.seq, timeout=left):
+                if is_news(item):
+                    return item
+        latest = await feed.reread()  # a lost message must not leave a poller a timeout behind
+        if latest is not None and latest.seq > feed.current.seq:
+            feed.current = latest
+        return feed.current
+    finally:
+        if gone is not None:
+            gone.cancel()

@@ -1,0 +1,251 @@
+"""The asyncio client: the same calls as `Client`, awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from conveyor_client.client import (
+    CHANNELS,
+    LONG_POLL_SECONDS,
+    MAX_POLL_DELAY,
+    STREAM_READ_TIMEOUT,
+    Deadline,
+    channel_unserved,
+    list_params,
+    not_an_event_stream,
+    submit_body,
+)
+from conveyor_client.errors import (
+    MAYBE_SENT,
+    NOT_SENT,
+    RETRY_STATUSES,
+    ChannelUnavailable,
+    ConveyorAPIError,
+    is_safe_to_repeat,
+    raise_for_error,
+)
+from conveyor_client.snapshot import Page, Snapshot
+from conveyor_client.sse import EventParser
+
+
+class AsyncClient:
+    """An asyncio Conveyor client (see `Client` for the retry rules)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.retries = retries
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delay = 0.25
+        safe = is_safe_to_repeat(method, httpx.Headers(kwargs.get("headers") or {}))
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except NOT_SENT:
+                if last:
+                    raise
+            except MAYBE_SENT:
+                if last or not safe:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or last or not safe:
+                    raise_for_error(response)
+                    return response
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    async def submit(
+        self,
+        task: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        timeout: int | None = None,
+        idempotency_key: str | None = None,
+        run_at: datetime | str | None = None,
+        delay: float | None = None,
+        depends_on: list[str] | None = None,
+    ) -> Snapshot:
+        """Submit a job (always with an Idempotency-Key; see `Client.submit`)."""
+        headers = {"Idempotency-Key": idempotency_key or f"cvc-{uuid.uuid4()}"}
+        body = submit_body(task, payload, queue, timeout, run_at, delay, depends_on)
+        response = await self.request("POST", "/api/v1/jobs", json=body, headers=headers)
+        return Snapshot.from_json(response.json())
+
+    async def get(self, job_id: str) -> Snapshot:
+        return Snapshot.from_json((await self.request("GET", f"/api/v1/jobs/{job_id}")).json())
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | list[str] | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        params = list_params(status, task, queue, limit, cursor)
+        data = (await self.request("GET", "/api/v1/jobs", params=params)).json()
+        return Page(items=[Snapshot.from_json(i) for i in data["items"]], next_cursor=data.get("next_cursor"))
+
+    async def events(self, job_id: str) -> list[dict[str, Any]]:
+        return list((await self.request("GET", f"/api/v1/jobs/{job_id}/events")).json()["items"])
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        return list((await self.request("GET", "/api/v1/tasks")).json())
+
+    async def cancel(self, job_id: str, *, reason: str | None = None) -> Snapshot:
+        """Cancel a job (a running one is asked to stop; it may still show `started` for a moment)."""
+        return await self._control(job_id, "cancel", reason)
+
+    async def pause(self, job_id: str) -> Snapshot:
+        return await self._control(job_id, "pause")
+
+    async def resume(self, job_id: str) -> Snapshot:
+        return await self._control(job_id, "resume")
+
+    async def restart(self, job_id: str, *, reason: str | None = None) -> Snapshot:
+        return await self._control(job_id, "restart", reason)
+
+    async def _control(self, job_id: str, action: str, reason: str | None = None) -> Snapshot:
+        body = {"reason": reason} if reason else None
+        response = await self.request("POST", f"/api/v1/jobs/{job_id}/{action}", json=body)
+        return Snapshot.from_json(response.json())
+
+    async def updates(
+        self, job_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> AsyncIterator[Snapshot]:
+        """Yield the job's snapshot now and each time it changes, ending after the terminal one."""
+        deadline = Deadline(timeout, job_id)
+        last = await self.get(job_id)
+        deadline.status = last.status
+        yield last
+        followers = {"sse": self._follow_sse, "long_poll": self._follow_long_poll, "poll": self._follow_poll}
+        for channel in channels:
+            if last.is_terminal:
+                return
+            try:
+                async for snap in followers[channel](job_id, last.seq, deadline):
+                    if snap.seq > last.seq:
+                        last, deadline.status = snap, snap.status
+                        yield snap
+                        if snap.is_terminal:
+                            return
+            except ChannelUnavailable:
+                continue
+        if not last.is_terminal:
+            raise ConveyorAPIError(0, f"no channel could follow job {job_id} (tried {', '.join(channels)})")
+
+    async def wait(
+        self, job_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> Snapshot:
+        last: Snapshot | None = None
+        async for snap in self.updates(job_id, timeout=timeout, channels=channels):
+            last = snap
+        assert last is not None
+        return last
+
+    async def _follow_sse(self, job_id: str, after: int, deadline: Deadline) -> AsyncIterator[Snapshot]:
+        failures = 0
+        while True:
+            deadline.check()
+            read = deadline.left(STREAM_READ_TIMEOUT) or 0.001
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+            try:
+                async with self._http.stream(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/stream",
+                    headers=headers,
+                    timeout=httpx.Timeout(10.0, read=read),
+                ) as response:
+                    if response.status_code == 204:
+                        return
+                    if response.status_code >= 400:
+                        await response.aread()
+                        try:
+                            raise_for_error(response)
+                        except ConveyorAPIError as exc:
+                            if channel_unserved(exc):
+                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
+                            if exc.status_code not in RETRY_STATUSES:
+                                raise
+                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
+                    if not_an_event_stream(response):
+                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    parser = EventParser()
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        if event is None:
+                            deadline.check()  # heartbeats keep a quiet stream's reads short
+                            continue
+                        snap = Snapshot.from_json(json.loads(event.data))
+                        failures, after = 0, snap.seq
+                        yield snap
+                        if snap.is_terminal:
+                            return
+            except (*NOT_SENT, *MAYBE_SENT):
+                failures += 1
+                if failures > self.retries:
+                    raise ChannelUnavailable("SSE keeps failing") from None
+                await asyncio.sleep(min(0.25 * 2**failures, 5.0, deadline.left(5.0)))
+
+    async def _follow_long_poll(self, job_id: str, after: int, deadline: Deadline) -> AsyncIterator[Snapshot]:
+        while True:
+            deadline.check()
+            wait = max(1, int(deadline.left(LONG_POLL_SECONDS)))
+            try:
+                response = await self.request(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/poll",
+                    params={"since": after, "timeout": wait},
+                    timeout=httpx.Timeout(10.0, read=wait + 15.0),
+                )
+            except ConveyorAPIError as exc:
+                if channel_unserved(exc):
+                    raise ChannelUnavailable(f"long poll answered {exc.status_code}") from None
+                raise
+            snap = Snapshot.from_json(response.json())
+            if snap.seq > after:
+                after = snap.seq
+                yield snap
+
+    async def _follow_poll(self, job_id: str, after: int, deadline: Deadline) -> AsyncIterator[Snapshot]:
+        delay = 0.5
+        while True:
+            snap = await self.get(job_id)
+            if snap.seq > after:
+                after = snap.seq
+                delay = 0.5
+                yield snap
+            deadline.check()
+            await asyncio.sleep(deadline.left(delay))
+            delay = min(delay * 1.5, MAX_POLL_DELAY)

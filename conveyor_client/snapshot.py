@@ -1,0 +1,73 @@
+"""The typed objects the client returns: a job's snapshot and a page of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+TERMINAL = frozenset({"finished", "failed", "canceled"})
+"""Statuses a job never leaves (except through an explicit restart)."""
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A job as the API reports it (the same shape on every channel). ``seq`` is its version."""
+
+    job_id: str
+    task: str
+    queue: str
+    status: str
+    progress: float | None
+    message: str | None
+    result: Any
+    error: dict[str, str] | None
+    attempt: int
+    max_retries: int
+    created_at: datetime | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    updated_at: datetime | None
+    eta_seconds: float | None
+    seq: int
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        return cls(
+            job_id=data["job_id"],
+            task=data["task"],
+            queue=data["queue"],
+            status=data["status"],
+            progress=data.get("progress"),
+            message=data.get("message"),
+            result=data.get("result"),
+            error=data.get("error"),
+            attempt=data.get("attempt", 1),
+            max_retries=data.get("max_retries", 0),
+            created_at=_ts(data.get("created_at")),
+            enqueued_at=_ts(data.get("enqueued_at")),
+            started_at=_ts(data.get("started_at")),
+            ended_at=_ts(data.get("ended_at")),
+            updated_at=_ts(data.get("updated_at")),
+            eta_seconds=data.get("eta_seconds"),
+            seq=data["seq"],
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a job listing; pass ``next_cursor`` back for the next one."""
+
+    items: list[Snapshot]
+    next_cursor: str | None
