@@ -20,10 +20,11 @@ dev: $(STAMP)      ## run API + worker on embedded defaults (SQLite, embedded Re
 test: $(STAMP)     ## the whole test suite, against real Redis and PostgreSQL
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)     ## ruff and mypy
+lint: $(STAMP)     ## ruff, mypy, and cfn-lint on the AWS template
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/cfn-lint infra/template.yaml
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

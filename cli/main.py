@@ -87,6 +87,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the database and Redis answer (container health checks use this)."""
+    from api.routes.health import check_dependencies
+
+    checks = check_dependencies()
+    for name, state in checks.items():
+        print(f"{name}: {state}")
+    return 0 if all(state == "ok" for state in checks.values()) else 1
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from jobs.auth import create_key
     from jobs.db import session_scope
@@ -384,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between batches")
     p.add_argument("--dry-run", action="store_true", help="count what would be deleted; change nothing")
     p.set_defaults(func=cmd_prune)
+    p = sub.add_parser("check", help="exit 0 if the database and Redis answer (for health checks)")
+    p.set_defaults(func=cmd_check)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("create", help="create a key; prints it alone on the last line")

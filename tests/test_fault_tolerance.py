@@ -303,3 +303,20 @@ def test_the_lambda_handler_runs_a_pass(env: Backend, redis_client: Redis):
 
     report = wait_until(lambda: (r := handler({"source": "aws.events"}, None))["ran"] and r, timeout=10)
     assert set(report) >= {"retried", "failed", "requeued", "seconds"}
+
+
+def test_the_lambda_reports_the_backlog_the_workers_scale_on(env: Backend, redis_client: Redis):
+    from jobs.queueing import get_queue
+    from worker.lambda_reconcile import backlog_per_worker, handler
+
+    before, workers, _ = backlog_per_worker(redis_client)
+    queue = get_queue("other", redis_client)  # no worker serves it in the tests: its jobs wait
+    for _ in range(3):
+        queue.enqueue_call("bench.tasks.bare_noop")
+    waiting, workers, per_worker = backlog_per_worker(redis_client)
+    assert waiting == before + 3
+    assert per_worker == waiting / max(1, workers)
+    report = handler({"source": "aws.events"}, None)
+    assert report["backlog"]["waiting"] >= 3
+    assert report["backlog"]["published"] is False  # only inside Lambda
+    queue.empty()

@@ -1,4 +1,4 @@
-"""The Mangum handler answers API Gateway HTTP API (v2) events with the same API."""
+"""The Mangum handler serves the same app behind every AWS front door, against real Redis and SQL."""
 
 from __future__ import annotations
 
@@ -7,66 +7,110 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from tests.conftest import Backend, Tenant
+from tests.lambda_events import FRONT_DOORS, make_event, response_body, response_headers
+
+CONTEXT = SimpleNamespace(function_name="conveyor-api", aws_request_id="req-1", memory_limit_in_mb=1024)
 
 
-def http_api_event(
-    method: str, path: str, key: str, body: str | None = None, query: str = ""
+@pytest.fixture
+def handler(env: Backend) -> Any:
+    return importlib.import_module("api.lambda_handler").handler
+
+
+def call(
+    handler: Any, door: str, method: str, path: str, tenant: Tenant | None = None, **kw: Any
 ) -> dict[str, Any]:
-    return {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": query,
-        "headers": {
-            "authorization": f"Bearer {key}",
-            "content-type": "application/json",
-            "host": "abc123.execute-api.eu-west-1.amazonaws.com",
-            "x-forwarded-proto": "https",
-            "x-forwarded-port": "443",
-            "x-forwarded-for": "203.0.113.7",
-        },
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "domainName": "abc123.execute-api.eu-west-1.amazonaws.com",
-            "domainPrefix": "abc123",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "203.0.113.7",
-                "userAgent": "curl/8.0",
-            },
-            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "23/Nov/2026:10:00:00 +0000",
-            "timeEpoch": 1795428000000,
-        },
-        "body": body,
-        "isBase64Encoded": False,
-    }
+    headers = dict(kw.pop("headers", {}))
+    if tenant is not None:
+        headers["authorization"] = f"Bearer {tenant.key}"
+    return handler(make_event(door, method, path, headers=headers, **kw), CONTEXT)
 
 
-def test_submit_and_read_status_through_the_lambda_handler(env: Backend, tenant: Tenant):
-    module = importlib.import_module("api.lambda_handler")
-    context = SimpleNamespace(function_name="conveyor-api", aws_request_id="req-1")
-
-    created = module.handler(
-        http_api_event(
-            "POST", "/api/v1/jobs", tenant.key, json.dumps({"task": "long_task", "payload": {"n": 3}})
-        ),
-        context,
+@pytest.mark.parametrize("door", FRONT_DOORS)
+def test_submit_then_read_the_status(handler: Any, tenant: Tenant, door: str):
+    body = json.dumps({"task": "long_task", "payload": {"n": 3}})
+    created = call(
+        handler, door, "POST", "/api/v1/jobs", tenant, body=body, headers={"content-type": "application/json"}
     )
     assert created["statusCode"] == 201, created
-    job_id = json.loads(created["body"])["job_id"]
+    job_id = json.loads(response_body(created))["job_id"]
 
-    status = module.handler(http_api_event("GET", f"/api/v1/jobs/{job_id}", tenant.key), context)
+    status = call(handler, door, "GET", f"/api/v1/jobs/{job_id}", tenant)
     assert status["statusCode"] == 200
-    body = json.loads(status["body"])
-    assert body["job_id"] == job_id and body["status"] in {"queued", "started", "finished"}
-    assert status["headers"]["content-type"] == "application/json"
+    snap = json.loads(response_body(status))
+    assert snap["job_id"] == job_id and snap["status"] in {"queued", "started", "finished"}
+    headers = response_headers(status)
+    assert headers["content-type"] == "application/json"
+    assert headers["etag"] == f'"{snap["seq"]}"'
 
-    missing = module.handler(http_api_event("GET", "/api/v1/jobs/nope", tenant.key), context)
+
+@pytest.mark.parametrize("door", FRONT_DOORS)
+def test_a_base64_encoded_body_is_decoded(handler: Any, tenant: Tenant, door: str):
+    body = json.dumps({"task": "heavy_compute", "payload": {"text": "naïve ✓"}}).encode()
+    created = call(
+        handler,
+        door,
+        "POST",
+        "/api/v1/jobs",
+        tenant,
+        body=body,
+        b64=True,
+        headers={"content-type": "application/json"},
+    )
+    assert created["statusCode"] == 201, response_body(created)
+
+
+@pytest.mark.parametrize("door", FRONT_DOORS)
+def test_query_strings_reach_the_app(handler: Any, tenant: Tenant, door: str):
+    for _ in range(3):
+        call(
+            handler,
+            door,
+            "POST",
+            "/api/v1/jobs",
+            tenant,
+            body=json.dumps({"task": "long_task", "queue": "other"}),
+            headers={"content-type": "application/json"},
+        )
+    page = call(handler, door, "GET", "/api/v1/jobs", tenant, query="status=queued&limit=2&queue=other")
+    assert page["statusCode"] == 200
+    data = json.loads(response_body(page))
+    assert len(data["items"]) == 2 and data["next_cursor"]
+    rest = call(
+        handler,
+        door,
+        "GET",
+        "/api/v1/jobs",
+        tenant,
+        query=f"status=queued&limit=2&queue=other&cursor={data['next_cursor']}",
+    )
+    assert len(json.loads(response_body(rest))["items"]) == 1
+
+
+@pytest.mark.parametrize("door", FRONT_DOORS)
+def test_client_errors_keep_their_status_and_message(handler: Any, tenant: Tenant, door: str):
+    missing = call(handler, door, "GET", "/api/v1/jobs/3f0e2a8e-0000-4000-8000-000000000000", tenant)
     assert missing["statusCode"] == 404
+    assert "No job" in json.loads(response_body(missing))["detail"]
+    unauthorized = call(handler, door, "GET", "/api/v1/jobs")
+    assert unauthorized["statusCode"] == 401
+    assert response_headers(unauthorized)["www-authenticate"] == "Bearer"
+    invalid = call(
+        handler,
+        door,
+        "POST",
+        "/api/v1/jobs",
+        tenant,
+        body='{"task": "long_task", "payload": {"n": "x"}}',
+        headers={"content-type": "application/json"},
+    )
+    assert invalid["statusCode"] == 422
+
+
+def test_the_handler_serves_health_without_any_dependency(handler: Any):
+    response = call(handler, "http_api", "GET", "/healthz")
+    assert response["statusCode"] == 200
+    assert json.loads(response_body(response)) == {"status": "ok"}

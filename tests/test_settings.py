@@ -26,3 +26,12 @@ def test_default_database_is_sqlite_in_the_data_dir(tmp_path):
 def test_the_default_queue_is_always_served():
     s = Settings(queues=["reports"], default_queue="default", secret_key="x")
     assert s.queues == ["reports", "default"]
+
+
+def test_a_separately_injected_password_is_quoted_into_the_url():
+    s = Settings(
+        database_url="postgresql://conveyor@db.internal:5432/conveyor",
+        database_password="p@ss/w:rd",
+        secret_key="x",
+    )
+    assert s.sqlalchemy_url == "postgresql+psycopg://conveyor:p%40ss%2Fw%3Ard@db.internal:5432/conveyor"

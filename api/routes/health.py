@@ -21,7 +21,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _check() -> dict[str, Any]:
+def check_dependencies() -> dict[str, Any]:
+    """Each dependency's state: 'ok' or 'unavailable: <error type>'."""
     checks: dict[str, Any] = {}
     try:
         with get_engine().connect() as conn:
@@ -40,7 +41,7 @@ def _check() -> dict[str, Any]:
 @router.get("/readyz")
 async def readyz() -> JSONResponse:
     """Ready to serve: the database and Redis answer. 503 names what does not."""
-    checks = await run_in_threadpool(_check)
+    checks = await run_in_threadpool(check_dependencies)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", **checks}, status_code=200 if ready else 503
