@@ -1,22 +1,22 @@
 """The application factory. Nothing expensive happens here or in a lifespan:
 Mangum runs the lifespan on every Lambda invocation, so engines and clients
-are created lazily on first use."""
+are created lazily on first use, and creating the app imports no database or
+Redis client at all (tests/test_cold_start.py holds us to it): a Lambda cold
+start is mostly import time."""
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.exceptions
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
-from api.live_hub import close_hub
-from api.pipelined_redis import close_pipelined_redis
+from api.outages import DependencyOutages
 from api.routes import control, health, history, insights, jobs, live, metrics
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
@@ -29,20 +29,6 @@ log = logging.getLogger(__name__)
 async def conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
     return JSONResponse({"detail": exc.message, **exc.extra}, status_code=exc.status_code)
-
-
-async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.error("database unavailable: %s", exc)
-    return JSONResponse(
-        {"detail": "The database is unavailable. Nothing was changed; retry shortly."}, status_code=503
-    )
-
-
-async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.error("redis unavailable: %s", exc)
-    return JSONResponse(
-        {"detail": "Redis is unavailable. Nothing was changed; retry shortly."}, status_code=503
-    )
 
 
 class HideAccessTokens(logging.Filter):
@@ -68,8 +54,13 @@ def hide_access_tokens_in_access_log() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Nothing at startup (clients are created lazily); at shutdown, close what the loop holds."""
     yield
-    await close_hub()
-    close_pipelined_redis()
+    # Only what was used: importing these here would load Redis's client for nothing.
+    hub = sys.modules.get("api.live_hub")
+    if hub is not None:
+        await hub.close_hub()
+    pipelined = sys.modules.get("api.pipelined_redis")
+    if pipelined is not None:
+        pipelined.close_pipelined_redis()
 
 
 def create_app() -> FastAPI:
@@ -83,10 +74,6 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(SnapshotFastPath)  # first, so innermost: see its docstring
     app.add_exception_handler(ConveyorError, conveyor_error)
-    for db_error in (sa.exc.OperationalError, sa.exc.InterfaceError):
-        app.add_exception_handler(db_error, database_unavailable)
-    for redis_error in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-        app.add_exception_handler(redis_error, redis_unavailable)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(history.router)
@@ -100,4 +87,5 @@ def create_app() -> FastAPI:
         app.include_router(compat.router)
     hide_access_tokens_in_access_log()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DependencyOutages)  # last, so outermost: a 503 for an outage anywhere below
     return app

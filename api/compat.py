@@ -19,27 +19,24 @@ import json
 import os
 import resource
 import sys
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, WebSocket
 from pydantic import BaseModel, Field
 
 from api.deps import CurrentPrincipal, StreamPrincipal
 from api.event_stream import EventStream, sse_event
-from api.live_feed import LAMBDA_MAX_WAIT, JobFeed, long_poll, under_lambda
-from api.live_hub import Delivery
+from api.lambda_limits import LAMBDA_MAX_WAIT, under_lambda
 from api.routes.jobs import read_snapshot
 from api.routes.live import PollTimeout, poll_seconds, resume_point, serve_websocket
-from jobs.control import cancel_job, restart_job
-from jobs.db import session_scope
 from jobs.errors import JobNotFound, UnknownTask
-from jobs.live import live_store
-from jobs.queue_stats import queue_stats
-from jobs.redis_conn import get_redis
-from jobs.snapshot import doc_from_row
 from jobs.status import JobStatus
-from jobs.store import get_job, list_events
-from jobs.submit import submit_job
+
+if TYPE_CHECKING:
+    from api.live_hub import Delivery
+
+# The SQL and Redis layers and the live feed load inside the routes that use them, so that
+# declaring these routes stays cheap (a Lambda cold start is import time).
 
 router = APIRouter(tags=["seed compatibility"])
 
@@ -69,6 +66,8 @@ class SeedJobPayload(BaseModel):
 @router.post("/submit-job")
 def submit_job_seed004(body: SeedJobPayload, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 004: enqueue a whitelisted task; an unknown task is 400 `Unknown task: <name>`."""
+    from jobs.submit import submit_job
+
     try:
         submission = submit_job(
             tenant=principal.tenant, owner=principal.key_id, task=body.task, payload=body.payload
@@ -82,6 +81,12 @@ def submit_job_seed004(body: SeedJobPayload, principal: CurrentPrincipal) -> dic
 @router.get("/job-status/{job_id}")
 def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 004: RQ's view of a job (status, meta, timestamps, result, exc_info); 404 if unknown."""
+    from jobs.db import session_scope
+    from jobs.live import live_store
+    from jobs.redis_conn import get_redis
+    from jobs.snapshot import doc_from_row
+    from jobs.store import get_job, list_events
+
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=principal.tenant)
         if job is None:
@@ -182,6 +187,8 @@ class WorkflowRun(BaseModel):
 @router.post("/workflow/run")
 def workflow_run_seed001(body: WorkflowRun, principal: CurrentPrincipal) -> dict[str, str]:
     """Seed 001: start its n-step workflow, which is `long_task` (messages "step i/n")."""
+    from jobs.submit import submit_job
+
     submission = submit_job(
         tenant=principal.tenant,
         owner=principal.key_id,
@@ -255,6 +262,8 @@ async def poll_seed002(
     current_status: Seed002Status | None = None,
 ) -> dict[str, Any]:
     """Seed 002: wait for the status to differ from `current_status` (or, without it, for any change)."""
+    from api.live_feed import JobFeed, long_poll
+
     feed = await JobFeed.open(job_id, principal.tenant)
     try:
         first = feed.current.seq
@@ -281,6 +290,8 @@ async def stream_seed002(
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
     """Seed 002: server-sent events `data: {job_id, status, progress, current_step, timestamp}`."""
+    from api.live_feed import JobFeed
+
     after = resume_point(last_event_id, since)
     feed = await JobFeed.open(job_id, principal.tenant)
     if feed.current.is_terminal and feed.current.seq <= after:
@@ -309,6 +320,10 @@ def _memory_mb() -> float:
 def _queue_stats(tenant: str | None) -> dict[str, Any]:
     """Seed 002's shape over the canonical report (`jobs.queue_stats`); ended jobs are those
     within the stats window (`CONVEYOR_STATS_WINDOW`, 24 h)."""
+    from jobs.db import session_scope
+    from jobs.queue_stats import queue_stats
+    from jobs.redis_conn import get_redis
+
     client = get_redis()
     with session_scope() as session:
         report = queue_stats(session, client, tenant=tenant)
@@ -350,6 +365,8 @@ def queue_stats_seed002(principal: CurrentPrincipal) -> dict[str, Any]:
 )
 def cancel_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
     """Seed 002: cancel a running or pending job (409 for a job that already ended)."""
+    from jobs.control import cancel_job
+
     outcome = cancel_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id)
     if outcome.done:
         return _message(200, f"Job {job_id} cancelled successfully")
@@ -359,6 +376,8 @@ def cancel_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
 @router.post("/api/v1/jobs/restart/{job_id}")
 def restart_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
     """Seed 002: restart a failed or cancelled job (409 for any other status)."""
+    from jobs.control import restart_job
+
     restart_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id)
     return _message(200, f"Job {job_id} restarted successfully")
 

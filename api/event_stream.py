@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from api.live_feed import JobFeed
-from api.live_hub import Delivery
 from jobs.settings import get_settings
+
+if TYPE_CHECKING:  # the feed and the hub load Redis's client: only the streams that run need them
+    from api.live_feed import JobFeed
+    from api.live_hub import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,8 @@ RETRY_MS = 2000
 """How long an EventSource waits before it reconnects (it resumes with Last-Event-ID)."""
 HEARTBEAT_FRAME = b": heartbeat\n\n"
 
-Render = Callable[[Delivery], bytes]
-RenderText = Callable[[Delivery], str]
+Render = Callable[["Delivery"], bytes]
+RenderText = Callable[["Delivery"], str]
 
 
 def sse_event(seq: int, data: bytes) -> bytes:

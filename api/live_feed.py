@@ -12,26 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions
 import sqlalchemy as sa
-from starlette.types import Receive, Scope
+from starlette.types import Receive
 
 from api.live_hub import Delivery, Listener, SnapshotHub, get_hub
 from api.routes.jobs import read_snapshot
 
 log = logging.getLogger(__name__)
-
-LAMBDA_MAX_WAIT = 25.0
-"""API Gateway ends a request after 29 s: under Lambda no request waits longer than this."""
-
-
-def under_lambda(scope: Scope) -> bool:
-    """Whether this request is served by AWS Lambda (Mangum puts the event in the scope)."""
-    return "aws.event" in scope or bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 
 async def until_disconnect(receive: Receive) -> None:

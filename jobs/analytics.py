@@ -23,85 +23,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field
 from sqlmodel import Session, col
 
 from jobs.models import Job
-from jobs.percentiles import ALL, Measure, Percentiles, percentiles
+from jobs.percentiles import ALL, Measure, percentiles
 from jobs.redaction import redact_text
+from jobs.reports import (
+    AnalyticsSummary,
+    DayCount,
+    ErrorSignature,
+    GroupSummary,
+    Outcomes,
+    Percentiles,
+    QueueSummary,
+    TaskSummary,
+)
 from jobs.status import JobStatus
 
 TOP_ERRORS = 10
-
-
-class Outcomes(BaseModel):
-    ended: int = 0
-    finished: int = 0
-    failed: int = 0
-    canceled: int = 0
-    success_rate: float | None = None
-    retries: int = 0
-    retried_jobs: int = 0
-    retry_rate: float | None = None
-
-    def add(self, status: str, n: int, retries: int, retried: int) -> None:
-        self.ended += n
-        if status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED):
-            setattr(self, status, getattr(self, status) + n)
-        self.retries += retries
-        self.retried_jobs += retried
-
-    def close(self) -> Outcomes:
-        decided = self.finished + self.failed
-        self.success_rate = round(self.finished / decided, 6) if decided else None
-        self.retry_rate = round(self.retries / self.ended, 6) if self.ended else None
-        return self
-
-
-class GroupSummary(Outcomes):
-    run_ms: Percentiles = Field(default_factory=Percentiles)
-    wait_ms: Percentiles = Field(default_factory=Percentiles)
-
-
-class QueueSummary(GroupSummary):
-    queue: str
-
-
-class TaskSummary(Outcomes):
-    task: str
-    run_ms: Percentiles = Field(default_factory=Percentiles)
-
-
-class DayCount(BaseModel):
-    day: str
-    finished: int = 0
-    failed: int = 0
-    canceled: int = 0
-
-
-class ErrorSignature(BaseModel):
-    signature: str
-    error_type: str
-    count: int
-    last_seen: datetime
-    example_job_id: str
-    example_detail: str
-
-
-class AnalyticsSummary(BaseModel):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    tenant: str | None
-    queue: str | None
-    task: str | None
-    definitions: dict[str, str]
-    totals: GroupSummary
-    throughput: list[DayCount]
-    queues: list[QueueSummary]
-    tasks: list[TaskSummary]
-    top_errors: list[ErrorSignature]
-
-    model_config = {"populate_by_name": True}
 
 
 DEFINITIONS = {

@@ -2,6 +2,9 @@
 
 Keys carry 256 bits of randomness, so a plain SHA-256 (not a slow password
 hash) is the right digest: lookups stay one indexed query.
+
+The API imports this module to declare its routes, so the SQL layer is
+imported inside the functions that use it (the Lambda cold start stays light).
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-
-from sqlmodel import Session, select
+from typing import TYPE_CHECKING
 
 from jobs.clock import utcnow
-from jobs.db import session_scope
 from jobs.errors import InvalidRequest
-from jobs.models import ApiKey
 
 KEY_PREFIX = "cvk"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CACHE_SECONDS = 30.0
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from jobs.models import ApiKey
 
 
 class Role(StrEnum):
@@ -59,6 +64,8 @@ def validate_tenant(tenant: str) -> str:
 
 def create_key(session: Session, *, tenant: str, role: Role | str, name: str = "") -> tuple[ApiKey, str]:
     """Create and stage a key; returns the row and the plaintext key (never stored)."""
+    from jobs.models import ApiKey
+
     validate_tenant(tenant)
     try:
         role = Role(role)
@@ -97,6 +104,11 @@ def authenticate(key: str) -> Principal | None:
     if principal is not None:
         return principal
     digest = hash_key(key)
+    from sqlmodel import select
+
+    from jobs.db import session_scope
+    from jobs.models import ApiKey
+
     with session_scope() as session:
         row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
         if row is None or row.revoked_at is not None:
@@ -110,6 +122,8 @@ def authenticate(key: str) -> Principal | None:
 
 
 def revoke_key(session: Session, *, key_id: str) -> bool:
+    from jobs.models import ApiKey
+
     row = session.get(ApiKey, key_id)
     if row is None:
         return False

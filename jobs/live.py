@@ -14,15 +14,16 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
-
-from redis import Redis
-from redis.commands.core import Script
+from typing import TYPE_CHECKING, Any, Literal
 
 from jobs.clock import utcnow
 from jobs.settings import get_settings
 from jobs.snapshot import PUBLIC_FIELDS, JobSnapshot, encode
 from jobs.status import JobStatus, allowed_sources
+
+if TYPE_CHECKING:  # the API declares routes with this module: no Redis client import at that time
+    from redis import Redis
+    from redis.commands.core import Script
 
 KEY_PREFIX = "cv:job:"
 HEARTBEAT_PREFIX = "cv:hb:"

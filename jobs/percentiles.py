@@ -24,21 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Session
 
+from jobs.reports import Percentiles
+
 PERCENTILES = (50, 95, 99)
 ALL = "*"
-
-
-class Percentiles(BaseModel):
-    count: int = 0
-    p50: int | None = None
-    p95: int | None = None
-    p99: int | None = None
-    avg: float | None = None
-    max: int | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field
 from redis import Redis
 from rq import Worker
 from sqlmodel import Session, col
@@ -34,89 +33,18 @@ from jobs.clock import utcnow
 from jobs.live import job_key
 from jobs.models import Job
 from jobs.queueing import SERIALIZER, get_queue
+from jobs.reports import (
+    Counts,
+    Health,
+    HealthReason,
+    QueueStats,
+    QueueStatsReport,
+    RQDepth,
+    WorkerInfo,
+    WorkerSummary,
+)
 from jobs.settings import get_settings
 from jobs.status import LIVE, WAITING, JobStatus
-
-BUCKETS = ("pending", "scheduled", "retrying", "running", "paused", "completed", "failed", "cancelled")
-
-
-class Counts(BaseModel):
-    pending: int = 0
-    scheduled: int = 0
-    retrying: int = 0
-    running: int = 0
-    paused: int = 0
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    total: int = 0
-
-    def add(self, bucket: str, n: int) -> None:
-        setattr(self, bucket, getattr(self, bucket) + n)
-        self.total += n
-
-
-class RQDepth(BaseModel):
-    """What RQ itself holds for a queue (every tenant): admins only."""
-
-    queued: int
-    started: int
-    scheduled: int
-    deferred: int
-    failed: int
-
-
-class QueueStats(BaseModel):
-    name: str
-    counts: Counts
-    by_status: dict[str, int] = Field(description="Canonical statuses (ended ones within the window).")
-    oldest_waiting_age_s: float | None = Field(description="Age of the oldest job queued and ready to run.")
-    workers: int = Field(description="Live workers listening on this queue.")
-    rq: RQDepth | None = None
-
-
-class WorkerInfo(BaseModel):
-    name: str
-    state: str
-    queues: list[str]
-    current_job_id: str | None = Field(description="Shown only for jobs of a tenant you may see.")
-    current_task: str | None = None
-    last_heartbeat: datetime | None
-    heartbeat_age_s: float | None
-    started_at: datetime | None
-    successful_jobs: int
-    failed_jobs: int
-
-
-class HealthReason(BaseModel):
-    code: str
-    severity: Literal["degraded", "unhealthy"]
-    message: str
-    queue: str | None = None
-
-
-class Health(BaseModel):
-    status: Literal["healthy", "degraded", "unhealthy"]
-    reasons: list[HealthReason]
-
-
-class WorkerSummary(BaseModel):
-    active: int
-    busy: int
-    idle: int
-    items: list[WorkerInfo]
-
-
-class QueueStatsReport(BaseModel):
-    generated_at: datetime
-    tenant: str | None = Field(description="The tenant counted; null means every tenant.")
-    window_s: int = Field(description="Ended jobs are counted over this many seconds back.")
-    totals: Counts
-    by_status: dict[str, int]
-    oldest_waiting_age_s: float | None
-    queues: list[QueueStats]
-    workers: WorkerSummary
-    health: Health
 
 
 def bucket_of(status: JobStatus, attempt: int) -> str:

@@ -13,14 +13,16 @@ stored before it. Pages (issue 6) should render records through it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from jobs.models import Job
 from jobs.redaction import redact, redact_text
 from jobs.snapshot import ErrorInfo, ResultRef
 from jobs.status import JobStatus
+
+if TYPE_CHECKING:
+    from jobs.models import Job
 
 
 class JobRecord(BaseModel):

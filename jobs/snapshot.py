@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from jobs.clock import isoformat
-from jobs.models import Job
 from jobs.status import JobStatus
+
+if TYPE_CHECKING:
+    from jobs.models import Job
 
 PUBLIC_FIELDS: tuple[str, ...] = (
     "job_id",

@@ -13,7 +13,7 @@ from typing import Any
 from jobs.lifecycle import record
 from jobs.status import JobStatus
 from tests.conftest import Backend, Tenant, seed_job
-from tests.test_lambda import http_api_event
+from tests.lambda_events import make_event
 
 S = JobStatus
 CONTEXT = SimpleNamespace(function_name="conveyor-api", aws_request_id="req-live")
@@ -21,8 +21,9 @@ CONTEXT = SimpleNamespace(function_name="conveyor-api", aws_request_id="req-live
 
 def invoke(path: str, key: str, query: str = "", headers: dict[str, str] | None = None) -> dict[str, Any]:
     handler = importlib.import_module("api.lambda_handler").handler
-    event = http_api_event("GET", path, key, query=query)
-    event["headers"].update(headers or {})
+    event = make_event(
+        "http_api", "GET", path, query=query, headers={"authorization": f"Bearer {key}", **(headers or {})}
+    )
     return dict(handler(event, CONTEXT))
 
 

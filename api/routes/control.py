@@ -8,14 +8,18 @@ saying what the status is and what is allowed.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field
 
 from api.deps import CurrentPrincipal
-from jobs.control import ControlOutcome, cancel_job, pause_job, restart_job, resume_job
 from jobs.snapshot import JobSnapshot
+
+if TYPE_CHECKING:
+    from jobs.control import ControlOutcome
+
+# The SQL and Redis layers load inside the routes that use them (Lambda cold start).
 
 router = APIRouter(prefix="/api/v1", tags=["control"])
 
@@ -46,6 +50,8 @@ def _answer(outcome: ControlOutcome) -> Response:
 def cancel(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
     """Cancel a job. A waiting job is canceled at once (200); a running one is asked to stop (202)
     and is stopped by force if it has not within the grace period."""
+    from jobs.control import cancel_job
+
     reason = body.reason if body else None
     return _answer(cancel_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id, reason=reason))
 
@@ -53,12 +59,16 @@ def cancel(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) 
 @router.post("/jobs/{job_id}/pause", response_model=JobSnapshot, responses=RESPONSES)
 def pause(job_id: str, principal: CurrentPrincipal) -> Response:
     """Ask a running job to hold at its next checkpoint (it shows `paused` once it does)."""
+    from jobs.control import pause_job
+
     return _answer(pause_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id))
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobSnapshot, responses=RESPONSES)
 def resume(job_id: str, principal: CurrentPrincipal) -> Response:
     """Let a paused job continue (202), or withdraw a pause it has not reached yet (200)."""
+    from jobs.control import resume_job
+
     return _answer(resume_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id))
 
 
@@ -66,4 +76,6 @@ def resume(job_id: str, principal: CurrentPrincipal) -> Response:
 def restart(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
     """Run a failed or canceled job again under the same id, as attempt + 1."""
     reason = body.reason if body else None
+    from jobs.control import restart_job
+
     return _answer(restart_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id, reason=reason))

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-
-from jobs.db import get_engine
-from jobs.redis_conn import get_redis
 
 router = APIRouter(tags=["health"])
 
@@ -23,6 +19,11 @@ async def healthz() -> dict[str, str]:
 
 def check_dependencies() -> dict[str, Any]:
     """Each dependency's state: 'ok' or 'unavailable: <error type>'."""
+    import sqlalchemy as sa
+
+    from jobs.db import get_engine
+    from jobs.redis_conn import get_redis
+
     checks: dict[str, Any] = {}
     try:
         with get_engine().connect() as conn:

@@ -7,14 +7,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, readable_tenant
 from api.routes.jobs import read_snapshot
-from jobs.db import session_scope
 from jobs.errors import JobNotFound, ResultGone, ResultNotReady
 from jobs.records import JobRecord, job_record
-from jobs.redis_conn import get_redis
-from jobs.results import blob_key, encode_result, stored_result
 from jobs.snapshot import JobSnapshot
 from jobs.status import JobStatus
-from jobs.store import get_job
+
+# The SQL and Redis layers load inside the routes that use them (Lambda cold start).
 
 router = APIRouter(prefix="/api/v1", tags=["history"])
 
@@ -24,6 +22,9 @@ def get_record(job_id: str, principal: CurrentPrincipal) -> JobRecord:
     """The job's full history record from SQL: params (redacted), tags, trace id, every
     timestamp, retries and the derived wait_ms / run_ms. SQL trails the live snapshot by
     up to a fraction of a second while a job runs."""
+    from jobs.db import session_scope
+    from jobs.store import get_job
+
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=readable_tenant(principal))
         if job is None:
@@ -32,6 +33,10 @@ def get_record(job_id: str, principal: CurrentPrincipal) -> JobRecord:
 
 
 def _referenced(job_id: str, attempt: int) -> bytes | None:
+    from jobs.db import session_scope
+    from jobs.redis_conn import get_redis
+    from jobs.results import blob_key, stored_result
+
     with session_scope() as session:
         body = stored_result(session, job_id=job_id, attempt=attempt)
     if body is None:  # the recorder has not moved it into SQL yet
@@ -54,6 +59,8 @@ async def get_result(job_id: str, principal: CurrentPrincipal) -> Response:
     if snapshot.status != JobStatus.FINISHED:
         raise ResultNotReady(f"Job {job_id} is {snapshot.status.value}; only a finished job has a result.")
     if snapshot.result_ref is None:
+        from jobs.results import encode_result
+
         return Response(content=encode_result(snapshot.result), media_type="application/json")
     body = await run_in_threadpool(_referenced, job_id, snapshot.attempt)
     if body is None:

@@ -8,13 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import CurrentPrincipal, TenantParam, tenant_scope
-from jobs.analytics import AnalyticsSummary, Window, summary
 from jobs.clock import parse_duration, utcnow
-from jobs.db import session_scope
 from jobs.errors import InvalidRequest
-from jobs.queue_stats import QueueStatsReport, queue_stats
-from jobs.redis_conn import get_redis
+from jobs.reports import AnalyticsSummary, QueueStatsReport
 from jobs.settings import get_settings
+
+# The SQL and Redis layers load inside the routes that use them (Lambda cold start).
 
 router = APIRouter(prefix="/api/v1", tags=["insights"])
 
@@ -55,6 +54,10 @@ def get_queue_stats(
             raise InvalidRequest(
                 f"`window` must be between 1m and {get_settings().analytics_max_days}d; got {window!r}."
             )
+    from jobs.db import session_scope
+    from jobs.queue_stats import queue_stats
+    from jobs.redis_conn import get_redis
+
     with session_scope() as session:
         return queue_stats(session, get_redis(), tenant=scope, window=span, include_rq=principal.is_admin)
 
@@ -82,5 +85,8 @@ def get_analytics_summary(
         raise InvalidRequest(
             f"The range is {(end - start).days} days; at most {limit} (CONVEYOR_ANALYTICS_MAX_DAYS)."
         )
+    from jobs.analytics import Window, summary
+    from jobs.db import session_scope
+
     with session_scope() as session:
         return summary(session, Window(start=start, end=end, tenant=scope, queue=queue, task=task))

@@ -12,19 +12,17 @@ from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
-from api.pipelined_redis import pipelined_redis
-from jobs.db import session_scope
 from jobs.errors import JobNotFound
 from jobs.live import job_key, live_store
 from jobs.redaction import redact, redact_text
-from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import JobSnapshot, doc_from_row
 from jobs.status import TERMINAL, JobStatus
-from jobs.store import get_job, list_events, list_jobs
-from jobs.submit import submit_job
 from jobs.tasks import load_tasks
 from jobs.tracing import trace_id_from_headers
+
+# Modules that load the SQL or Redis clients are imported inside the routes that use
+# them, so that declaring the routes stays cheap (a Lambda cold start is import time).
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -103,6 +101,8 @@ def _doc_response(doc: bytes, *, status_code: int = 200, headers: dict[str, str]
 async def read_live_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int] | None:
     """(document, seq) of a tenant's job (any tenant's for None) from Redis; None when Redis has
     no live state for it."""
+    from api.pipelined_redis import pipelined_redis
+
     owner, doc, seq = await pipelined_redis().command("HMGET", job_key(job_id), "tenant", "_doc", "seq")
     if doc is None:
         return None
@@ -123,6 +123,9 @@ async def read_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int]:
 
 
 def _snapshot_from_sql(job_id: str, tenant: str | None) -> tuple[bytes, int]:
+    from jobs.db import session_scope
+    from jobs.store import get_job
+
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=tenant)
         if job is None:
@@ -150,6 +153,8 @@ def submit(
     The job's trace id comes from `traceparent` (W3C), else `X-Trace-Id` / `X-Request-Id`,
     else a new one; it is stored with the job and tagged on the worker's log lines.
     """
+    from jobs.submit import submit_job
+
     submission = submit_job(
         tenant=principal.tenant,
         owner=principal.key_id,
@@ -212,6 +217,10 @@ def get_jobs(
 ) -> Response:
     """The caller's jobs, newest first; follow `next_cursor` for the next page."""
     scope = tenant_scope(principal, tenant)
+    from jobs.db import session_scope
+    from jobs.redis_conn import get_redis
+    from jobs.store import list_jobs
+
     with session_scope() as session:
         page = list_jobs(
             session,
@@ -241,6 +250,9 @@ def get_events(job_id: str, principal: CurrentPrincipal) -> EventList:
     """The job's lifecycle events, oldest first (one per accepted state change), secrets redacted."""
     if not valid_id(job_id):
         raise JobNotFound(job_id)
+    from jobs.db import session_scope
+    from jobs.store import get_job, list_events
+
     with session_scope() as session:
         if get_job(session, job_id=job_id, tenant=readable_tenant(principal)) is None:
             raise JobNotFound(job_id)

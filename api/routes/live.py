@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import redis.exceptions
-import sqlalchemy as sa
 from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
 
 from api.deps import CurrentPrincipal, StreamPrincipal, websocket_principal
 from api.event_stream import EventStream, RenderText, pump_websocket, snapshot_text
-from api.live_feed import LAMBDA_MAX_WAIT, JobFeed, long_poll, under_lambda
-from api.live_hub import Delivery
+from api.lambda_limits import LAMBDA_MAX_WAIT, under_lambda
 from jobs.errors import InvalidRequest, JobNotFound
 from jobs.snapshot import JobSnapshot
 from jobs.status import JobStatus
+
+if TYPE_CHECKING:
+    from api.live_hub import Delivery
+
+# The feed (api.live_feed) loads Redis's asyncio client and SQL; it is imported by the
+# routes that open one, so declaring these routes stays cheap for a Lambda cold start.
 
 router = APIRouter(prefix="/api/v1", tags=["live"])
 
@@ -78,6 +81,8 @@ async def poll(
     Answers at once when the job's `seq` is already past `since`, or its status
     differs from `current_status`. With neither, waits for the next change.
     """
+    from api.live_feed import JobFeed, long_poll
+
     feed = await JobFeed.open(job_id, principal.tenant)
     try:
         after = feed.current.seq if since is None and current_status is None else since
@@ -118,6 +123,8 @@ async def stream(
     ] = None,
 ) -> Response:
     """Server-Sent Events of the job's snapshots. Reconnect with Last-Event-ID to resume."""
+    from api.live_feed import JobFeed
+
     after = resume_point(last_event_id, since)
     feed = await JobFeed.open(job_id, principal.tenant)
     if feed.current.is_terminal and feed.current.seq <= after:
@@ -145,6 +152,11 @@ async def serve_websocket(
 ) -> None:
     """Accept the WebSocket and stream its job in ``render``'s shape, or close it with a reason:
     4401 (no valid key), 4404 (no such job for this tenant), 1011 (stores unavailable)."""
+    import redis.exceptions
+    import sqlalchemy as sa
+
+    from api.live_feed import JobFeed
+
     principal = await websocket_principal(websocket)
     await websocket.accept()
     if principal is None:

@@ -14,12 +14,10 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import bearer, current_principal
-from jobs.db import session_scope
-from jobs.metrics import read_counters
-from jobs.queue_stats import queue_stats
-from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.status import LIVE
+
+# The SQL and Redis layers load inside the routes that use them (Lambda cold start).
 
 router = APIRouter(tags=["metrics"])
 
@@ -39,6 +37,11 @@ async def metrics_access(
 
 def _families() -> list[Any]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    from jobs.db import session_scope
+    from jobs.metrics import read_counters
+    from jobs.queue_stats import queue_stats
+    from jobs.redis_conn import get_redis
 
     client = get_redis()
     with session_scope() as session:
