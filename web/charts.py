@@ -18,15 +18,26 @@ BOTTOM = 24  # room for the x-axis labels
 TOP = 8
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2 or 5 times a power of ten at or above ``value`` (1 for nothing)."""
+def nice_step(value: float, *, whole: bool = False) -> float:
+    """The smallest 1, 2 or 5 times a power of ten at or above ``value`` (at least 1 when ``whole``)."""
     if value <= 0:
         return 1
     power = 10 ** math.floor(math.log10(value))
     for step in (1, 2, 5, 10):
         if step * power >= value:
-            return step * power
+            return max(1, step * power) if whole else step * power
     return 10 * power
+
+
+def seconds_label(ms: float) -> str:
+    """An axis label for milliseconds: `0`, `250 ms`, `1.5 s`, `2 min`."""
+    if ms == 0:
+        return "0"
+    if ms < 1000:
+        return f"{ms:g} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:g} s"
+    return f"{ms / 60_000:g} min"
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ class Chart:
 def throughput_chart(days: list[dict[str, Any]]) -> Chart:
     """Stacked columns per day: finished, failed, canceled."""
     totals = [d["finished"] + d["failed"] + d["canceled"] for d in days]
-    top = nice_ceiling(max(totals, default=0))
+    top = 4 * nice_step(max(totals, default=0) / 4, whole=True)
     plot_w, plot_h = WIDTH - LEFT, HEIGHT - BOTTOM - TOP
     slot = plot_w / max(1, len(days))
     bar_w = max(1.0, slot * 0.7)
@@ -111,11 +122,11 @@ def _y_axis(top: float, plot_h: float) -> tuple[list[Label], list[float]]:
 def percentile_chart(series: dict[str, dict[str, Any]]) -> Chart:
     """Horizontal bars: p50, p95 and p99 of each measure (run and wait, in milliseconds)."""
     rows = [(name, p, values.get(p)) for name, values in series.items() for p in ("p50", "p95", "p99")]
-    top = nice_ceiling(max((v for _, _, v in rows if v is not None), default=0))
+    top = 4 * nice_step(max((v for _, _, v in rows if v is not None), default=0) / 4)
     row_h = 22
     height = TOP + row_h * len(rows) + BOTTOM
     left = 110
-    plot_w = WIDTH - left - 10
+    plot_w = WIDTH - left - 30
     bars, labels = [], []
     for i, (name, p, value) in enumerate(rows):
         y = TOP + i * row_h
@@ -123,7 +134,9 @@ def percentile_chart(series: dict[str, dict[str, Any]]) -> Chart:
         if value is not None:
             w = max(1.0, plot_w * value / top)
             bars.append(Rect(left, y + 4, round(w, 2), row_h - 8, p, f"{name} {p}: {value:,} ms"))
-    x_labels = [Label(round(left + plot_w * k / 4, 2), height - 6, f"{top * k / 4:g} ms") for k in range(5)]
+    x_labels = [
+        Label(round(left + plot_w * k / 4, 2), height - 6, seconds_label(top * k / 4)) for k in range(5)
+    ]
     summary = (
         "; ".join(f"{name} {p} {value:,} ms" for name, p, value in rows if value is not None) or "No data."
     )
