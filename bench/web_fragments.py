@@ -21,10 +21,10 @@ from typing import Any
 os.environ.setdefault("CONVEYOR_ENVIRONMENT", "production")
 os.environ.setdefault("CONVEYOR_SECRET_KEY", "bench-secret-bench-secret-bench-secret")
 
-from jobs.clock import isoformat, utcnow  # noqa: E402
-from web.job_view import table_trigger, view_of  # noqa: E402
-from web.rendering import render_text  # noqa: E402
-from web.session import new_session  # noqa: E402
+from jobs.clock import isoformat, utcnow
+from web.job_view import table_trigger, view_of
+from web.rendering import render_text
+from web.session import new_session
 
 BUDGET_US = 1000.0
 ROUNDS = 2000

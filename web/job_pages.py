@@ -159,8 +159,9 @@ CursorParam = Annotated[str | None, Query(max_length=500)]
 
 
 @router.get("/")
-def home() -> RedirectResponse:
-    return RedirectResponse("/jobs", status_code=303)
+def home(request: Request) -> RedirectResponse:
+    """The jobs page is the home page (it sends signed-out visitors on to the sign-in form)."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs", status_code=303)
 
 
 @router.get("/jobs")
