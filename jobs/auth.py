@@ -142,6 +142,9 @@ def active_key(key_id: str) -> Principal | None:
     hit = cached_active_key(key_id)
     if hit is not None:
         return hit[0]
+    from jobs.db import session_scope
+    from jobs.models import ApiKey
+
     with session_scope() as session:
         row = session.get(ApiKey, key_id)
         principal = None

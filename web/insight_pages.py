@@ -20,8 +20,9 @@ RANGES = (1, 7, 30, 90)
 def queue_page(request: Request, session: CurrentSession) -> Response:
     """Counts per status per queue, workers and what they run, the oldest wait, and health with reasons."""
     from jobs.db import session_scope  # SQL, Redis and RQ: loaded on first use
-    from jobs.queue_stats import BUCKETS, queue_stats
+    from jobs.queue_stats import queue_stats
     from jobs.redis_conn import get_redis
+    from jobs.reports import BUCKETS
 
     with session_scope() as db:
         report = queue_stats(db, get_redis(), tenant=session.tenant, include_rq=session.is_admin)
