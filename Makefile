@@ -36,6 +36,7 @@ bench: $(STAMP)    ## every benchmark; each prints its ratio on the last line
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/get_throughput.py
+	$(BIN)/python bench/web_fragments.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

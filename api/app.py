@@ -22,6 +22,7 @@ from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
 from jobs.settings import get_settings
+from web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def create_app() -> FastAPI:
         from api import compat
 
         app.include_router(compat.router)
+    mount_web(app)  # the HTMX pages and /static
     hide_access_tokens_in_access_log()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DependencyOutages)  # last, so outermost: a 503 for an outage anywhere below

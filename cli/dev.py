@@ -55,6 +55,7 @@ def _banner(url: str, key: str, redis_url: str, database_url: str) -> str:
     return f"""
   Conveyor is running.
 
+    Web UI     {url}/           (sign in with the dev key)
     API        {url}/api/v1     (docs: {url}/docs)
     Redis      {redis_url}
     Database   {database_url}

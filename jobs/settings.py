@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".conveyor")
 
     secret_key: str = DEFAULT_SECRET
+    # The web UI's sign-in: how long a session cookie lasts (seconds).
+    session_max_age: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
 
     task_modules: list[str] = ["worker.tasks"]
     default_queue: str = "default"

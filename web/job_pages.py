@@ -1,0 +1,288 @@
+"""The jobs table, the job page, their polling fragments, and the control buttons.
+
+Two fragments poll, and both are cheap: the table (`/jobs/table`, one SQL
+query plus one Redis round trip for the rows still live) and the job's live
+part (`/jobs/{id}/live`, one Redis read). Each answers 304 when its ETag
+(the rows' or the job's `seq`, the session, the UI version) still matches,
+and each stops polling by returning itself without `hx-trigger` once nothing
+in it can change (htmx 2 and 4 alike; no status 286).
+
+Imports of SQL, Redis and RQ code happen inside the routes: the Lambda cold
+start never pays for them (docs/decisions.md, issue 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from jobs.errors import IllegalTransition, JobNotFound
+from jobs.status import JobStatus
+from web.job_view import JobView, table_trigger, view_of
+from web.rendering import PageRoute, etag_matches, is_htmx, not_modified, page, ui_version
+from web.session import ChangingSession, CurrentSession, WebSession
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+PAGE_SIZE = 25
+Action = Literal["cancel", "pause", "resume", "restart"]
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+async def read_job(job_id: str, tenant: str) -> tuple[bytes, int, str | None]:
+    """(snapshot document, seq, pending control request) of the tenant's job: one Redis read, or
+    SQL once the live state has expired. JobNotFound for another tenant's job or none."""
+    from api.pipelined_redis import pipelined_redis  # Redis and SQL: loaded on first use
+    from api.routes.jobs import read_snapshot, valid_id
+    from jobs.live import CONTROL, job_key
+
+    if not valid_id(job_id):
+        raise JobNotFound(job_id)
+    owner, doc, seq, control = await pipelined_redis().command(
+        "HMGET", job_key(job_id), "tenant", "_doc", "seq", CONTROL
+    )
+    if doc is not None:
+        if (owner or b"").decode() != tenant:
+            raise JobNotFound(job_id)
+        return doc, int(seq or 0), control.decode() if control else None
+    doc, seq = await read_snapshot(job_id, tenant)
+    return doc, seq, None
+
+
+def _history(job_id: str, tenant: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The job's record (redacted, `jobs.records.job_record`) and its lifecycle events."""
+    from jobs.db import session_scope
+    from jobs.records import job_record
+    from jobs.redaction import redact, redact_text
+    from jobs.store import get_job, list_events
+
+    with session_scope() as session:
+        row = get_job(session, job_id=job_id, tenant=tenant)
+        if row is None:
+            raise JobNotFound(job_id)
+        record = job_record(row)
+        events = []
+        for event in list_events(session, job_id=job_id):
+            if event.event == "progress":
+                continue  # the bar shows progress; the timeline shows what happened
+            data = {k: v for k, v in (event.data or {}).items() if k != "traceback"}
+            events.append(
+                {
+                    "seq": event.seq,
+                    "event": event.event,
+                    "status": event.status,
+                    "attempt": event.attempt,
+                    "message": redact_text(event.message) if event.message else None,
+                    "data": redact(data) if data else None,
+                    "created_at": event.created_at,
+                }
+            )
+    return record, events
+
+
+def _live_etag(view_seq: int, session: WebSession) -> str:
+    return f'W/"j{view_seq}.{session.tag}.{ui_version()}"'
+
+
+# --- the jobs table -------------------------------------------------------------------------------
+
+
+def _filters(status: str | None, task: str | None, queue: str | None) -> dict[str, str]:
+    values = {"status": status or "", "task": task or "", "queue": queue or ""}
+    if values["status"] and values["status"] not in {s.value for s in JobStatus}:
+        values["status"] = ""
+    return values
+
+
+def _table_rows(tenant: str, filters: dict[str, str], cursor: str | None) -> tuple[list[JobView], str | None]:
+    """One page of the tenant's jobs (one SQL query), live rows overlaid from Redis (one round trip)."""
+    from jobs.db import session_scope
+    from jobs.live import live_store
+    from jobs.redis_conn import get_redis
+    from jobs.snapshot import doc_from_row
+    from jobs.status import TERMINAL
+    from jobs.store import list_jobs
+
+    with session_scope() as session:
+        result = list_jobs(
+            session,
+            tenant=tenant,
+            status=[JobStatus(filters["status"])] if filters["status"] else (),
+            task=filters["task"] or None,
+            queue=filters["queue"] or None,
+            limit=PAGE_SIZE,
+            cursor=cursor,
+        )
+        docs = {job.job_id: doc_from_row(job) for job in result.items}
+        live_ids = [job.job_id for job in result.items if JobStatus(job.status) not in TERMINAL]
+    if live_ids:
+        docs.update(live_store(get_redis()).read_many(live_ids))
+    return [view_of(doc, with_actions=False) for doc in docs.values()], result.next_cursor
+
+
+def _table_context(
+    request: Request,
+    session: WebSession,
+    status: str | None,
+    task: str | None,
+    queue: str | None,
+    cursor: str | None,
+) -> tuple[dict[str, Any], str]:
+    filters = _filters(status, task, queue)
+    rows, next_cursor = _table_rows(session.tenant, filters, cursor)
+    query = request.url.query
+    digest = hashlib.sha256(f"{query}|{next_cursor}".encode())
+    for row in rows:
+        digest.update(f"{row.job_id}:{row.seq};".encode())
+    etag = f'W/"t{digest.hexdigest()[:16]}.{session.tag}.{ui_version()}"'
+    context = {
+        "rows": rows,
+        "filters": filters,
+        "cursor": cursor or "",
+        "next_cursor": next_cursor,
+        "trigger": table_trigger([row.status for row in rows]),
+        "query": query,
+    }
+    return context, etag
+
+
+StatusFilter = Annotated[str | None, Query(max_length=16)]
+TaskFilter = Annotated[str | None, Query(max_length=100)]
+QueueFilter = Annotated[str | None, Query(max_length=64)]
+CursorParam = Annotated[str | None, Query(max_length=500)]
+
+
+@router.get("/")
+def home(request: Request) -> RedirectResponse:
+    """The jobs page is the home page (it sends signed-out visitors on to the sign-in form)."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs", status_code=303)
+
+
+@router.get("/jobs")
+def jobs_page(
+    request: Request,
+    session: CurrentSession,
+    status: StatusFilter = None,
+    task: TaskFilter = None,
+    queue: QueueFilter = None,
+    cursor: CursorParam = None,
+) -> Response:
+    """The tenant's jobs, newest first, filtered and paged; the table refreshes itself while jobs run."""
+    from jobs.settings import get_settings
+    from jobs.tasks import load_tasks
+
+    context, _ = _table_context(request, session, status, task, queue, cursor)
+    context["task_names"] = sorted(load_tasks())
+    context["queue_names"] = get_settings().queues
+    context["statuses"] = [s.value for s in JobStatus]
+    return page(request, "jobs.html", context)
+
+
+@router.get("/jobs/table")
+def jobs_table(
+    request: Request,
+    session: CurrentSession,
+    status: StatusFilter = None,
+    task: TaskFilter = None,
+    queue: QueueFilter = None,
+    cursor: CursorParam = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The jobs table alone: the page's one poller."""
+    context, etag = _table_context(request, session, status, task, queue, cursor)
+    if etag_matches(etag, if_none_match):
+        return not_modified(etag)
+    return page(request, "_jobs_table.html", context, headers={"ETag": etag}, cache="private, no-cache")
+
+
+# --- one job --------------------------------------------------------------------------------------
+
+
+@router.get("/jobs/{job_id}")
+async def job_page(request: Request, job_id: str, session: CurrentSession) -> Response:
+    """The job: live part (status, progress, result or error, buttons), details and timeline."""
+    doc, _, control = await read_job(job_id, session.tenant)
+    job = view_of(doc, control=control)
+    record, events = await run_in_threadpool(_history, job_id, session.tenant)
+    return page(request, "job.html", {"job": job, "record": record, "events": events, "notice": None})
+
+
+@router.get("/jobs/{job_id}/live")
+async def job_live(
+    request: Request,
+    job_id: str,
+    session: CurrentSession,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The job page's live part; it stops polling (no hx-trigger) once the job is terminal."""
+    doc, seq, control = await read_job(job_id, session.tenant)
+    etag = _live_etag(seq, session)
+    if etag_matches(etag, if_none_match):
+        return not_modified(etag)
+    job = view_of(doc, control=control)
+    headers = {"ETag": etag}
+    if job.is_terminal:
+        headers["HX-Trigger"] = "job-ended"  # the timeline reloads itself once
+    return page(
+        request, "_job_live.html", {"job": job, "notice": None}, headers=headers, cache="private, no-cache"
+    )
+
+
+@router.get("/jobs/{job_id}/timeline")
+async def job_timeline(request: Request, job_id: str, session: CurrentSession) -> Response:
+    """The job's events, re-read when the live part reports the job ended."""
+    _, events = await run_in_threadpool(_history, job_id, session.tenant)
+    return page(request, "_timeline.html", {"job_id": job_id, "events": events}, cache="private, no-cache")
+
+
+@router.get("/jobs/{job_id}/result")
+async def job_result(job_id: str, session: CurrentSession) -> Response:
+    """A finished job's result as JSON: the API's `/result`, behind the session (large results live here)."""
+    from api.routes.history import get_result
+    from jobs.auth import Principal, Role
+
+    # The pages are scoped to the signed-in tenant, so they read as a member of it, admins included.
+    principal = Principal(key_id=session.key_id, tenant=session.tenant, role=Role.MEMBER)
+    response = await get_result(job_id, principal)
+    response.headers["Content-Disposition"] = f'inline; filename="{job_id}-result.json"'
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _act(action: Action, job_id: str, session: WebSession) -> None:
+    from jobs import control
+
+    steer = {
+        "cancel": control.cancel_job,
+        "pause": control.pause_job,
+        "resume": control.resume_job,
+        "restart": control.restart_job,
+    }[action]
+    steer(job_id=job_id, tenant=session.tenant, by=session.key_id)
+
+
+@router.post("/jobs/{job_id}/{action}")
+async def job_action(request: Request, job_id: str, action: Action, session: ChangingSession) -> Response:
+    """Cancel, pause, resume or restart. htmx gets the live part back; a plain form, a redirect.
+    An action the job's status no longer allows answers 409 with the job as it is now."""
+    notice = None
+    status_code = 200
+    try:
+        await run_in_threadpool(_act, action, job_id, session)
+    except IllegalTransition as exc:
+        notice, status_code = exc.message, 409
+    if not is_htmx(request) and status_code == 200:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{job_id}", status_code=303)
+    doc, _, control = await read_job(job_id, session.tenant)
+    job = view_of(doc, control=control)
+    if is_htmx(request):
+        return page(request, "_job_live.html", {"job": job, "notice": notice}, status_code=status_code)
+    record, events = await run_in_threadpool(_history, job_id, session.tenant)
+    context = {"job": job, "record": record, "events": events, "notice": notice}
+    return page(request, "job.html", context, status_code=status_code)

@@ -1,0 +1,125 @@
+"""A job as the pages show it: the shared snapshot, redacted for display, plus what the page may offer.
+
+The snapshot document (jobs/snapshot.py) is what every channel serves; here it
+is parsed once and its free-form fields go through the same redaction as
+`jobs.records.job_record` (`jobs.redaction.redact` / `redact_text`, with the
+current `CONVEYOR_REDACT_KEYS`), so a secret a task let slip never reaches a
+page, whether the snapshot came from Redis or SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jobs.clock import parse_iso
+from jobs.redaction import redact, redact_text
+from jobs.status import JobStatus
+
+# Poll every second while something moves, every five while jobs only wait; not at all once
+# nothing on the page can change by itself.
+FAST = "every 1s"
+SLOW = "every 5s"
+MOVING = frozenset({JobStatus.QUEUED, JobStatus.STARTED})
+RESULT_OPEN_MAX_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class JobView:
+    job_id: str
+    task: str
+    queue: str
+    status: JobStatus
+    progress: float | None
+    message: str | None
+    result: Any
+    result_ref: dict[str, Any] | None
+    error: dict[str, str] | None
+    attempt: int
+    max_retries: int
+    created_at: datetime | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    updated_at: datetime | None
+    eta_seconds: float | None
+    seq: int
+    control: str | None = None
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    @property
+    def short_id(self) -> str:
+        return self.job_id[:8]
+
+    @property
+    def percent(self) -> int | None:
+        """Whole percent for the bar and its label (100 only once finished)."""
+        if self.status == JobStatus.FINISHED:
+            return 100
+        if self.progress is None:
+            return None
+        return max(0, min(99 if self.progress < 100 else 100, int(self.progress)))
+
+    @property
+    def result_text(self) -> str:
+        return json.dumps(self.result, indent=2, ensure_ascii=False, default=str)
+
+    @property
+    def result_is_large(self) -> bool:
+        return len(self.result_text) > RESULT_OPEN_MAX_CHARS
+
+    @property
+    def poll_trigger(self) -> str | None:
+        """The fragment's hx-trigger while the job can change; None once it is terminal."""
+        if self.is_terminal:
+            return None
+        return FAST if self.status in MOVING else SLOW
+
+
+def view_of(doc: bytes | dict[str, Any], *, control: str | None = None, with_actions: bool = True) -> JobView:
+    """A snapshot document as a redacted view (``control``: the pending cancel/pause request)."""
+    data = json.loads(doc) if isinstance(doc, bytes | str) else doc
+    status = JobStatus(data["status"])
+    error = data.get("error")
+    actions: list[str] = []
+    if with_actions:
+        from jobs.control import allowed_actions  # pulls RQ: loaded on first use, off the cold start
+
+        actions = allowed_actions(status, control)
+    return JobView(
+        job_id=data["job_id"],
+        task=data["task"],
+        queue=data["queue"],
+        status=status,
+        progress=data.get("progress"),
+        message=redact_text(data["message"]) if data.get("message") else None,
+        result=redact(data.get("result")),
+        result_ref=data.get("result_ref"),
+        error={"type": error["type"], "detail": redact_text(error.get("detail") or "")} if error else None,
+        attempt=data.get("attempt") or 1,
+        max_retries=data.get("max_retries") or 0,
+        created_at=parse_iso(data.get("created_at")),
+        enqueued_at=parse_iso(data.get("enqueued_at")),
+        started_at=parse_iso(data.get("started_at")),
+        ended_at=parse_iso(data.get("ended_at")),
+        updated_at=parse_iso(data.get("updated_at")),
+        eta_seconds=data.get("eta_seconds"),
+        seq=int(data.get("seq") or 0),
+        control=control or None,
+        actions=actions,
+    )
+
+
+def table_trigger(statuses: list[JobStatus]) -> str | None:
+    """The jobs table's one poller: fast while a listed job moves, slow while they only wait, else none."""
+    if any(status in MOVING for status in statuses):
+        return FAST
+    if any(not status.is_terminal for status in statuses):
+        return SLOW
+    return None
