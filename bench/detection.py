@@ -103,7 +103,7 @@ def rq_round() -> float:
 
     connection = Redis.from_url(os.environ["REDIS_URL"])
     queue = Queue("bench-bare", connection=connection)
-    job = queue.enqueue("bench.tasks.bare_sleep", 600, job_timeout=3600)
+    job = queue.enqueue("bench.bare_tasks.bare_sleep", 600, job_timeout=3600)
     code = (
         "import os; from redis import Redis; from rq import Queue, Worker;"
         "c = Redis.from_url(os.environ['REDIS_URL']);"

@@ -1,5 +1,5 @@
-"""Tasks the benchmarks run: a no-op for Conveyor and the same as a bare RQ function, a long hold
-(the detection benchmark's victim), and a task that reports timestamped progress (fan-out)."""
+"""Conveyor tasks the benchmarks run: a no-op, a long hold (the detection benchmark's victim), and a
+task that reports timestamped progress (fan-out). Bare RQ's functions are in bench/bare_tasks.py."""
 
 from __future__ import annotations
 
@@ -22,10 +22,6 @@ def noop(payload: NoPayload) -> None:
     return None
 
 
-def bare_noop() -> None:
-    return None
-
-
 class HoldPayload(BaseModel):
     seconds: float = 60
 
@@ -37,10 +33,6 @@ def hold(payload: HoldPayload, progress: Progress) -> None:
     while time.monotonic() < end:
         time.sleep(0.1)
         progress.checkpoint()
-
-
-def bare_sleep(seconds: float) -> None:
-    time.sleep(seconds)
 
 
 class TimedProgressPayload(BaseModel):

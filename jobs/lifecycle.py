@@ -17,7 +17,6 @@ from redis import Redis
 from jobs.clock import utcnow
 from jobs.db import session_scope
 from jobs.live import TransitionResult, live_store
-from jobs.metrics import observe, wants_observation
 from jobs.redis_conn import get_redis
 from jobs.snapshot import row_fields
 from jobs.status import JobStatus
@@ -70,8 +69,6 @@ def record(
     result = store.transition(job_id, to, **kwargs)
     if result.outcome == "missing" and reseed_from_sql(job_id, store.client) is not None:
         result = store.transition(job_id, to, **kwargs)
-    if result.applied and result.snapshot is not None and wants_observation(to, event):
-        observe(store.client, event, result.snapshot)
     if result.outcome in ("refused", "stale", "missing"):
         log.warning(
             "refused %s -> %s for job %s (%s; current %s)",

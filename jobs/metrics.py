@@ -1,27 +1,27 @@
 """Counters and histograms for Prometheus, kept in one Redis hash so every API replica reports the same.
 
-Every state change passes `jobs.lifecycle.record()`, which accepts it exactly
-once; right after an accepted `started`, retry or terminal change it calls
-:func:`observe`, which adds to ``cv:metrics`` (HINCRBY/HINCRBYFLOAT in one
-pipeline): jobs ended by queue and status, retries by queue, and run and wait
-time histograms by queue. `GET /metrics` reads them back (api/routes/metrics.py);
-live gauges (jobs by status, queue depth, workers) are read at scrape time.
-
-A crash between the accepted change and :func:`observe` loses one
-observation; counters are monotonic until Redis loses data, which
-Prometheus's `rate()` treats as a counter reset.
+Every accepted state change is journaled exactly once (the Lua gate appends it),
+and the recorder counts each journal entry's `started`, retry or terminal change
+in the same Redis transaction that acknowledges the entry: jobs ended by queue
+and status, retries by queue, and run and wait time histograms by queue, in the
+hash ``cv:metrics``. So each change is counted once, off the work-horse's path.
+`GET /metrics` reads them back (api/routes/metrics.py); live gauges (jobs by
+status, queue depth, workers) are read at scrape time. Counters are monotonic
+until Redis loses data, which Prometheus's `rate()` treats as a counter reset.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import redis.exceptions
-from redis import Redis
-
-from jobs.snapshot import JobSnapshot
+from jobs.clock import parse_iso
 from jobs.status import JobStatus
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.client import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -41,34 +41,32 @@ def _bucket(seconds: float) -> str:
     return "+Inf"
 
 
-def observe(client: Redis, event: str, snapshot: JobSnapshot) -> None:
-    """Count an accepted change; never raises (metrics must not fail a job)."""
-    status = snapshot.status
-    queue = snapshot.queue
+def observe(pipe: Pipeline, event: str, doc: dict[str, Any]) -> None:
+    """Add one accepted change's counts to ``pipe`` (a journal entry's event and snapshot)."""
+    status = JobStatus(doc["status"])
+    queue = doc["queue"]
     fields: dict[str, int] = {}
     timings: list[tuple[str, float]] = []
+    started_at, enqueued_at, ended_at = (
+        parse_iso(doc.get("started_at")),
+        parse_iso(doc.get("enqueued_at")),
+        parse_iso(doc.get("ended_at")),
+    )
     if status == JobStatus.STARTED and event == "started":
-        if snapshot.started_at and snapshot.enqueued_at:
-            timings.append(("wait", max(0.0, (snapshot.started_at - snapshot.enqueued_at).total_seconds())))
+        if started_at and enqueued_at:
+            timings.append(("wait", max(0.0, (started_at - enqueued_at).total_seconds())))
     elif event == "retry":
         fields[f"retries|{queue}"] = 1
     elif status.is_terminal:
         fields[f"ended|{queue}|{status.value}"] = 1
-        if status != JobStatus.CANCELED and snapshot.started_at and snapshot.ended_at:
-            timings.append(("run", max(0.0, (snapshot.ended_at - snapshot.started_at).total_seconds())))
-    if not fields and not timings:
-        return
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for name, amount in fields.items():
-                pipe.hincrby(METRICS_KEY, name, amount)
-            for kind, seconds in timings:
-                pipe.hincrby(METRICS_KEY, f"{kind}|{queue}|{_bucket(seconds)}", 1)
-                pipe.hincrby(METRICS_KEY, f"{kind}_count|{queue}", 1)
-                pipe.hincrbyfloat(METRICS_KEY, f"{kind}_sum|{queue}", seconds)
-            pipe.execute()
-    except redis.exceptions.RedisError as exc:
-        log.warning("metrics: could not count %s of job %s: %s", event, snapshot.job_id, exc)
+        if status != JobStatus.CANCELED and started_at and ended_at:
+            timings.append(("run", max(0.0, (ended_at - started_at).total_seconds())))
+    for name, amount in fields.items():
+        pipe.hincrby(METRICS_KEY, name, amount)
+    for kind, seconds in timings:
+        pipe.hincrby(METRICS_KEY, f"{kind}|{queue}|{_bucket(seconds)}", 1)
+        pipe.hincrby(METRICS_KEY, f"{kind}_count|{queue}", 1)
+        pipe.hincrbyfloat(METRICS_KEY, f"{kind}_sum|{queue}", seconds)
 
 
 def wants_observation(to: JobStatus, event: str) -> bool:

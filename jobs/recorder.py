@@ -25,7 +25,9 @@ from redis import Redis
 
 from jobs.db import session_scope
 from jobs.live import JOURNAL
+from jobs.metrics import observe, wants_observation
 from jobs.results import blob_key, fetch_blobs
+from jobs.status import JobStatus
 from jobs.store import JournalEntry, apply_journal
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,12 @@ class Recorder:
                         apply_journal(session, [entry], blobs=blobs)
                 except sa.exc.IntegrityError:
                     log.exception("recorder: dropping entry for job %s seq %s", entry.job_id, entry.seq)
-        with self.client.pipeline(transaction=False) as pipe:
+        # One transaction: the entries' metrics are counted if and only if they are acknowledged,
+        # so a recorder that dies before this point leaves both to the next one.
+        with self.client.pipeline(transaction=True) as pipe:
+            for entry in entries:
+                if wants_observation(JobStatus(entry.doc["status"]), entry.event):
+                    observe(pipe, entry.event, entry.doc)
             pipe.xack(JOURNAL, GROUP, *ids)
             pipe.xdel(JOURNAL, *ids)
             if blobs:  # now in SQL (or obsolete): the Redis copies have done their job

@@ -276,19 +276,27 @@ def apply_journal(
         if entry.job_id not in latest or entry.seq > latest[entry.job_id].seq:
             latest[entry.job_id] = entry
 
-    table = Job.__table__  # type: ignore[attr-defined]
-    moved = 0
+    # One UPDATE per set of columns, executed for many rows at once (executemany): a batch of
+    # hundreds of jobs costs a handful of statements, not one each.
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for entry in latest.values():
         values = row_values(entry)
         for name in DATA_COLUMNS:
             if name in entry.data:
-                values[name] = entry.data[name]
-                if name == "scheduled_for":
-                    values[name] = parse_iso(entry.data[name])
+                values[name] = parse_iso(entry.data[name]) if name == "scheduled_for" else entry.data[name]
+        params = {f"v_{name}": value for name, value in values.items()}
+        params["k_job_id"], params["k_seq"] = entry.job_id, entry.seq
+        groups.setdefault(tuple(sorted(values)), []).append(params)
+    table = Job.__table__  # type: ignore[attr-defined]
+    moved = 0
+    for columns, batch in groups.items():
         stmt = (
-            sa.update(table).where(table.c.job_id == entry.job_id, table.c.seq < entry.seq).values(**values)
+            sa.update(table)
+            .where(table.c.job_id == sa.bindparam("k_job_id"), table.c.seq < sa.bindparam("k_seq"))
+            .values({name: sa.bindparam(f"v_{name}") for name in columns})
         )
-        moved += session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
+        result = session.connection().execute(stmt, batch)
+        moved += max(0, result.rowcount or 0)
 
     rows = [
         {

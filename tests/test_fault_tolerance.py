@@ -312,7 +312,7 @@ def test_the_lambda_reports_the_backlog_the_workers_scale_on(env: Backend, redis
     before, workers, _ = backlog_per_worker(redis_client)
     queue = get_queue("other", redis_client)  # no worker serves it in the tests: its jobs wait
     for _ in range(3):
-        queue.enqueue_call("bench.tasks.bare_noop")
+        queue.enqueue_call("bench.bare_tasks.bare_noop")
     waiting, workers, per_worker = backlog_per_worker(redis_client)
     assert waiting == before + 3
     assert per_worker == waiting / max(1, workers)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, make_tenant
+from tests.services import wait_until
 from tests.test_jobs_e2e import submit, wait_status
 
 
@@ -34,7 +35,21 @@ def test_metrics_count_each_job_once(api: TestClient, worker: Any):
     failed = submit(api, "always_fails", {})["job_id"]
     wait_status(api, done, {"finished"})
     wait_status(api, failed, {"failed"})
-    after = scrape(api)
+
+    def ended_in(samples: dict, status: str) -> float:
+        return value(samples, "conveyor_jobs_ended_total", queue="default", status=status)
+
+    # The recorder counts each change as it acknowledges its journal entry: a moment after the fact.
+    after = wait_until(
+        lambda: (
+            (s := scrape(api))
+            and ended_in(s, "finished") > ended_in(before, "finished")
+            and ended_in(s, "failed") > ended_in(before, "failed")
+            and s
+        ),
+        timeout=10,
+        message="the recorder to count both jobs",
+    )
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

@@ -35,7 +35,7 @@ from rq.queue import Queue
 from jobs.attempts import end_failed_attempt
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import heartbeat_key, job_key
+from jobs.live import heartbeat_key, job_key, live_store
 from jobs.maintenance import Maintenance
 from jobs.queueing import HEARTBEAT_MARKER, SERIALIZER, get_queue, retry_in
 from jobs.recorder import Recorder
@@ -260,6 +260,7 @@ def run_worker(
 
     connection = Redis.from_url(redis_url())
     use_redis(connection)
+    live_store(connection)  # register the gate's scripts once; every work-horse inherits them
     load_tasks()  # import task modules once, before forking, so every work-horse starts warm
     worker_class = SimpleWorker if simple else ConveyorWorker
     worker = worker_class(

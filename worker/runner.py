@@ -11,6 +11,7 @@ a large result is stashed and referenced (see jobs/results.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import traceback
@@ -85,12 +86,13 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         data={"worker": worker_name},
         client=client,
     )
-    if not started.applied or started.snapshot is None:
+    if not started.applied or started.doc is None:
         # Canceled while queued, or a duplicate delivery of an attempt that ran: RQ must neither
         # retry it nor release the jobs that depend on it, so it ends as an RQ failure.
         _no_retry(rq_job)
         raise JobInterrupted(f"job {job_id} was not started: it is {started.current_status}")
-    attempt = started.snapshot.attempt
+    # The attempt number, read without validating the whole snapshot: this runs for every job.
+    attempt = int(json.loads(started.doc)["attempt"])
 
     progress = Progress(job_id=job_id, attempt=attempt, started_at=started_at, client=client)
     try:
