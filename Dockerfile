@@ -58,6 +58,12 @@ COPY worker ${LAMBDA_TASK_ROOT}/worker
 COPY jobs ${LAMBDA_TASK_ROOT}/jobs
 COPY cli ${LAMBDA_TASK_ROOT}/cli
 COPY migrations ${LAMBDA_TASK_ROOT}/migrations
+# Lambda's file system is read-only: without bytecode compiled here, every cold start would
+# compile each of Conveyor's modules again (~85 ms). The sources never change in the image,
+# so the .pyc files are used without checking them against the sources.
+RUN python -m compileall -q --invalidation-mode unchecked-hash \
+        ${LAMBDA_TASK_ROOT}/api ${LAMBDA_TASK_ROOT}/web ${LAMBDA_TASK_ROOT}/worker \
+        ${LAMBDA_TASK_ROOT}/jobs ${LAMBDA_TASK_ROOT}/cli ${LAMBDA_TASK_ROOT}/migrations
 ENV CONVEYOR_ENVIRONMENT=production
 # The API function; the reconciler function overrides this with worker.lambda_reconcile.handler.
 CMD ["api.lambda_handler.handler"]

@@ -15,8 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
+from jobs.lazy_model import LazyModel
 from jobs.redaction import redact, redact_text
 from jobs.snapshot import ErrorInfo, ResultRef
 from jobs.status import JobStatus
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
     from jobs.models import Job
 
 
-class JobRecord(BaseModel):
+class JobRecord(LazyModel):
     job_id: str
     tenant: str
     owner: str | None

@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from jobs.lazy_model import LazyModel
 from jobs.status import JobStatus
 
 
-class Percentiles(BaseModel):
+class Percentiles(LazyModel):
     count: int = 0
     p50: int | None = None
     p95: int | None = None
@@ -24,7 +25,7 @@ class Percentiles(BaseModel):
     max: int | None = None
 
 
-class Outcomes(BaseModel):
+class Outcomes(LazyModel):
     ended: int = 0
     finished: int = 0
     failed: int = 0
@@ -62,14 +63,14 @@ class TaskSummary(Outcomes):
     run_ms: Percentiles = Field(default_factory=Percentiles)
 
 
-class DayCount(BaseModel):
+class DayCount(LazyModel):
     day: str
     finished: int = 0
     failed: int = 0
     canceled: int = 0
 
 
-class ErrorSignature(BaseModel):
+class ErrorSignature(LazyModel):
     signature: str
     error_type: str
     count: int
@@ -78,7 +79,7 @@ class ErrorSignature(BaseModel):
     example_detail: str
 
 
-class AnalyticsSummary(BaseModel):
+class AnalyticsSummary(LazyModel):
     from_: datetime = Field(alias="from")
     to: datetime
     tenant: str | None
@@ -97,7 +98,7 @@ class AnalyticsSummary(BaseModel):
 BUCKETS = ("pending", "scheduled", "retrying", "running", "paused", "completed", "failed", "cancelled")
 
 
-class Counts(BaseModel):
+class Counts(LazyModel):
     pending: int = 0
     scheduled: int = 0
     retrying: int = 0
@@ -113,7 +114,7 @@ class Counts(BaseModel):
         self.total += n
 
 
-class RQDepth(BaseModel):
+class RQDepth(LazyModel):
     """What RQ itself holds for a queue (every tenant): admins only."""
 
     queued: int
@@ -123,7 +124,7 @@ class RQDepth(BaseModel):
     failed: int
 
 
-class QueueStats(BaseModel):
+class QueueStats(LazyModel):
     name: str
     counts: Counts
     by_status: dict[str, int] = Field(description="Canonical statuses (ended ones within the window).")
@@ -132,7 +133,7 @@ class QueueStats(BaseModel):
     rq: RQDepth | None = None
 
 
-class WorkerInfo(BaseModel):
+class WorkerInfo(LazyModel):
     name: str
     state: str
     queues: list[str]
@@ -145,26 +146,26 @@ class WorkerInfo(BaseModel):
     failed_jobs: int
 
 
-class HealthReason(BaseModel):
+class HealthReason(LazyModel):
     code: str
     severity: Literal["degraded", "unhealthy"]
     message: str
     queue: str | None = None
 
 
-class Health(BaseModel):
+class Health(LazyModel):
     status: Literal["healthy", "degraded", "unhealthy"]
     reasons: list[HealthReason]
 
 
-class WorkerSummary(BaseModel):
+class WorkerSummary(LazyModel):
     active: int
     busy: int
     idle: int
     items: list[WorkerInfo]
 
 
-class QueueStatsReport(BaseModel):
+class QueueStatsReport(LazyModel):
     generated_at: datetime
     tenant: str | None = Field(description="The tenant counted; null means every tenant.")
     window_s: int = Field(description="Ended jobs are counted over this many seconds back.")

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from jobs.clock import isoformat
+from jobs.lazy_model import LazyModel
 from jobs.status import JobStatus
 
 if TYPE_CHECKING:
@@ -44,12 +45,12 @@ PUBLIC_FIELDS: tuple[str, ...] = (
 )
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(LazyModel):
     type: str
     detail: str
 
 
-class ResultRef(BaseModel):
+class ResultRef(LazyModel):
     """Where a result too large to travel inline is served (see jobs/results.py)."""
 
     url: str
@@ -57,7 +58,7 @@ class ResultRef(BaseModel):
     sha256: str
 
 
-class JobSnapshot(BaseModel):
+class JobSnapshot(LazyModel):
     """A job as clients see it. ``seq`` is its version: ETag, SSE id and long-poll cursor."""
 
     model_config = ConfigDict(json_schema_extra={"examples": []})

@@ -107,6 +107,16 @@ def test_dockerfile_copies_paths_that_exist():
         )
 
 
+def test_the_lambda_image_ships_compiled_bytecode_for_every_package_it_copies():
+    # Lambda's file system is read-only: a module without a .pyc is compiled on every cold start.
+    stage = dockerfile().split(" AS lambda", 1)[1]
+    copied = re.findall(r"^COPY\s+(?!--from)(\S+)\s+\$\{LAMBDA_TASK_ROOT\}/", stage, re.MULTILINE)
+    compile_step = re.search(r"^RUN python -m compileall (.+?)(?<!\\)$", stage, re.MULTILINE | re.DOTALL)
+    assert copied and compile_step, "the lambda stage does not compile its sources"
+    for package in copied:
+        assert f"${{LAMBDA_TASK_ROOT}}/{package}" in compile_step.group(1), f"{package} is not compiled"
+
+
 def test_dockerfile_sets_only_known_settings():
     for name in re.findall(r"\b(CONVEYOR_[A-Z_]+)=", dockerfile()):
         assert name in setting_names(), f"Dockerfile sets {name}, which no setting reads"

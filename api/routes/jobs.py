@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
 from jobs.errors import JobNotFound
+from jobs.lazy_model import LazyModel
 from jobs.live import job_key, live_store
 from jobs.redaction import redact, redact_text
 from jobs.settings import get_settings
@@ -53,12 +54,12 @@ class SubmitRequest(BaseModel):
     )
 
 
-class JobList(BaseModel):
+class JobList(LazyModel):
     items: list[JobSnapshot]
     next_cursor: str | None = None
 
 
-class EventOut(BaseModel):
+class EventOut(LazyModel):
     seq: int
     event: str
     status: JobStatus
@@ -69,12 +70,12 @@ class EventOut(BaseModel):
     created_at: datetime
 
 
-class EventList(BaseModel):
+class EventList(LazyModel):
     job_id: str
     items: list[EventOut]
 
 
-class TaskInfo(BaseModel):
+class TaskInfo(LazyModel):
     name: str
     description: str
     queue: str
