@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,10 +121,11 @@ def main() -> None:
     print(f"redis: {redis_url}\ndatabase: {database_url.split('@')[-1]}\njobs per round: {args.jobs}")
 
     rates: dict[str, list[float]] = {"bare": [], "conveyor": []}
+    run_id = uuid.uuid4().hex[:8]  # a database reused across runs already holds earlier rounds' jobs
     try:
         for round_no in range(1, args.rounds + 1):
             for mode in ("bare", "conveyor"):
-                tenant = f"bench-{round_no}"
+                tenant = f"bench-{run_id}-{round_no}"
                 fill(mode, args.jobs, tenant)
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", mode, "--jobs", str(args.jobs), "--tenant", tenant],
@@ -131,8 +133,10 @@ def main() -> None:
                     cwd=ROOT,
                     capture_output=True,
                     text=True,
-                    check=True,
+                    check=False,
                 )
+                if out.returncode != 0:
+                    raise SystemExit(f"the {mode} worker failed:\n{out.stderr[-3000:]}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 rates[mode].append(result["rate"])
                 print(f"round {round_no} {mode:9s} {result['rate']:8.1f} jobs/s")
