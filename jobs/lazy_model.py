@@ -1,4 +1,4 @@
-"""The base of the API's request and response models: each builds its validator on first use.
+"""The base of the API's response models: each builds its validator on first use.
 
 Pydantic normally builds a model's validator and serializer when the class is
 defined, and FastAPI builds one more adapter per route field; for Conveyor's

@@ -12,7 +12,6 @@ until Redis loses data, which Prometheus's `rate()` treats as a counter reset.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
-log = logging.getLogger(__name__)
 
 METRICS_KEY = "cv:metrics"
 

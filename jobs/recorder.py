@@ -113,8 +113,11 @@ class Recorder:
         # so a recorder that dies before this point leaves both to the next one.
         with self.client.pipeline(transaction=True) as pipe:
             for entry in entries:
-                if wants_observation(JobStatus(entry.doc["status"]), entry.event):
-                    observe(pipe, entry.event, entry.doc)
+                try:
+                    if wants_observation(JobStatus(entry.doc["status"]), entry.event):
+                        observe(pipe, entry.event, entry.doc)
+                except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
+                    log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
             pipe.xack(JOURNAL, GROUP, *ids)
             pipe.xdel(JOURNAL, *ids)
             if blobs:  # now in SQL (or obsolete): the Redis copies have done their job
