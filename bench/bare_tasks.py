@@ -1,5 +1,5 @@
-"""Plain RQ functions for the benchmarks' bare-RQ anchors. This module imports nothing, so a bare
-RQ work-horse pays no more for it than a user's own task module would."""
+"""Plain RQ functions for the benchmarks' bare-RQ anchors. This module imports nothing of
+Conveyor's, so a bare RQ work-horse pays no more for it than for a user's own task module."""
 
 from __future__ import annotations
 
