@@ -41,4 +41,4 @@ def leaky(payload: LeakyPayload, progress: Progress) -> dict[str, Any]:
     progress.flush()
     if payload.fail:
         raise RuntimeError("login failed: password=hunter2 token=tok-999 at postgresql://u:pw-777@db/x")
-    return {"token": "tok-999", "nested": {"client_secret": "s-1"}, "value": 42}
+    return {"token": "tok-999", "nested": {"client_secret": "sec-qz9"}, "value": 42}

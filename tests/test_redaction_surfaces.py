@@ -13,7 +13,7 @@ from jobs.records import job_record
 from tests.history_fixtures import insert, job_row
 from tests.test_jobs_e2e import sql_events, submit, wait_sql_status, wait_status
 
-SECRETS = ("hunter2", "tok-999", "pw-777", "s-1")
+SECRETS = ("hunter2", "tok-999", "pw-777", "sec-qz9")
 
 
 def assert_clean(text: str, where: str) -> None:
