@@ -40,36 +40,29 @@ def _bucket(seconds: float) -> str:
 
 
 def observe(pipe: Pipeline, event: str, doc: dict[str, Any]) -> None:
-    """Add one accepted change's counts to ``pipe`` (a journal entry's event and snapshot)."""
+    """Add one accepted change's counts to ``pipe`` (a journal entry's event and snapshot): a start's
+    wait, a retry, or an end with its run time. Other changes (progress, most of them) add nothing."""
     status = JobStatus(doc["status"])
     queue = doc["queue"]
-    fields: dict[str, int] = {}
-    timings: list[tuple[str, float]] = []
-    started_at, enqueued_at, ended_at = (
-        parse_iso(doc.get("started_at")),
-        parse_iso(doc.get("enqueued_at")),
-        parse_iso(doc.get("ended_at")),
-    )
     if status == JobStatus.STARTED and event == "started":
-        if started_at and enqueued_at:
-            timings.append(("wait", max(0.0, (started_at - enqueued_at).total_seconds())))
+        _time(pipe, "wait", queue, doc.get("enqueued_at"), doc.get("started_at"))
     elif event == "retry":
-        fields[f"retries|{queue}"] = 1
+        pipe.hincrby(METRICS_KEY, f"retries|{queue}", 1)
     elif status.is_terminal:
-        fields[f"ended|{queue}|{status.value}"] = 1
-        if status != JobStatus.CANCELED and started_at and ended_at:
-            timings.append(("run", max(0.0, (ended_at - started_at).total_seconds())))
-    for name, amount in fields.items():
-        pipe.hincrby(METRICS_KEY, name, amount)
-    for kind, seconds in timings:
-        pipe.hincrby(METRICS_KEY, f"{kind}|{queue}|{_bucket(seconds)}", 1)
-        pipe.hincrby(METRICS_KEY, f"{kind}_count|{queue}", 1)
-        pipe.hincrbyfloat(METRICS_KEY, f"{kind}_sum|{queue}", seconds)
+        pipe.hincrby(METRICS_KEY, f"ended|{queue}|{status.value}", 1)
+        if status != JobStatus.CANCELED:
+            _time(pipe, "run", queue, doc.get("started_at"), doc.get("ended_at"))
 
 
-def wants_observation(to: JobStatus, event: str) -> bool:
-    """Whether :func:`observe` has anything to count for such a change (skips progress writes)."""
-    return to.is_terminal or event in ("started", "retry")
+def _time(pipe: Pipeline, kind: str, queue: str, since: str | None, until: str | None) -> None:
+    """Count one duration in the ``kind`` histogram of ``queue`` (nothing if an end is unknown)."""
+    start, end = parse_iso(since), parse_iso(until)
+    if start is None or end is None:
+        return
+    seconds = max(0.0, (end - start).total_seconds())
+    pipe.hincrby(METRICS_KEY, f"{kind}|{queue}|{_bucket(seconds)}", 1)
+    pipe.hincrby(METRICS_KEY, f"{kind}_count|{queue}", 1)
+    pipe.hincrbyfloat(METRICS_KEY, f"{kind}_sum|{queue}", seconds)
 
 
 @dataclass

@@ -25,9 +25,8 @@ from redis import Redis
 
 from jobs.db import session_scope
 from jobs.live import JOURNAL
-from jobs.metrics import observe, wants_observation
+from jobs.metrics import observe
 from jobs.results import blob_key, fetch_blobs
-from jobs.status import JobStatus
 from jobs.store import JournalEntry, apply_journal
 
 log = logging.getLogger(__name__)
@@ -114,8 +113,7 @@ class Recorder:
         with self.client.pipeline(transaction=True) as pipe:
             for entry in entries:
                 try:
-                    if wants_observation(JobStatus(entry.doc["status"]), entry.event):
-                        observe(pipe, entry.event, entry.doc)
+                    observe(pipe, entry.event, entry.doc)
                 except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
                     log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
             pipe.xack(JOURNAL, GROUP, *ids)
