@@ -10,12 +10,11 @@ FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml ./
-# Only pyproject.toml is copied so far: this layer is rebuilt when dependencies change, not code.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
-    && /opt/venv/bin/pip install -r requirements.txt
-COPY README.md alembic.ini ./
+COPY requirements/runtime.txt ./requirements.txt
+# Only the lock file is copied so far: this layer is rebuilt when dependencies change, not code,
+# and it installs exactly the versions (and hashes) the suite passed with.
+RUN /opt/venv/bin/pip install --require-hashes -r requirements.txt
+COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
 COPY web ./web
 COPY worker ./worker
@@ -51,7 +50,7 @@ CMD ["conveyor", "worker"]
 # --- lambda: AWS's Python base image with the Mangum handler --------------------------------------
 FROM public.ecr.aws/lambda/python:${PYTHON_VERSION} AS lambda
 COPY --from=build /src/requirements.txt ${LAMBDA_TASK_ROOT}/
-RUN pip install --no-cache-dir -r ${LAMBDA_TASK_ROOT}/requirements.txt --target ${LAMBDA_TASK_ROOT}
+RUN pip install --no-cache-dir --require-hashes -r ${LAMBDA_TASK_ROOT}/requirements.txt --target ${LAMBDA_TASK_ROOT}
 COPY api ${LAMBDA_TASK_ROOT}/api
 COPY web ${LAMBDA_TASK_ROOT}/web
 COPY worker ${LAMBDA_TASK_ROOT}/worker
