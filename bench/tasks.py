@@ -54,3 +54,28 @@ def timed_progress(payload: TimedProgressPayload, progress: Progress) -> int:
         time.sleep(payload.interval)
         progress.update(i + 1, total=payload.updates, message=f"{time.time():.6f}")
     return payload.updates
+
+
+class SoakPayload(BaseModel):
+    seconds: float = 0.02
+
+
+@task(queue="soak")
+def soak_step(payload: SoakPayload, progress: Progress) -> float:
+    """bench/soak.py's job: a short sleep with progress, then one line `job_id attempt` appended to
+    $SOAK_RUN_LOG (outside Redis, so a flushed Redis cannot hide a second completion)."""
+    import os
+
+    steps = 4
+    for i in range(steps):
+        time.sleep(payload.seconds / steps)
+        progress.update(i + 1, total=steps)
+    path = os.environ.get("SOAK_RUN_LOG")
+    if path:
+        line = f"{progress.job_id} {progress.attempt}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)  # one short O_APPEND write: lines from several processes never interleave
+        finally:
+            os.close(fd)
+    return payload.seconds
