@@ -14,7 +14,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -43,10 +43,18 @@ class Principal:
     key_id: str
     tenant: str
     role: Role
+    # A digest of the key's stored hash: web sessions carry it, so the signing secret alone
+    # cannot mint a session (the hash is in SQL only), and a replaced key's sessions die.
+    binding: str = field(default="", compare=False, repr=False)
 
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
+
+
+def session_binding(key_hash: str) -> str:
+    """What a web session must carry for the key whose stored hash is ``key_hash``."""
+    return hashlib.sha256(f"conveyor session binding|{key_hash}".encode()).hexdigest()[:32]
 
 
 def hash_key(key: str) -> str:
@@ -113,7 +121,9 @@ def authenticate(key: str) -> Principal | None:
         row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
         if row is None or row.revoked_at is not None:
             return None
-        principal = Principal(key_id=row.id, tenant=row.tenant, role=Role(row.role))
+        principal = Principal(
+            key_id=row.id, tenant=row.tenant, role=Role(row.role), binding=session_binding(row.key_hash)
+        )
     with _cache_lock:
         if len(_cache) > 10_000:
             _cache.clear()
@@ -149,7 +159,9 @@ def active_key(key_id: str) -> Principal | None:
         row = session.get(ApiKey, key_id)
         principal = None
         if row is not None and row.revoked_at is None:
-            principal = Principal(key_id=row.id, tenant=row.tenant, role=Role(row.role))
+            principal = Principal(
+                key_id=row.id, tenant=row.tenant, role=Role(row.role), binding=session_binding(row.key_hash)
+            )
     with _cache_lock:
         if len(_by_id) > 10_000:
             _by_id.clear()
