@@ -32,8 +32,30 @@ if TYPE_CHECKING:
 
 
 class Role(StrEnum):
+    """What a key may do; the README's roles table says the same.
+
+    member: its own tenant's jobs. admin: its own tenant's jobs, plus the administrative routes
+    (metrics, RQ details). operator: every tenant's jobs, on every channel, and what admin has.
+    """
+
     ADMIN = "admin"
     MEMBER = "member"
+    OPERATOR = "operator"
+
+
+def job_scope(role: str, tenant: str) -> str | None:
+    """The one rule for by-id reads and control: which tenant's jobs a caller reaches.
+
+    ``None`` means every tenant (operators only). Every channel (GET, list, record, result,
+    events, long poll, WebSocket, pages, control, compat routes) asks this, so a role means
+    the same thing on each.
+    """
+    return None if role == Role.OPERATOR else tenant
+
+
+def may_reach(scope: str | None, job_tenant: str) -> bool:
+    """Whether a caller with :func:`job_scope` ``scope`` may see and steer a job of ``job_tenant``."""
+    return scope is None or scope == job_tenant
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,13 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == Role.ADMIN
+        """Administrative routes (metrics, RQ details): admins and operators."""
+        return self.role in (Role.ADMIN, Role.OPERATOR)
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant whose jobs this caller reaches by id, or None for every tenant."""
+        return job_scope(self.role, self.tenant)
 
 
 def session_binding(key_hash: str) -> str:
@@ -78,7 +106,7 @@ def create_key(session: Session, *, tenant: str, role: Role | str, name: str = "
     try:
         role = Role(role)
     except ValueError:
-        raise InvalidRequest(f"Invalid role {role!r}: use 'admin' or 'member'.") from None
+        raise InvalidRequest(f"Invalid role {role!r}: use 'member', 'admin' or 'operator'.") from None
     key_id = secrets.token_hex(6)
     plaintext = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     row = ApiKey(

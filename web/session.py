@@ -60,7 +60,14 @@ class WebSession:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role in ("admin", "operator")
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant whose jobs the pages show (None: every tenant), by jobs.auth.job_scope."""
+        from jobs.auth import job_scope
+
+        return job_scope(self.role, self.tenant)
 
     @property
     def csrf_token(self) -> str:
