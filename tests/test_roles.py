@@ -71,7 +71,7 @@ def test_a_role_reaches_the_same_jobs_on_every_channel(app: Any, env: Any, role:
             "SSE": client.get(f"/api/v1/jobs/{job_id}/stream?{token}").status_code,
             "compat job-status": client.get(f"/job-status/{job_id}", headers=headers).status_code,
             "compat v1 status": client.get(f"/api/v1/jobs/status/{job_id}", headers=headers).status_code,
-            "compat poll": client.get(f"{seed002}/poll?since=0", headers=headers).status_code,
+            "compat poll": client.get(f"{seed002}/poll?timeout=1", headers=headers).status_code,
             "compat SSE": client.get(f"{seed002}/stream?{token}").status_code,
         }
         expected = dict.fromkeys(codes, found)
