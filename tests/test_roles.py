@@ -96,3 +96,21 @@ def test_a_role_reaches_the_same_jobs_on_every_channel(app: Any, env: Any, role:
         assert page.status_code == found, page.text[:300]
         control = client.post(f"/jobs/{job_id}/cancel", headers={"HX-Request": "true"})
         assert (control.status_code != 404) is reaches or control.status_code == 403
+
+
+def test_json_with_job_data_is_never_cached_or_sniffed(app: Any, env: Any):
+    tenant = make_tenant("member")
+    job_id = _finished_job(tenant.name)
+    with TestClient(app) as client:
+        for path in (
+            f"/api/v1/jobs/{job_id}",
+            f"/api/v1/jobs/{job_id}/result",
+            "/api/v1/jobs",
+            f"/api/v1/jobs/{job_id}/record",
+            f"/api/v1/jobs/{job_id}/events",
+            f"/job-status/{job_id}",
+        ):
+            response = client.get(path, headers=tenant.headers)
+            assert response.status_code == 200, path
+            assert response.headers["x-content-type-options"] == "nosniff", path
+            assert response.headers["cache-control"] == "no-store", path
