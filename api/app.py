@@ -65,6 +65,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    from api.json_headers import JsonResponseHeaders
+
     settings = get_settings()
     install_log_redaction()  # every log record this process writes is redacted
     app = FastAPI(
@@ -89,5 +91,6 @@ def create_app() -> FastAPI:
     mount_web(app)  # the HTMX pages and /static
     hide_access_tokens_in_access_log()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JsonResponseHeaders)  # job data: never cached, never sniffed
     app.add_middleware(DependencyOutages)  # last, so outermost: a 503 for an outage anywhere below
     return app

@@ -88,7 +88,7 @@ def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, An
     from jobs.store import get_job, list_events
 
     with session_scope() as session:
-        job = get_job(session, job_id=job_id, tenant=principal.tenant)
+        job = get_job(session, job_id=job_id, tenant=principal.scope)
         if job is None:
             raise HTTPException(status_code=404, detail="Job not found")
         live = live_store(get_redis()).read(job_id)
@@ -166,7 +166,7 @@ def _seed001_text(delivery: Delivery) -> str:
 async def status_seed000(job_id: str, principal: CurrentPrincipal) -> Response:
     """Seeds 000/001: the job's status; 200 with status `unknown` for an id this tenant does not have."""
     try:
-        doc, _ = await read_snapshot(job_id, principal.tenant)
+        doc, _ = await read_snapshot(job_id, principal.scope)
     except JobNotFound:
         return Response(_json(unknown_seed001(job_id)), media_type="application/json")
     return Response(_json(status_seed001(json.loads(doc))), media_type="application/json")
@@ -249,7 +249,7 @@ def _seed002_event(delivery: Delivery) -> bytes:
 @router.get("/api/v1/jobs/status/{job_id}")
 async def status_seed002_route(job_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 002: the job's status (pending/running/completed/failed/cancelled); 404 if unknown."""
-    doc, _ = await read_snapshot(job_id, principal.tenant)
+    doc, _ = await read_snapshot(job_id, principal.scope)
     return status_seed002(json.loads(doc))
 
 
@@ -264,7 +264,7 @@ async def poll_seed002(
     """Seed 002: wait for the status to differ from `current_status` (or, without it, for any change)."""
     from api.live_feed import JobFeed, long_poll
 
-    feed = await JobFeed.open(job_id, principal.tenant)
+    feed = await JobFeed.open(job_id, principal.scope)
     try:
         first = feed.current.seq
 
@@ -293,7 +293,7 @@ async def stream_seed002(
     from api.live_feed import JobFeed
 
     after = resume_point(last_event_id, since)
-    feed = await JobFeed.open(job_id, principal.tenant)
+    feed = await JobFeed.open(job_id, principal.scope)
     if feed.current.is_terminal and feed.current.seq <= after:
         feed.close()
         return Response(status_code=204)
@@ -357,7 +357,7 @@ def _queue_stats(tenant: str | None) -> dict[str, Any]:
 def queue_stats_seed002(principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 002: job counts (your tenant's; every tenant's for an admin key), workers, health.
     `cpu_usage_percent` is the host's 1-minute load per core; `memory_usage_mb` this API process's."""
-    return _queue_stats(None if principal.is_admin else principal.tenant)
+    return _queue_stats(principal.scope)
 
 
 @router.post(
@@ -367,7 +367,7 @@ def cancel_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
     """Seed 002: cancel a running or pending job (409 for a job that already ended)."""
     from jobs.control import cancel_job
 
-    outcome = cancel_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id)
+    outcome = cancel_job(job_id=job_id, tenant=principal.scope, by=principal.key_id)
     if outcome.done:
         return _message(200, f"Job {job_id} cancelled successfully")
     return _message(202, f"Job {job_id} cancellation requested: it stops at its next checkpoint")
@@ -378,7 +378,7 @@ def restart_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
     """Seed 002: restart a failed or cancelled job (409 for any other status)."""
     from jobs.control import restart_job
 
-    restart_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id)
+    restart_job(job_id=job_id, tenant=principal.scope, by=principal.key_id)
     return _message(200, f"Job {job_id} restarted successfully")
 
 

@@ -102,18 +102,18 @@ def tenant_scope(principal: Principal, requested: str | None) -> str | None:
     """
     if requested is None or requested == principal.tenant:
         return principal.tenant
-    if not principal.is_admin:
+    if principal.scope is not None:
         raise HTTPException(
             status_code=403,
-            detail=f"Member keys see only their own tenant ({principal.tenant!r}); "
-            "an admin key may pass tenant=<name> or tenant=*.",
+            detail=f"This key sees only its own tenant ({principal.tenant!r}); "
+            "an operator key may pass tenant=<name> or tenant=*.",
         )
     return None if requested == ALL_TENANTS else requested
 
 
 def readable_tenant(principal: Principal) -> str | None:
-    """The tenant a by-id read is limited to: the caller's own, or None (any) for admins."""
-    return None if principal.is_admin else principal.tenant
+    """The tenant a by-id read is limited to: the caller's own, or None (any) for operators."""
+    return principal.scope
 
 
 StreamPrincipal = Annotated[Principal, Depends(stream_principal)]

@@ -36,7 +36,7 @@ async def until_disconnect(receive: Receive) -> None:
 class JobFeed:
     """The snapshots of one job, for one client, newest state always last."""
 
-    def __init__(self, hub: SnapshotHub, listener: Listener, tenant: str, current: Delivery) -> None:
+    def __init__(self, hub: SnapshotHub, listener: Listener, tenant: str | None, current: Delivery) -> None:
         self._hub = hub
         self._listener = listener
         self.job_id = listener.job_id
@@ -44,7 +44,7 @@ class JobFeed:
         self.current = current
 
     @classmethod
-    async def open(cls, job_id: str, tenant: str) -> JobFeed:
+    async def open(cls, job_id: str, tenant: str | None) -> JobFeed:
         """Subscribe, then read the current snapshot; JobNotFound for another tenant's or no job."""
         hub = get_hub()
         listener = await hub.add(job_id)

@@ -50,7 +50,7 @@ class SnapshotFastPath:
         if principal is None or not valid_id(job_id):
             return False
         try:
-            live = await read_live_snapshot(job_id, principal.tenant)
+            live = await read_live_snapshot(job_id, principal.scope)
         except Exception:  # another tenant's job, Redis down: the route answers properly
             return False
         if live is None:

@@ -9,7 +9,6 @@ as child processes until interrupted. If any child dies, everything stops.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from jobs.settings import DEFAULT_SECRET, get_settings
+from jobs.settings import create_private_file, get_settings, stored_dev_secret
 
 
 def dev_key_path() -> Path:
@@ -25,12 +24,8 @@ def dev_key_path() -> Path:
 
 
 def dev_secret(data_dir: Path) -> str:
-    """A random secret kept in the data directory, so sessions survive restarts in development."""
-    path = data_dir / "secret-key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(48) + "\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """A random secret kept in the data directory (0600), so sessions survive restarts in development."""
+    return stored_dev_secret(data_dir)
 
 
 def ensure_dev_key() -> str:
@@ -45,9 +40,7 @@ def ensure_dev_key() -> str:
             return key
     with session_scope() as session:
         _, key = create_key(session, tenant="dev", role="admin", name="dev admin key")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    create_private_file(path, key + "\n")
     return key
 
 
@@ -84,8 +77,8 @@ def run_dev(*, host: str = "127.0.0.1", port: int = 8000) -> int:
         embedded = EmbeddedRedis(data_dir / "redis", persist=True)
         env["REDIS_URL"] = embedded.start()
     env.setdefault("DATABASE_URL", settings.sqlalchemy_url)
-    if settings.secret_key == DEFAULT_SECRET:
-        env["CONVEYOR_SECRET_KEY"] = dev_secret(data_dir)
+    # Settings already chose the secret (the kept data_dir/secret-key unless one was given).
+    env.setdefault("CONVEYOR_SECRET_KEY", settings.secret_key)
     for name in ("REDIS_URL", "DATABASE_URL", "CONVEYOR_SECRET_KEY"):
         if name in env:
             os.environ[name] = env[name]

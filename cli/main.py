@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("create", help="create a key; prints it alone on the last line")
     p.add_argument("--tenant", required=True)
-    p.add_argument("--role", required=True, choices=["admin", "member"])
+    p.add_argument("--role", required=True, choices=["member", "admin", "operator"])
     p.add_argument("--name")
     p.set_defaults(func=cmd_keys_create)
     p = keys.add_parser("revoke", help="revoke a key by its id")

@@ -14,7 +14,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -32,8 +32,30 @@ if TYPE_CHECKING:
 
 
 class Role(StrEnum):
+    """What a key may do; the README's roles table says the same.
+
+    member: its own tenant's jobs. admin: its own tenant's jobs, plus the administrative routes
+    (metrics, RQ details). operator: every tenant's jobs, on every channel, and what admin has.
+    """
+
     ADMIN = "admin"
     MEMBER = "member"
+    OPERATOR = "operator"
+
+
+def job_scope(role: str, tenant: str) -> str | None:
+    """The one rule for by-id reads and control: which tenant's jobs a caller reaches.
+
+    ``None`` means every tenant (operators only). Every channel (GET, list, record, result,
+    events, long poll, WebSocket, pages, control, compat routes) asks this, so a role means
+    the same thing on each.
+    """
+    return None if role == Role.OPERATOR else tenant
+
+
+def may_reach(scope: str | None, job_tenant: str) -> bool:
+    """Whether a caller with :func:`job_scope` ``scope`` may see and steer a job of ``job_tenant``."""
+    return scope is None or scope == job_tenant
 
 
 @dataclass(frozen=True)
@@ -43,10 +65,24 @@ class Principal:
     key_id: str
     tenant: str
     role: Role
+    # A digest of the key's stored hash: web sessions carry it, so the signing secret alone
+    # cannot mint a session (the hash is in SQL only), and a replaced key's sessions die.
+    binding: str = field(default="", compare=False, repr=False)
 
     @property
     def is_admin(self) -> bool:
-        return self.role == Role.ADMIN
+        """Administrative routes (metrics, RQ details): admins and operators."""
+        return self.role in (Role.ADMIN, Role.OPERATOR)
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant whose jobs this caller reaches by id, or None for every tenant."""
+        return job_scope(self.role, self.tenant)
+
+
+def session_binding(key_hash: str) -> str:
+    """What a web session must carry for the key whose stored hash is ``key_hash``."""
+    return hashlib.sha256(f"conveyor session binding|{key_hash}".encode()).hexdigest()[:32]
 
 
 def hash_key(key: str) -> str:
@@ -70,7 +106,7 @@ def create_key(session: Session, *, tenant: str, role: Role | str, name: str = "
     try:
         role = Role(role)
     except ValueError:
-        raise InvalidRequest(f"Invalid role {role!r}: use 'admin' or 'member'.") from None
+        raise InvalidRequest(f"Invalid role {role!r}: use 'member', 'admin' or 'operator'.") from None
     key_id = secrets.token_hex(6)
     plaintext = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     row = ApiKey(
@@ -113,7 +149,9 @@ def authenticate(key: str) -> Principal | None:
         row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
         if row is None or row.revoked_at is not None:
             return None
-        principal = Principal(key_id=row.id, tenant=row.tenant, role=Role(row.role))
+        principal = Principal(
+            key_id=row.id, tenant=row.tenant, role=Role(row.role), binding=session_binding(row.key_hash)
+        )
     with _cache_lock:
         if len(_cache) > 10_000:
             _cache.clear()
@@ -149,7 +187,9 @@ def active_key(key_id: str) -> Principal | None:
         row = session.get(ApiKey, key_id)
         principal = None
         if row is not None and row.revoked_at is None:
-            principal = Principal(key_id=row.id, tenant=row.tenant, role=Role(row.role))
+            principal = Principal(
+                key_id=row.id, tenant=row.tenant, role=Role(row.role), binding=session_binding(row.key_hash)
+            )
     with _cache_lock:
         if len(_by_id) > 10_000:
             _by_id.clear()

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.auth import may_reach
 from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
 from jobs.errors import IllegalTransition, JobNotFound
@@ -80,13 +81,13 @@ def _refuse(job_id: str, action: str, current: _Current, why: str) -> IllegalTra
     )
 
 
-def _current(job_id: str, tenant: str) -> _Current:
+def _current(job_id: str, tenant: str | None) -> _Current:
     """The job's status and pending request: Redis first, SQL when Redis no longer has it."""
     if not valid_job_id(job_id):
         raise JobNotFound(job_id)
     owner, status, control, doc = get_redis().hmget(job_key(job_id), ["tenant", "status", CONTROL, "_doc"])
     if doc is not None and status is not None:
-        if (owner or b"").decode() != tenant:
+        if not may_reach(tenant, (owner or b"").decode()):
             raise JobNotFound(job_id)
         return _Current(JobStatus(status.decode().strip('"')), control.decode() if control else None, doc)
     with session_scope() as session:
@@ -102,7 +103,7 @@ def _applied(result: TransitionResult, *, event: str, data: dict[str, Any]) -> b
     return result.doc
 
 
-def cancel_job(*, job_id: str, tenant: str, by: str, reason: str | None = None) -> ControlOutcome:
+def cancel_job(*, job_id: str, tenant: str | None, by: str, reason: str | None = None) -> ControlOutcome:
     """Cancel a job: at once when it waits; a running one is asked to stop (and is stopped by force
     once the grace period is over)."""
     data: dict[str, Any]
@@ -149,7 +150,7 @@ def cancel_job(*, job_id: str, tenant: str, by: str, reason: str | None = None) 
     raise IllegalTransition(f"Job {job_id} kept changing while it was being canceled; try again.")
 
 
-def pause_job(*, job_id: str, tenant: str, by: str) -> ControlOutcome:
+def pause_job(*, job_id: str, tenant: str | None, by: str) -> ControlOutcome:
     """Ask a running job to hold at its next checkpoint."""
     current = _current(job_id, tenant)
     if current.status != S.STARTED or current.control == "cancel":
@@ -170,7 +171,7 @@ def pause_job(*, job_id: str, tenant: str, by: str) -> ControlOutcome:
     return ControlOutcome(_applied(result, event="pause_requested", data=data), done=False)
 
 
-def resume_job(*, job_id: str, tenant: str, by: str) -> ControlOutcome:
+def resume_job(*, job_id: str, tenant: str | None, by: str) -> ControlOutcome:
     """Let a paused job continue (or withdraw a pause it has not reached yet)."""
     current = _current(job_id, tenant)
     paused = current.status == S.PAUSED and current.control != "cancel"
@@ -191,7 +192,7 @@ def resume_job(*, job_id: str, tenant: str, by: str) -> ControlOutcome:
     return ControlOutcome(_applied(result, event="resume_requested", data=data), done=withdrawing)
 
 
-def restart_job(*, job_id: str, tenant: str, by: str, reason: str | None = None) -> ControlOutcome:
+def restart_job(*, job_id: str, tenant: str | None, by: str, reason: str | None = None) -> ControlOutcome:
     """Run a failed or canceled job again under the same id, as attempt + 1."""
     current = _current(job_id, tenant)
     if current.status not in (S.FAILED, S.CANCELED):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from jobs.settings import get_settings, sqlalchemy_url
+from jobs.settings import ensure_private_file, get_settings, sqlalchemy_url
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -26,5 +27,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Bring the database at ``url`` (default: the configured one) up to ``revision``."""
     url = sqlalchemy_url(url) if url else get_settings().sqlalchemy_url
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            ensure_private_file(Path(path))
     command.upgrade(alembic_config(url), revision)

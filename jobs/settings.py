@@ -7,7 +7,10 @@ Every variable is documented in `.env.example`. `REDIS_URL` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,7 +21,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
+# The value every earlier release shipped with: refused everywhere, so an old `.env` cannot keep it.
 DEFAULT_SECRET = "change-me-in-production"
+SECRET_MIN_LENGTH = 32
+SECRET_HOW_TO = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+SECRET_FILE = "secret-key"
 
 
 class Settings(BaseSettings):
@@ -35,7 +42,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "CONVEYOR_REDIS_URL"))
     data_dir: Path = Path(".conveyor")
 
-    secret_key: str = DEFAULT_SECRET
+    # Empty means: production refuses to start; development keeps a random one in the data
+    # directory (data_dir/secret-key, 0600); test mode draws a random one per process.
+    secret_key: str = ""
     # The web UI's sign-in: how long a session cookie lasts (seconds).
     session_max_age: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
 
@@ -118,12 +127,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
-        if self.secret_key == DEFAULT_SECRET:
-            message = "CONVEYOR_SECRET_KEY is the default value; set a long random secret"
+        if not self.secret_key:
             if self.environment == "production":
+                raise ValueError(f"CONVEYOR_SECRET_KEY is not set; production needs one ({SECRET_HOW_TO})")
+            self.secret_key = (
+                _PROCESS_SECRET if self.environment == "test" else stored_dev_secret(self.data_dir)
+            )
+        problem = secret_problem(self.secret_key)
+        if problem is not None:
+            message = f"CONVEYOR_SECRET_KEY {problem}; {SECRET_HOW_TO}"
+            if self.environment == "production" or self.secret_key == DEFAULT_SECRET:
                 raise ValueError(message)
-            if self.environment == "development":
-                log.warning(message)
+            log.warning(message)
         if self.default_queue not in self.queues:
             self.queues = [*self.queues, self.default_queue]
         return self
@@ -133,6 +148,57 @@ class Settings(BaseSettings):
         """The database URL with the psycopg 3 driver made explicit (and the password, if given apart)."""
         url = sqlalchemy_url(self.database_url or f"sqlite:///{self.data_dir / 'conveyor.db'}")
         return with_password(url, self.database_password) if self.database_password else url
+
+
+_PROCESS_SECRET = secrets.token_urlsafe(48)
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why ``secret`` cannot sign sessions, or None.
+
+    Length alone is not enough: `aaaa…` or a word repeated passes a length check,
+    so a secret must also use a spread of characters (random text of 32+ characters,
+    hex or base64, always does).
+    """
+    if secret == DEFAULT_SECRET:
+        return "is the old published default"
+    if len(secret) < SECRET_MIN_LENGTH:
+        return f"is {len(secret)} characters; it must be at least {SECRET_MIN_LENGTH} random characters"
+    if len(set(secret)) < 10 or len(set(secret)) * 3 < len(secret) // 4:
+        return "does not look random (too few distinct characters)"
+    return None
+
+
+def create_private_file(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner alone (0600) from the first byte, never briefly wider."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
+def ensure_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (SQLite then keeps that mode,
+    and gives its -wal/-shm files the same)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def stored_dev_secret(data_dir: Path) -> str:
+    """The development secret kept in the data directory, made (random, 0600) on first use.
+
+    Kept rather than drawn per run so web sessions survive a restart of `conveyor dev`.
+    """
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        value = path.read_text().strip()
+        if value and secret_problem(value) is None:
+            return value
+    value = secrets.token_urlsafe(48)
+    create_private_file(path, value + "\n")
+    return value
 
 
 def with_password(url: str, password: str) -> str:

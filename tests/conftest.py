@@ -24,7 +24,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Settings every test process (and every worker it starts) shares.
 TEST_ENV = {
     "CONVEYOR_ENVIRONMENT": "test",
-    "CONVEYOR_SECRET_KEY": "test-secret-key-not-for-production",
+    "CONVEYOR_SECRET_KEY": "test-secret-key-not-for-production-7Qz9xWk2",
     "CONVEYOR_QUEUES": '["default", "other", "control", "isolated"]',
     "CONVEYOR_TASK_MODULES": '["worker.tasks", "tests.control_tasks", "tests.history_tasks"]',
     "CONVEYOR_LOG_LEVEL": "WARNING",

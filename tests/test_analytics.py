@@ -218,7 +218,7 @@ def test_bad_ranges_are_422_with_a_message(admin: tuple[TestClient, Tenant], par
 
 
 def test_tenant_scoping(app: Any, env: Any):
-    admin, member = make_tenant("admin"), make_tenant("member")
+    admin, member = make_tenant("operator"), make_tenant("member")
     seed_fixture(member.name)
     with TestClient(app) as client:
         mine = client.get("/api/v1/analytics/summary", params=WINDOW, headers=member.headers).json()

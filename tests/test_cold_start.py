@@ -32,7 +32,7 @@ def test_the_lambda_handler_imports_no_store_client_until_a_request_needs_one():
     env = {
         **os.environ,
         "CONVEYOR_ENVIRONMENT": "production",
-        "CONVEYOR_SECRET_KEY": "cold-start-probe-secret",
+        "CONVEYOR_SECRET_KEY": "cold-start-probe-secret-4fK8pQ2mZx7Rt",
     }
     done = subprocess.run(
         [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}"],

@@ -156,6 +156,14 @@ def test_compose_sets_only_settings_the_app_reads(compose: dict[str, Any]):
         assert {"DATABASE_URL", "REDIS_URL", "CONVEYOR_SECRET_KEY"} <= set(env)
 
 
+def test_compose_has_no_fallback_secret(compose: dict[str, Any]):
+    """`${VAR:?message}`: compose refuses to start without the secret; `:-` would ship a known one."""
+    for name in APP_SERVICES:
+        value = str(compose["services"][name]["environment"]["CONVEYOR_SECRET_KEY"])
+        assert value.startswith("${CONVEYOR_SECRET_KEY:?"), value
+        assert ":-" not in value and "token_urlsafe" in value
+
+
 def test_compose_waits_for_migrations(compose: dict[str, Any]):
     for name in ("api", "worker", "reconciler"):
         depends = compose["services"][name]["depends_on"]

@@ -100,7 +100,7 @@ def test_thresholds_are_settings(app: Any, env: Any, worker: Any, settings_env: 
 
 
 def test_window_and_scoping(app: Any, env: Any):
-    admin, member = make_tenant("admin"), make_tenant("member")
+    admin, member = make_tenant("operator"), make_tenant("member")
     seed_stats(member.name)
     with TestClient(app) as client:
         wide = client.get("/api/v1/queue/stats", params={"window": "3d"}, headers=member.headers).json()

@@ -418,3 +418,43 @@ def test_queue_and_analytics_pages_show_the_tenants_numbers(web: TestClient, ten
     analytics = web.get("/analytics?days=1").text
     assert "KeyError" in analytics and '<svg class="chart"' in analytics and 'role="img"' in analytics
     assert web.get("/analytics?days=0").status_code == 422
+
+
+# --- issue 11: the secret alone cannot mint a session ---------------------------------------------
+
+
+def _forge(payload: dict[str, Any]) -> str:
+    """A cookie signed with the real secret, as someone who knows only the secret could make it."""
+    import base64
+    import json
+
+    from web.session import _mac
+
+    body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+    return f"v1.{body}.{_mac('session', body)}"
+
+
+def test_the_secret_and_a_key_id_alone_cannot_mint_a_session(app: Any, tenant: Tenant):
+    claims = {"k": tenant.key_id, "t": tenant.name, "r": "admin", "i": int(time.time()), "s": "forged-sid"}
+    with TestClient(app) as client:
+        for payload in (claims, {**claims, "b": ""}, {**claims, "b": "0" * 32}):
+            client.cookies.set("conveyor_session", _forge(payload))
+            assert client.get("/jobs", follow_redirects=False).status_code == 303, payload
+
+
+def test_a_session_dies_when_its_key_hash_changes(app: Any, tenant: Tenant):
+    """A key replaced under the same id (rotation) ends the sessions the old key opened."""
+    from jobs import auth
+    from jobs.db import session_scope
+    from jobs.models import ApiKey
+
+    with TestClient(app) as client:
+        sign_in(client, tenant.key)
+        assert client.get("/jobs", follow_redirects=False).status_code == 200
+        with session_scope() as db:
+            row = db.get(ApiKey, tenant.key_id)
+            assert row is not None
+            row.key_hash = auth.hash_key("cvk_rotated_" + tenant.key_id)
+            db.add(row)
+        auth._by_id.clear()
+        assert client.get("/jobs", follow_redirects=False).status_code == 303

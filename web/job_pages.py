@@ -35,11 +35,12 @@ Action = Literal["cancel", "pause", "resume", "restart"]
 # --- reading --------------------------------------------------------------------------------------
 
 
-async def read_job(job_id: str, tenant: str) -> tuple[bytes, int, str | None]:
+async def read_job(job_id: str, tenant: str | None) -> tuple[bytes, int, str | None]:
     """(snapshot document, seq, pending control request) of the tenant's job: one Redis read, or
     SQL once the live state has expired. JobNotFound for another tenant's job or none."""
     from api.pipelined_redis import pipelined_redis  # Redis and SQL: loaded on first use
     from api.routes.jobs import read_snapshot, valid_id
+    from jobs.auth import may_reach
     from jobs.live import CONTROL, job_key
 
     if not valid_id(job_id):
@@ -48,14 +49,14 @@ async def read_job(job_id: str, tenant: str) -> tuple[bytes, int, str | None]:
         "HMGET", job_key(job_id), "tenant", "_doc", "seq", CONTROL
     )
     if doc is not None:
-        if (owner or b"").decode() != tenant:
+        if not may_reach(tenant, (owner or b"").decode()):
             raise JobNotFound(job_id)
         return doc, int(seq or 0), control.decode() if control else None
     doc, seq = await read_snapshot(job_id, tenant)
     return doc, seq, None
 
 
-def _history(job_id: str, tenant: str) -> tuple[Any, list[dict[str, Any]]]:
+def _history(job_id: str, tenant: str | None) -> tuple[Any, list[dict[str, Any]]]:
     """The job's record (redacted, `jobs.records.job_record`) and its lifecycle events."""
     from jobs.db import session_scope
     from jobs.records import job_record
@@ -100,7 +101,9 @@ def _filters(status: str | None, task: str | None, queue: str | None) -> dict[st
     return values
 
 
-def _table_rows(tenant: str, filters: dict[str, str], cursor: str | None) -> tuple[list[JobView], str | None]:
+def _table_rows(
+    tenant: str | None, filters: dict[str, str], cursor: str | None
+) -> tuple[list[JobView], str | None]:
     """One page of the tenant's jobs (one SQL query), live rows overlaid from Redis (one round trip)."""
     from jobs.db import session_scope
     from jobs.live import live_store
@@ -135,7 +138,7 @@ def _table_context(
     cursor: str | None,
 ) -> tuple[dict[str, Any], str]:
     filters = _filters(status, task, queue)
-    rows, next_cursor = _table_rows(session.tenant, filters, cursor)
+    rows, next_cursor = _table_rows(session.scope, filters, cursor)
     query = request.url.query
     digest = hashlib.sha256(f"{query}|{next_cursor}".encode())
     for row in rows:
@@ -207,9 +210,9 @@ def jobs_table(
 @router.get("/jobs/{job_id}")
 async def job_page(request: Request, job_id: str, session: CurrentSession) -> Response:
     """The job: live part (status, progress, result or error, buttons), details and timeline."""
-    doc, _, control = await read_job(job_id, session.tenant)
+    doc, _, control = await read_job(job_id, session.scope)
     job = view_of(doc, control=control)
-    record, events = await run_in_threadpool(_history, job_id, session.tenant)
+    record, events = await run_in_threadpool(_history, job_id, session.scope)
     return page(request, "job.html", {"job": job, "record": record, "events": events, "notice": None})
 
 
@@ -221,7 +224,7 @@ async def job_live(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The job page's live part; it stops polling (no hx-trigger) once the job is terminal."""
-    doc, seq, control = await read_job(job_id, session.tenant)
+    doc, seq, control = await read_job(job_id, session.scope)
     etag = _live_etag(seq, session)
     if etag_matches(etag, if_none_match):
         return not_modified(etag)
@@ -237,7 +240,7 @@ async def job_live(
 @router.get("/jobs/{job_id}/timeline")
 async def job_timeline(request: Request, job_id: str, session: CurrentSession) -> Response:
     """The job's events, re-read when the live part reports the job ended."""
-    _, events = await run_in_threadpool(_history, job_id, session.tenant)
+    _, events = await run_in_threadpool(_history, job_id, session.scope)
     return page(request, "_timeline.html", {"job_id": job_id, "events": events}, cache="private, no-cache")
 
 
@@ -247,8 +250,8 @@ async def job_result(job_id: str, session: CurrentSession) -> Response:
     from api.routes.history import get_result
     from jobs.auth import Principal, Role
 
-    # The pages are scoped to the signed-in tenant, so they read as a member of it, admins included.
-    principal = Principal(key_id=session.key_id, tenant=session.tenant, role=Role.MEMBER)
+    # The same rule as every other channel (jobs.auth.job_scope), by the session's role.
+    principal = Principal(key_id=session.key_id, tenant=session.tenant, role=Role(session.role))
     response = await get_result(job_id, principal)
     response.headers["Content-Disposition"] = f'inline; filename="{job_id}-result.json"'
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -264,7 +267,7 @@ def _act(action: Action, job_id: str, session: WebSession) -> None:
         "resume": control.resume_job,
         "restart": control.restart_job,
     }[action]
-    steer(job_id=job_id, tenant=session.tenant, by=session.key_id)
+    steer(job_id=job_id, tenant=session.scope, by=session.key_id)
 
 
 @router.post("/jobs/{job_id}/{action}")
@@ -279,10 +282,10 @@ async def job_action(request: Request, job_id: str, action: Action, session: Cha
         notice, status_code = exc.message, 409
     if not is_htmx(request) and status_code == 200:
         return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{job_id}", status_code=303)
-    doc, _, control = await read_job(job_id, session.tenant)
+    doc, _, control = await read_job(job_id, session.scope)
     job = view_of(doc, control=control)
     if is_htmx(request):
         return page(request, "_job_live.html", {"job": job, "notice": notice}, status_code=status_code)
-    record, events = await run_in_threadpool(_history, job_id, session.tenant)
+    record, events = await run_in_threadpool(_history, job_id, session.scope)
     context = {"job": job, "record": record, "events": events, "notice": notice}
     return page(request, "job.html", context, status_code=status_code)

@@ -55,10 +55,19 @@ class WebSession:
     role: str
     issued_at: int
     sid: str
+    # jobs.auth.session_binding of the key's stored hash, checked on every request.
+    binding: str = ""
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role in ("admin", "operator")
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant whose jobs the pages show (None: every tenant), by jobs.auth.job_scope."""
+        from jobs.auth import job_scope
+
+        return job_scope(self.role, self.tenant)
 
     @property
     def csrf_token(self) -> str:
@@ -96,6 +105,7 @@ def seal(session: WebSession) -> str:
     """The cookie value for ``session``: `v1.<payload>.<signature>`."""
     payload = {"k": session.key_id, "t": session.tenant, "r": session.role, "i": session.issued_at}
     payload["s"] = session.sid
+    payload["b"] = session.binding
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     return f"{VERSION}.{body}.{_mac('session', body)}"
 
@@ -114,6 +124,7 @@ def unseal(value: str) -> WebSession | None:
             role=str(data["r"]),
             issued_at=int(data["i"]),
             sid=str(data["s"]),
+            binding=str(data["b"]),
         )
     except (ValueError, KeyError, TypeError, binascii.Error):
         return None
@@ -122,9 +133,14 @@ def unseal(value: str) -> WebSession | None:
     return session
 
 
-def new_session(*, key_id: str, tenant: str, role: str) -> WebSession:
+def new_session(*, key_id: str, tenant: str, role: str, binding: str) -> WebSession:
     return WebSession(
-        key_id=key_id, tenant=tenant, role=role, issued_at=int(time.time()), sid=secrets.token_urlsafe(16)
+        key_id=key_id,
+        tenant=tenant,
+        role=role,
+        issued_at=int(time.time()),
+        sid=secrets.token_urlsafe(16),
+        binding=binding,
     )
 
 
@@ -199,7 +215,13 @@ async def current_session(request: Request) -> WebSession:
         raise SignInRequired
     hit = cached_active_key(session.key_id)
     principal = hit[0] if hit is not None else await run_in_threadpool(active_key, session.key_id)
-    if principal is None or principal.tenant != session.tenant:
+    if (
+        principal is None
+        or principal.tenant != session.tenant
+        or principal.role.value != session.role
+        or not session.binding
+        or not hmac.compare_digest(principal.binding, session.binding)
+    ):
         raise SignInRequired
     request.state.web_session = session
     return session

@@ -60,7 +60,9 @@ async def sign_in(
     if principal is None:
         message = "Enter an API key." if not key else "That API key is not valid, or it was revoked."
         return _form(request, target, error=message, status_code=401)
-    session = new_session(key_id=principal.key_id, tenant=principal.tenant, role=principal.role.value)
+    session = new_session(
+        key_id=principal.key_id, tenant=principal.tenant, role=principal.role.value, binding=principal.binding
+    )
     response = RedirectResponse(f"{request.scope.get('root_path', '')}{target}", status_code=303)
     set_session_cookie(response, request, session)
     return response

@@ -53,7 +53,7 @@ def cancel(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) 
     from jobs.control import cancel_job
 
     reason = body.reason if body else None
-    return _answer(cancel_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id, reason=reason))
+    return _answer(cancel_job(job_id=job_id, tenant=principal.scope, by=principal.key_id, reason=reason))
 
 
 @router.post("/jobs/{job_id}/pause", response_model=JobSnapshot, responses=RESPONSES)
@@ -61,7 +61,7 @@ def pause(job_id: str, principal: CurrentPrincipal) -> Response:
     """Ask a running job to hold at its next checkpoint (it shows `paused` once it does)."""
     from jobs.control import pause_job
 
-    return _answer(pause_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id))
+    return _answer(pause_job(job_id=job_id, tenant=principal.scope, by=principal.key_id))
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobSnapshot, responses=RESPONSES)
@@ -69,7 +69,7 @@ def resume(job_id: str, principal: CurrentPrincipal) -> Response:
     """Let a paused job continue (202), or withdraw a pause it has not reached yet (200)."""
     from jobs.control import resume_job
 
-    return _answer(resume_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id))
+    return _answer(resume_job(job_id=job_id, tenant=principal.scope, by=principal.key_id))
 
 
 @router.post("/jobs/{job_id}/restart", response_model=JobSnapshot, responses=RESPONSES)
@@ -78,4 +78,4 @@ def restart(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None)
     reason = body.reason if body else None
     from jobs.control import restart_job
 
-    return _answer(restart_job(job_id=job_id, tenant=principal.tenant, by=principal.key_id, reason=reason))
+    return _answer(restart_job(job_id=job_id, tenant=principal.scope, by=principal.key_id, reason=reason))

@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
+from jobs.auth import may_reach
 from jobs.errors import JobNotFound
 from jobs.lazy_model import LazyModel
 from jobs.live import job_key, live_store
@@ -107,7 +108,7 @@ async def read_live_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, in
     owner, doc, seq = await pipelined_redis().command("HMGET", job_key(job_id), "tenant", "_doc", "seq")
     if doc is None:
         return None
-    if tenant is not None and (owner or b"").decode() != tenant:
+    if not may_reach(tenant, (owner or b"").decode()):
         raise JobNotFound(job_id)
     return doc, int(seq or 0)
 

@@ -83,7 +83,7 @@ async def poll(
     """
     from api.live_feed import JobFeed, long_poll
 
-    feed = await JobFeed.open(job_id, principal.tenant)
+    feed = await JobFeed.open(job_id, principal.scope)
     try:
         after = feed.current.seq if since is None and current_status is None else since
 
@@ -126,7 +126,7 @@ async def stream(
     from api.live_feed import JobFeed
 
     after = resume_point(last_event_id, since)
-    feed = await JobFeed.open(job_id, principal.tenant)
+    feed = await JobFeed.open(job_id, principal.scope)
     if feed.current.is_terminal and feed.current.seq <= after:
         feed.close()
         return Response(status_code=204)  # tells an EventSource to stop reconnecting
@@ -163,7 +163,7 @@ async def serve_websocket(
         await websocket.close(code=WS_UNAUTHORIZED, reason="Missing, invalid or revoked API key.")
         return
     try:
-        feed = await JobFeed.open(job_id, principal.tenant)
+        feed = await JobFeed.open(job_id, principal.scope)
     except JobNotFound as exc:
         await websocket.close(code=WS_NOT_FOUND, reason=exc.message[:120])
         return
