@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,48 +142,39 @@ class Soak:
                 next_at += interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
 
-    def streamer(self) -> None:
+    def on_recent_jobs(self, visit: Callable[[httpx.Client, str], None]) -> None:
+        """Until the soak stops, ``visit`` one of the newest jobs after another (a client thread)."""
         with httpx.Client(base_url=self.base, headers=self.headers, timeout=30) as client:
             while not self.stop.is_set():
                 recent = self.tally.recent()
                 if not recent:
                     time.sleep(0.2)
                     continue
-                job_id = self.rng.choice(recent)
                 opened = time.monotonic()
                 try:
-                    with client.stream("GET", f"/api/v1/jobs/{job_id}/stream") as response:
-                        self.tally.saw("stream", response)
-                        for line in response.iter_lines():
-                            if line.startswith("data:"):
-                                with self.tally.lock:
-                                    self.tally.stream_events += 1
-                            if self.stop.is_set():
-                                break
+                    visit(client, self.rng.choice(recent))
                 except httpx.HTTPError:
                     with self.tally.lock:
                         self.tally.transport_errors += 1
                     time.sleep(0.5)
-                # A stream of a job that already ended is one snapshot: don't spin on those.
+                # A stream or poll of a job that already ended answers at once: don't spin on those.
                 time.sleep(max(0.0, 0.25 - (time.monotonic() - opened)))
 
-    def poller(self) -> None:
-        with httpx.Client(base_url=self.base, headers=self.headers, timeout=30) as client:
-            while not self.stop.is_set():
-                recent = self.tally.recent()
-                if not recent:
-                    time.sleep(0.2)
-                    continue
-                job_id = self.rng.choice(recent)
-                try:
-                    response = client.get(f"/api/v1/jobs/{job_id}/poll", params={"timeout": 5})
-                    self.tally.saw("poll", response)
+    def stream(self, client: httpx.Client, job_id: str) -> None:
+        with client.stream("GET", f"/api/v1/jobs/{job_id}/stream") as response:
+            self.tally.saw("stream", response)
+            for line in response.iter_lines():
+                if line.startswith("data:"):
                     with self.tally.lock:
-                        self.tally.polls += 1
-                except httpx.HTTPError:
-                    with self.tally.lock:
-                        self.tally.transport_errors += 1
-                    time.sleep(0.5)
+                        self.tally.stream_events += 1
+                if self.stop.is_set():
+                    break
+
+    def poll(self, client: httpx.Client, job_id: str) -> None:
+        response = client.get(f"/api/v1/jobs/{job_id}/poll", params={"timeout": 5})
+        self.tally.saw("poll", response)
+        with self.tally.lock:
+            self.tally.polls += 1
 
     # --- the run ----------------------------------------------------------------------------
     def sample_rss(self, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -199,8 +191,11 @@ class Soak:
         for _ in range(self.args.workers):
             self.start_worker()
         threads = [threading.Thread(target=self.submitter, daemon=True)]
-        threads += [threading.Thread(target=self.streamer, daemon=True) for _ in range(self.args.streams)]
-        threads += [threading.Thread(target=self.poller, daemon=True) for _ in range(self.args.polls)]
+        threads += [
+            threading.Thread(target=self.on_recent_jobs, args=(visit,), daemon=True)
+            for visit, count in ((self.stream, self.args.streams), (self.poll, self.args.polls))
+            for _ in range(count)
+        ]
         for thread in threads:
             thread.start()
 
