@@ -12,10 +12,14 @@ One pass:
 2. Deferred jobs whose parent ended failed or canceled can never run: they
    fail as ``DependencyFailed``.
 3. A sweep (`jobs.requeue.requeue_lost`) of waiting jobs SQL has and RQ lost (Redis restarted without
-   persistence, or a crash between the SQL write and the enqueue): their live
-   state is seeded from SQL and they are enqueued again. A sweep runs when
-   Redis has lost the ``cv:epoch`` marker, every ``reconcile_sweep_interval``,
-   and on every one-shot run.
+   persistence, a failover that lost the last writes, or a crash between the
+   SQL write and the enqueue): their live state is seeded from SQL and they
+   are enqueued again. A full sweep runs when Redis has lost the ``cv:epoch``
+   marker, every ``reconcile_sweep_interval``, and on every one-shot run; a
+   sweep of the jobs touched within ``reconcile_recent_window`` runs every
+   ``reconcile_recent_interval`` (a failover keeps the marker but loses the
+   newest writes), and on every pass while ``cv:recovering`` says a loss was
+   seen moments ago (jobs submitted just before it were too fresh to judge).
 4. Jobs RQ holds in flight for a worker that died before our record moved:
    taken off the queue but never started (RQ's intermediate list), or marked
    started by RQ while our record still says waiting, go back to their queue;
@@ -82,6 +86,7 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "cv:reconciler:lock"
 EPOCH_KEY = "cv:epoch"  # gone after Redis lost its data: the next pass sweeps SQL
+RECOVERING_KEY = "cv:recovering"  # set when a loss is seen: each pass sweeps recent jobs until it expires
 DEQUEUED_AT = "cv:dequeued:"  # when the reconciler first saw a job in RQ's intermediate list
 PAGE = 500
 
@@ -117,6 +122,7 @@ class Reconciler:
         self.name = name or f"reconciler-{uuid.uuid4().hex[:8]}"
         self.use_lock = use_lock
         self._last_sweep = -float("inf")
+        self._last_recent_sweep = -float("inf")
 
     # --- the pass ---------------------------------------------------------------------------------
 
@@ -131,9 +137,17 @@ class Reconciler:
         if self.use_lock and not self.client.set(LOCK_KEY, token, nx=True, ex=lock_ttl):
             return PassReport(ran=False)
         try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.exists(EPOCH_KEY)
+                pipe.exists(RECOVERING_KEY)
+                marked, recovering = pipe.execute()
+            if not marked:  # Redis lost its data: sweep now, and keep sweeping the newest jobs a while
+                self.client.set(RECOVERING_KEY, self.name, ex=int(settings.reconcile_grace + 25))
             if sweep is None:
                 overdue = started - self._last_sweep >= settings.reconcile_sweep_interval
-                sweep = overdue or not self.client.exists(EPOCH_KEY)
+                sweep = overdue or not marked
+            recent_due = started - self._last_recent_sweep >= settings.reconcile_recent_interval
+            recent = not sweep and bool(recovering or recent_due)
             report = PassReport(swept=sweep)
             candidates = {m.decode() for m in self.client.smembers(RUNNING_SET)}
             if sweep:
@@ -144,13 +158,16 @@ class Reconciler:
             self._fail_orphans(report)
             queues = known_queues(self.client)
             self._reconcile_in_flight(queues, report)
-            if sweep:
-                lost = requeue_lost(self.client, by=self.name)
+            if sweep or recent:
+                window = None if sweep else utcnow() - timedelta(seconds=settings.reconcile_recent_window)
+                lost = requeue_lost(self.client, by=self.name, touched_after=window)
                 report.requeued, report.reseeded, report.unrecoverable = (
                     lost.requeued,
                     report.reseeded + lost.reseeded,
                     lost.unrecoverable,
                 )
+                self._last_recent_sweep = started
+            if sweep:
                 self.client.set(EPOCH_KEY, isoformat(utcnow()) or "")
                 self._last_sweep = started
             run_due_scheduled(self.client, queues)

@@ -119,20 +119,24 @@ class LostJobs:
     unrecoverable: int = 0
 
 
-def requeue_lost(client: Redis, *, by: str) -> LostJobs:
+def requeue_lost(client: Redis, *, by: str, touched_after: datetime | None = None) -> LostJobs:
     """Enqueue again every waiting job SQL has and RQ has no waiting record of.
 
-    That happens when Redis lost its data, or when a process died between the
-    SQL write and the enqueue. Only jobs untouched for ``reconcile_grace``
-    seconds are considered (a submission in flight is not lost), oldest first,
-    so that a parent is back before the jobs that depend on it.
+    That happens when Redis lost its data (all of it, or the last writes in a
+    failover), or when a process died between the SQL write and the enqueue.
+    Only jobs untouched for ``reconcile_grace`` seconds are considered (a
+    submission in flight is not lost), and with ``touched_after`` only those
+    changed since then; oldest first, so that a parent is back before the jobs
+    that depend on it.
     """
     found = LostJobs()
     cutoff = utcnow() - timedelta(seconds=get_settings().reconcile_grace)
     after = None
     while True:
         with session_scope() as session:
-            page = waiting_jobs(session, untouched_since=cutoff, after=after, limit=PAGE)
+            page = waiting_jobs(
+                session, untouched_since=cutoff, touched_after=touched_after, after=after, limit=PAGE
+            )
         if not page:
             return found
         after = (page[-1].created_at, page[-1].job_id)

@@ -148,13 +148,18 @@ def waiting_jobs(
     session: Session,
     *,
     untouched_since: datetime,
+    touched_after: datetime | None = None,
     after: tuple[datetime, str] | None = None,
     limit: int = 500,
 ) -> list[Job]:
-    """Waiting jobs (queued, scheduled, deferred) unchanged since a time, oldest first, one page at a time."""
+    """Waiting jobs (queued, scheduled, deferred) unchanged since a time (and, if given, changed
+    after another: the recent sweep, served by ``ix_jobs_status_updated``), oldest first, a page at
+    a time."""
     query = select(Job).where(
         col(Job.status).in_([s.value for s in WAITING]), col(Job.updated_at) < untouched_since
     )
+    if touched_after is not None:
+        query = query.where(col(Job.updated_at) >= touched_after)
     if after is not None:
         created, job_id = after
         query = query.where(

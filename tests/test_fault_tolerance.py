@@ -144,6 +144,78 @@ def test_jobs_redis_forgot_are_enqueued_again_and_all_finish(
         configure(env.env())
 
 
+def test_with_default_settings_jobs_submitted_just_before_redis_lost_everything_run_within_30_seconds(
+    env: Backend, tmp_path: Path, tenant: Tenant, app: Any
+):
+    """No grace to wait out: the sweep a loss triggers takes even the jobs submitted a moment ago,
+    and each runs once."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    url = server.start()
+    private = Backend(env.name, env.database_url, url)
+    configure(private.env())
+    worker: WorkerProcess | None = None
+    try:
+        with TestClient(app, headers=tenant.headers) as client:
+            ids = [
+                submit(client, "steps", {"steps": 1, "step": 0}, queue=QUEUE)["job_id"] for _ in range(100)
+            ]
+        port = server.port
+        server.stop()
+        server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
+        server.start()
+        assert Redis.from_url(url).dbsize() == 0
+
+        started = time.monotonic()
+        name = f"after-{uuid.uuid4().hex[:6]}"
+        worker = WorkerProcess(private, tmp_path / "w.log", name, {}, QUEUE).start()
+
+        def requeued() -> int:
+            return sum(1 for job_id in ids if any(e.event == "requeued" for e in sql_events(job_id)))
+
+        wait_until(lambda: requeued() == 100, timeout=40, interval=0.5, message="all 100 jobs to be requeued")
+        took = time.monotonic() - started
+        print(f"\nall 100 requeued {took:.1f}s after the worker started")
+        assert took < 30 + 5  # within 30 s of seeing the loss; the worker needs a moment to start
+
+        def finished() -> int:
+            with session_scope() as session:
+                rows = [session.get(Job, i) for i in ids]
+            return sum(1 for r in rows if r is not None and r.status == "finished")
+
+        wait_until(lambda: finished() == 100, timeout=30, interval=0.25, message="all 100 jobs to finish")
+        for job_id in ids:
+            events = [e.event for e in sql_events(job_id)]
+            assert events.count("started") == 1 and events.count("requeued") == 1, (job_id, events)
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+        configure(env.env())
+
+
+def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep(
+    env: Backend, redis_client: Redis
+):
+    """The loss marker survived (a replica took over), so only the recent sweep can find them."""
+    from jobs.reconciler import EPOCH_KEY
+    from jobs.requeue import REQUEUE_LOCK
+
+    configure({**env.env(), "CONVEYOR_RECONCILE_GRACE": "0"})
+    try:
+        job_id = seed_job(queue=QUEUE)
+        redis_client.set(EPOCH_KEY, "kept")
+        for key in (job_key(job_id), f"rq:job:{job_id}", REQUEUE_LOCK + job_id):
+            redis_client.delete(key)
+        get_queue(QUEUE, redis_client).remove(job_id)
+        reconciler = Reconciler(redis_client, use_lock=False)
+        reconciler._last_sweep = time.monotonic()  # the full sweep is not due: only the recent one runs
+        report = reconciler.run_pass()
+        assert not report.swept and report.requeued == 1
+        assert job_id in get_queue(QUEUE, redis_client).job_ids
+    finally:
+        configure(env.env())
+
+
 def test_a_rolling_restart_loses_nothing(
     api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess], redis_client: Redis
 ):
