@@ -3,6 +3,8 @@ and several reconcilers at once. Real worker processes on the `isolated` queue."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 import time
@@ -24,7 +26,7 @@ from jobs.models import Job
 from jobs.queueing import fetch, get_queue
 from jobs.reconciler import Reconciler
 from jobs.status import JobStatus
-from tests.conftest import FAST_ENV, Backend, Tenant, WorkerProcess, configure, seed_job
+from tests.conftest import FAST_ENV, Backend, Tenant, WorkerProcess, configure, descendants, seed_job
 from tests.control_tasks import DONE_PREFIX
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, sql_row, submit, wait_status
@@ -214,6 +216,44 @@ def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep
         assert job_id in get_queue(QUEUE, redis_client).job_ids
     finally:
         configure(env.env())
+
+
+def test_kill_9_of_a_worker_takes_its_rq_scheduler_and_recorder_with_it(env: Backend, tmp_path: Path):
+    queue = f"orphans-{uuid.uuid4().hex[:6]}"  # a queue of its own, so this worker holds its scheduler lock
+    proc = WorkerProcess(env, tmp_path / "w.log", f"orphans-{uuid.uuid4().hex[:6]}", FAST_ENV, queue).start()
+    assert proc.process is not None
+    worker_pid = proc.process.pid
+
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except FileNotFoundError:
+            return ""
+
+    children = wait_until(
+        lambda: (found := descendants(worker_pid)) and len(found) >= 2 and found,
+        timeout=15,
+        message="the worker's scheduler and recorder children",
+    )
+    assert any("recorder" in cmdline(pid) for pid in children)
+    assert any("recorder" not in cmdline(pid) for pid in children)  # RQ's scheduler, a fork of the worker
+
+    os.kill(worker_pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
+    proc.process.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"
+
+    try:
+        wait_until(lambda: not any(alive(pid) for pid in children), timeout=20, message="no orphans")
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_rolling_restart_loses_nothing(

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -211,9 +212,27 @@ def worker_name() -> str:
 
 
 def _die_with_parent() -> None:
-    """In the recorder child: get SIGTERM if the worker dies, so no orphan lingers (Linux)."""
+    """In a child of the worker: get SIGTERM if the worker dies, so no orphan lingers (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def children_die_with_the_worker() -> None:
+    """Every process this worker forks (RQ's scheduler, each work-horse) gets SIGTERM when it dies.
+
+    After ``kill -9`` of a worker, RQ's scheduler child would live on as an orphan holding the
+    scheduler lock, and a work-horse would finish its job unwatched while the reconciler, seeing
+    the heartbeat stop, runs it again. Only forks of this process itself are marked: a task's own
+    forks inside a work-horse keep the usual semantics (PDEATHSIG fires when the forking *thread*
+    ends, which would surprise a task forking from a thread).
+    """
+    worker_pid = os.getpid()
+
+    def marked() -> None:
+        if os.getppid() == worker_pid:
+            _die_with_parent()
+
+    os.register_at_fork(after_in_child=marked)
 
 
 def start_recorder_process(name: str) -> subprocess.Popen[bytes]:
@@ -262,6 +281,7 @@ def run_worker(
     use_redis(connection)
     live_store(connection)  # register the gate's scripts once; every work-horse inherits them
     load_tasks()  # import task modules once, before forking, so every work-horse starts warm
+    children_die_with_the_worker()
     worker_class = SimpleWorker if simple else ConveyorWorker
     worker = worker_class(
         [get_queue(q, connection) for q in (queues or settings.queues)],
