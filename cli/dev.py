@@ -110,6 +110,9 @@ def run_dev(*, host: str = "127.0.0.1", port: int = 8000) -> int:
                 str(port),
                 "--log-level",
                 settings.log_level.lower(),
+                "--proxy-headers",
+                "--forwarded-allow-ips",
+                settings.trusted_proxies,
             ],
             env=env,
         )

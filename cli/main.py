@@ -42,6 +42,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
+        forwarded_allow_ips=get_settings().trusted_proxies,
         log_level=get_settings().log_level.lower(),
     )
     return 0

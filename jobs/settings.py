@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     live_send_timeout: float = Field(default=10.0, gt=0)
     live_buffer: int = Field(default=32, ge=1, le=10_000)
 
+    # Proxies whose X-Forwarded-For/-Proto headers are believed (uvicorn's forwarded_allow_ips):
+    # comma-separated addresses or networks, or "*". Behind a TLS proxy at one of them, the
+    # session cookie is Secure and redirects keep https.
+    trusted_proxies: str = Field(default="127.0.0.1", min_length=1)
+
     compat_endpoints: bool = True
     metrics_namespace: str = "Conveyor"
     log_level: str = "INFO"
