@@ -18,8 +18,10 @@ One pass:
    marker, every ``reconcile_sweep_interval``, and on every one-shot run; a
    sweep of the jobs touched within ``reconcile_recent_window`` runs every
    ``reconcile_recent_interval`` (a failover keeps the marker but loses the
-   newest writes), and on every pass while ``cv:recovering`` says a loss was
-   seen moments ago (jobs submitted just before it were too fresh to judge).
+   newest writes). After a loss nothing is swept for a heartbeat TTL (running
+   jobs re-announce themselves by their heartbeats first), then one full sweep
+   and a recent sweep on every pass while ``cv:recovering`` lasts (jobs
+   submitted just before the loss were too fresh for the first one).
 4. Jobs RQ holds in flight for a worker that died before our record moved:
    taken off the queue but never started (RQ's intermediate list), or marked
    started by RQ while our record still says waiting, go back to their queue;
@@ -137,17 +139,7 @@ class Reconciler:
         if self.use_lock and not self.client.set(LOCK_KEY, token, nx=True, ex=lock_ttl):
             return PassReport(ran=False)
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.exists(EPOCH_KEY)
-                pipe.exists(RECOVERING_KEY)
-                marked, recovering = pipe.execute()
-            if not marked:  # Redis lost its data: sweep now, and keep sweeping the newest jobs a while
-                self.client.set(RECOVERING_KEY, self.name, ex=int(settings.reconcile_grace + 25))
-            if sweep is None:
-                overdue = started - self._last_sweep >= settings.reconcile_sweep_interval
-                sweep = overdue or not marked
-            recent_due = started - self._last_recent_sweep >= settings.reconcile_recent_interval
-            recent = not sweep and bool(recovering or recent_due)
+            sweep, recent = self._sweeps_due(sweep, started)
             report = PassReport(swept=sweep)
             candidates = {m.decode() for m in self.client.smembers(RUNNING_SET)}
             if sweep:
@@ -168,7 +160,6 @@ class Reconciler:
                 )
                 self._last_recent_sweep = started
             if sweep:
-                self.client.set(EPOCH_KEY, isoformat(utcnow()) or "")
                 self._last_sweep = started
             run_due_scheduled(self.client, queues)
             trim_canceled(self.client, queues)
@@ -177,6 +168,40 @@ class Reconciler:
         finally:
             if self.use_lock and self.client.get(LOCK_KEY) == token.encode():
                 self.client.delete(LOCK_KEY)
+
+    def _sweeps_due(self, forced: bool | None, now: float) -> tuple[bool, bool]:
+        """(full, recent): the sweeps of waiting jobs this pass runs.
+
+        After Redis lost its data, workers still running jobs put their heartbeat keys back
+        within a heartbeat interval; until a heartbeat TTL has passed nothing is swept, since a
+        running job SQL still calls queued would otherwise be enqueued and run a second time.
+        Then one full sweep, and a recent sweep on every pass while ``cv:recovering`` lasts.
+        """
+        settings = get_settings()
+        if forced is False:
+            return False, False
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.exists(EPOCH_KEY)
+            pipe.get(RECOVERING_KEY)
+            marked, since = pipe.execute()
+        if not marked:
+            lasts = int(settings.heartbeat_ttl + settings.reconcile_grace + 30)
+            self.client.set(RECOVERING_KEY, time.time(), nx=True, ex=lasts)
+            self.client.set(EPOCH_KEY, isoformat(utcnow()) or "")
+            since = self.client.get(RECOVERING_KEY) or time.time()
+            log.warning("reconciler: Redis lost its data; sweeping SQL once running jobs re-announce")
+        if since is not None:
+            wait = float(since) + settings.heartbeat_ttl - time.time()
+            if wait > 0 and not forced:
+                return False, False
+            if wait > 0:  # a one-shot run: wait the rest out rather than skip its sweep
+                time.sleep(wait)
+            full = bool(forced) or bool(self.client.set(RECOVERING_KEY + ":full", self.name, nx=True, ex=300))
+            return full, not full
+        if forced:
+            return True, False
+        full = now - self._last_sweep >= settings.reconcile_sweep_interval
+        return full, not full and now - self._last_recent_sweep >= settings.reconcile_recent_interval
 
     # --- 1. running jobs ------------------------------------------------------------------------
 
