@@ -259,13 +259,15 @@ def apply_journal(
     entries: Iterable[JournalEntry],
     *,
     blobs: Mapping[tuple[str, int], bytes] | None = None,
+    events: bool = True,
 ) -> int:
     """Bring SQL up to date with accepted state changes; returns how many rows moved forward.
 
     Safe to replay and to run in several processes: a row only moves to a
     higher ``seq``, and an event is stored once per (job, seq). ``blobs`` are
     large results stashed in Redis, keyed by (job_id, attempt), stored in
-    `job_results` alongside (see jobs/results.py).
+    `job_results` alongside (see jobs/results.py). With ``events=False`` only
+    the rows move (the recorder stores the events later, with their data).
     """
     entries = list(entries)
     if not entries:
@@ -303,6 +305,8 @@ def apply_journal(
         result = session.connection().execute(stmt, batch)
         moved += max(0, result.rowcount or 0)
 
+    if not events:
+        return moved
     rows = [
         {
             "job_id": e.job_id,

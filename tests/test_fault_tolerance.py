@@ -196,6 +196,21 @@ def test_with_default_settings_jobs_submitted_just_before_redis_lost_everything_
         configure(env.env())
 
 
+def test_a_job_s_end_is_in_sql_before_its_worker_takes_the_next_job(
+    api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess]
+):
+    """Without waiting for the recorder (none runs here): Redis losing the journal entry of a job's
+    end must not leave SQL calling it waiting, or the loss sweep would run it again."""
+    name = f"norec-{uuid.uuid4().hex[:6]}"
+    workers.append(
+        WorkerProcess(env, tmp_path / "w.log", name, FAST_ENV, QUEUE, args=("--no-recorder",)).start()
+    )
+    job_id = submit(api, "steps", {"steps": 1, "step": 0}, queue=QUEUE)["job_id"]
+    row = sql_wait(job_id, lambda r: r.status == "finished", 20, "the end to reach SQL without a recorder")
+    assert row.ended_at is not None and row.progress == 100.0
+    assert [e.event for e in sql_events(job_id)] == ["queued"]  # the events still come from the recorder
+
+
 def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep(
     env: Backend, redis_client: Redis
 ):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from rq.queue import Queue
 
 from jobs.attempts import end_failed_attempt
 from jobs.clock import utcnow
+from jobs.db import session_scope
 from jobs.lifecycle import record
 from jobs.live import heartbeat_key, job_key, live_store
 from jobs.maintenance import Maintenance
@@ -44,6 +46,7 @@ from jobs.redaction import install_log_redaction
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
+from jobs.store import JournalEntry, apply_journal
 from jobs.tasks import load_tasks
 from jobs.tracing import TraceIdFilter
 from worker import runner  # noqa: F401  (RQ imports the runner by name: load it before forking)
@@ -93,8 +96,30 @@ class ConveyorWorker(Worker):
         self._reset_job_state(job.id)
         try:
             super().execute_job(job, queue)
+            self._record_end_in_sql(job.id)
         finally:
             self._reset_job_state(None)
+
+    def _record_end_in_sql(self, job_id: str) -> None:
+        """Make the job's end durable in SQL before this worker takes its next job.
+
+        The journal entry of the end reaches SQL through the recorder a moment later; if Redis
+        lost its data in that moment, the entry would go with it, SQL would still call the job
+        waiting, and the loss sweep would run it a second time. Only the row is written here
+        (one UPDATE that moves it forward, never back); the recorder still stores the event with
+        its data. A database outage is logged and left to the recorder.
+        """
+        try:
+            found = live_store(self.connection).read(job_id)
+            if found is None:
+                return
+            doc = json.loads(found[1])
+            if not JobStatus(doc["status"]).is_terminal:
+                return
+            with session_scope() as session:
+                apply_journal(session, [JournalEntry(event=doc["status"], doc=doc, data={})], events=False)
+        except Exception:
+            log.exception("worker %s: could not record the end of job %s in SQL yet", self.name, job_id)
 
     def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
         paused = self._paused_seconds
