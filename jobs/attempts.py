@@ -6,12 +6,17 @@ here. A pending cancel wins: the job ends canceled. Otherwise the retry
 policy decides between a new attempt (``scheduled`` with the next run time,
 or ``queued``) and ``failed``. Every write is guarded by the attempt number
 and by the job still running, so a late or repeated report changes nothing.
+
+An attempt still running when Redis lost its data finds its job re-seeded from
+SQL as waiting: `reannounce_start` records its start again, so its progress
+and end are accepted instead of the job running twice.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from redis import Redis
@@ -20,7 +25,9 @@ from jobs.clock import isoformat, utcnow
 from jobs.lifecycle import record
 from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, TransitionResult, job_key
 from jobs.redis_conn import get_redis
-from jobs.status import RUNNING, JobStatus
+from jobs.status import RUNNING, WAITING, JobStatus
+
+log = logging.getLogger(__name__)
 
 WORKER_LOST = "WorkerLost"
 
@@ -136,3 +143,36 @@ def end_failed_attempt(
         client=client,
     )
     return AttemptEnd("failed", result, event="failed", data=details)
+
+
+def lost_our_start(result: TransitionResult) -> bool:
+    """A running attempt's write was refused because its job looks waiting: Redis lost its data
+    while the attempt ran, and the live state was re-seeded from SQL, which never heard of the start."""
+    return result.outcome == "refused" and result.current_status in WAITING
+
+
+def reannounce_start(
+    job_id: str, attempt: int, started_at: datetime, *, worker: str, client: Redis | None = None
+) -> bool:
+    """Record this attempt's start again after Redis lost it, so that its progress and its end are
+    accepted rather than the job being run a second time.
+
+    The gate takes it only while the job still waits with this very attempt: had anything else
+    moved it meanwhile (a cancel, a requeue as a new attempt, another worker's start) it refuses,
+    and the attempt stands down as before. The loss sweep leaves the job alone meanwhile: its
+    worker keeps the heartbeat key alive (`ConveyorWorker.maintain_heartbeats`).
+    """
+    again = record(
+        job_id,
+        JobStatus.STARTED,
+        event="started",
+        from_statuses=WAITING,
+        expect_attempt=attempt,
+        patch={"started_at": started_at, "ended_at": None, "error": None},
+        private={"worker": worker},
+        data={"worker": worker, "reannounced": "Redis lost the record of this start"},
+        client=client,
+    )
+    if again.applied:
+        log.warning("job %s: Redis lost the record of its start; recorded it again", job_id)
+    return again.applied

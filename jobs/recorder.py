@@ -24,9 +24,10 @@ import sqlalchemy as sa
 from redis import Redis
 
 from jobs.db import session_scope
-from jobs.live import JOURNAL
+from jobs.live import JOURNAL, live_store
 from jobs.metrics import observe
 from jobs.results import blob_key, fetch_blobs
+from jobs.status import JobStatus
 from jobs.store import JournalEntry, apply_journal
 
 log = logging.getLogger(__name__)
@@ -163,3 +164,38 @@ class Recorder:
                 pending_first = True
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def record_end_now(client: Redis, job_id: str, *, tail: int = 50) -> bool:
+    """Apply a job's journal entries to SQL now, ahead of the recorders; True if SQL has its end.
+
+    A worker calls this when a job ends, before taking the next one: the recorders apply the
+    entries a linger later, and if Redis lost its data meanwhile they would go with it, SQL
+    would still call the job waiting, and the loss sweep would run it again. The job's entries
+    are looked for among the journal's newest ``tail`` (they were written moments ago) and
+    applied together, so SQL never holds the end without the start; it is the same idempotent
+    write the recorder makes later. The end not found there (the recorder was quicker, or the
+    journal is busy): the row alone is moved forward from the live state.
+    """
+    needle = job_id.encode()
+    entries = [
+        entry
+        for _, fields in reversed(client.xrevrange(JOURNAL, count=tail))
+        if needle in fields.get(b"doc", b"")
+        and (entry := _parse(fields)) is not None
+        and entry.job_id == job_id
+    ]
+    if any(JobStatus(e.doc["status"]).is_terminal for e in entries):
+        blobs = fetch_blobs(client, [pair for e in entries if (pair := _referenced_result(e))])
+        with session_scope() as session:
+            apply_journal(session, entries, blobs=blobs)
+        return True
+    found = live_store(client).read(job_id)
+    if found is None:
+        return False
+    doc = json.loads(found[1])
+    if not JobStatus(doc["status"]).is_terminal:
+        return False
+    with session_scope() as session:
+        apply_journal(session, [JournalEntry(event=doc["status"], doc=doc, data={})], events=False)
+    return True

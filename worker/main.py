@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import json
 import logging
 import os
 import signal
@@ -36,17 +35,15 @@ from rq.queue import Queue
 
 from jobs.attempts import end_failed_attempt
 from jobs.clock import utcnow
-from jobs.db import session_scope
 from jobs.lifecycle import record
 from jobs.live import heartbeat_key, job_key, live_store
 from jobs.maintenance import Maintenance
 from jobs.queueing import HEARTBEAT_MARKER, SERIALIZER, get_queue, retry_in
-from jobs.recorder import Recorder
+from jobs.recorder import Recorder, record_end_now
 from jobs.redaction import install_log_redaction
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
-from jobs.store import JournalEntry, apply_journal
 from jobs.tasks import load_tasks
 from jobs.tracing import TraceIdFilter
 from worker import runner  # noqa: F401  (RQ imports the runner by name: load it before forking)
@@ -101,23 +98,10 @@ class ConveyorWorker(Worker):
             self._reset_job_state(None)
 
     def _record_end_in_sql(self, job_id: str) -> None:
-        """Make the job's end durable in SQL before this worker takes its next job.
-
-        The journal entry of the end reaches SQL through the recorder a moment later; if Redis
-        lost its data in that moment, the entry would go with it, SQL would still call the job
-        waiting, and the loss sweep would run it a second time. Only the row is written here
-        (one UPDATE that moves it forward, never back); the recorder still stores the event with
-        its data. A database outage is logged and left to the recorder.
-        """
+        """Make the job's end durable in SQL before this worker takes its next job (see
+        `jobs.recorder.record_end_now`); a database outage is logged and left to the recorder."""
         try:
-            found = live_store(self.connection).read(job_id)
-            if found is None:
-                return
-            doc = json.loads(found[1])
-            if not JobStatus(doc["status"]).is_terminal:
-                return
-            with session_scope() as session:
-                apply_journal(session, [JournalEntry(event=doc["status"], doc=doc, data={})], events=False)
+            record_end_now(self.connection, job_id)
         except Exception:
             log.exception("worker %s: could not record the end of job %s in SQL yet", self.name, job_id)
 
@@ -134,7 +118,9 @@ class ConveyorWorker(Worker):
             pipe.set(heartbeat_key(job.id), 1, ex=ttl, xx=True)
             pipe.hmget(job_key(job.id), ["status", "attempt"])
             _, (status, attempt) = pipe.execute()
-        if status is not None:
+        if status is None:  # Redis lost its data while the job runs: say again that it is alive
+            self.connection.set(heartbeat_key(job.id), 1, ex=ttl)
+        else:
             self._attempt = int(attempt or 0)
             self._track_pause(JobStatus(status.decode().strip('"')) == JobStatus.PAUSED)
         if self._stop_requested and self._shutdown_requested_date is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -34,9 +35,10 @@ from datetime import datetime
 
 from redis import Redis
 
+from jobs.attempts import lost_our_start, reannounce_start
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, heartbeat_key, job_key
+from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, TransitionResult, heartbeat_key, job_key
 from jobs.redaction import redact_text
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
@@ -223,17 +225,27 @@ class Progress:
             self._last_journal = now
         self._percent, self._message = percent, message
         self.writes += 1
-        try:
-            result = record(
+        patch = {"progress": percent, "message": message, "eta_seconds": self._eta(percent)}
+
+        def write() -> TransitionResult:
+            return record(
                 self.job_id,
                 JobStatus.STARTED,
                 event="progress",
                 from_statuses=(JobStatus.STARTED,),
-                patch={"progress": percent, "message": message, "eta_seconds": self._eta(percent)},
+                patch=patch,
                 expect_attempt=self.attempt,
                 journal=journal,
                 client=self._client,
             )
+
+        try:
+            result = write()
+            worker = os.environ.get("RQ_WORKER_ID", "")
+            if lost_our_start(result) and reannounce_start(
+                self.job_id, self.attempt, self._started_at, worker=worker, client=self._client
+            ):
+                result = write()
         except Exception:  # a progress write must never fail the task
             log.exception("progress: could not write progress of job %s", self.job_id)
             return

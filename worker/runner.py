@@ -22,10 +22,10 @@ from rq import get_current_job
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
-from jobs.attempts import end_failed_attempt, record_canceled
+from jobs.attempts import end_failed_attempt, lost_our_start, reannounce_start, record_canceled
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import CONTROL_AT, CONTROL_BY, job_key
+from jobs.live import CONTROL_AT, CONTROL_BY, TransitionResult, job_key
 from jobs.queueing import retry_in
 from jobs.redaction import redact, redact_text
 from jobs.redis_conn import get_redis
@@ -114,14 +114,22 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         _record_failure(rq_job, exc, attempt)
         raise
     progress.close()
-    finished = record(
-        job_id,
-        JobStatus.FINISHED,
-        event="finished",
-        patch={**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None},
-        expect_attempt=attempt,
-        client=client,
-    )
+
+    def finish() -> TransitionResult:
+        return record(
+            job_id,
+            JobStatus.FINISHED,
+            event="finished",
+            patch={**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None},
+            expect_attempt=attempt,
+            client=client,
+        )
+
+    finished = finish()
+    if lost_our_start(finished) and reannounce_start(
+        job_id, attempt, started_at, worker=worker_name, client=client
+    ):
+        finished = finish()
     if fields["result_ref"] is not None and not finished.applied:
         discard_blob(job_id, attempt, client)
     # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
@@ -137,6 +145,9 @@ def _record_failure(rq_job: RQJob, exc: BaseException, attempt: int) -> None:
     error = error_info(exc)
     data = {"traceback": redact_text(traceback.format_exc(limit=30))}
     ended = end_failed_attempt(rq_job.id, error, attempt=attempt, retry_in=retry_in(rq_job), data=data)
+    worker = os.environ.get("RQ_WORKER_ID", "")
+    if lost_our_start(ended.result) and reannounce_start(rq_job.id, attempt, utcnow(), worker=worker):
+        ended = end_failed_attempt(rq_job.id, error, attempt=attempt, retry_in=retry_in(rq_job), data=data)
     if ended.outcome == "canceled":
         _no_retry(rq_job)
 
