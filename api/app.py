@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
 from api.outages import DependencyOutages
-from api.routes import control, health, history, insights, jobs, live, metrics
+from api.routes import api_docs, control, health, history, insights, jobs, live, metrics
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
@@ -74,10 +74,13 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Background jobs with live progress: submit, watch, steer and review jobs.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: ours serve vendored assets (api/routes/api_docs.py)
+        redoc_url=None,
     )
     app.add_middleware(SnapshotFastPath)  # first, so innermost: see its docstring
     app.add_exception_handler(ConveyorError, conveyor_error)
     app.include_router(health.router)
+    app.include_router(api_docs.router)
     app.include_router(jobs.router)
     app.include_router(history.router)
     app.include_router(insights.router)
