@@ -22,7 +22,13 @@ from sqlmodel import Session
 
 from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
-from jobs.errors import IdempotencyConflict, IllegalTransition, InvalidRequest, ServiceUnavailable
+from jobs.errors import (
+    IdempotencyConflict,
+    IllegalTransition,
+    InvalidPayload,
+    InvalidRequest,
+    ServiceUnavailable,
+)
 from jobs.live import job_key
 from jobs.models import Job, JobEvent
 from jobs.queueing import enqueue
@@ -31,6 +37,7 @@ from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import assemble, doc_from_row, row_fields
 from jobs.status import JobStatus
+from jobs.storable import Unstorable, find_unstorable
 from jobs.store import add_job, find_by_idempotency_key, get_job
 from jobs.tasks import TaskSpec, get_task
 
@@ -149,9 +156,13 @@ def submit_job(
     (job ids of the same tenant) it waits as ``deferred`` until they finish.
     """
     spec = get_task(task)
+    max_depth = get_settings().max_json_depth
+    # NaN and Infinity first: the model's JSON dump would quietly turn them into null.
+    _refuse_unstorable(spec.name, find_unstorable(payload, max_depth=max_depth, text=False))
     model = spec.validate(payload)
     queue_name = _resolve_queue(spec, queue)
     clean = model.model_dump(mode="json")
+    _refuse_unstorable(spec.name, find_unstorable(clean, max_depth=max_depth))
     now = utcnow()
     when = _run_at(now, run_at, delay)
     if when is not None and depends_on:
@@ -233,6 +244,14 @@ def submit_job(
         _mark_enqueue_failed(job, str(exc))
         raise ServiceUnavailable(REDIS_DOWN, job_id=job.job_id) from None
     return Submission(job_id=job.job_id, doc=doc, created=True)
+
+
+def _refuse_unstorable(task: str, problem: Unstorable | None) -> None:
+    """A 422 naming the field a database could not store (the same on SQLite and PostgreSQL)."""
+    if problem is None:
+        return
+    where = ".".join(str(part) for part in ("payload", *problem.loc))
+    raise InvalidPayload(task, [problem.error()], message=f"`{where}`: {problem.msg}.")
 
 
 def _mark_enqueue_failed(job: Job, detail: str) -> None:

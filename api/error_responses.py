@@ -1,0 +1,48 @@
+"""Error responses that always serialise: a 4xx must never turn into a 500 while it is rendered.
+
+A request that fails validation is echoed back in its error (`input`, `ctx`),
+and what a client sent may be what JSON cannot write: NaN or Infinity (Python's
+parser accepts them), or a lone UTF-16 surrogate (valid in a JSON escape, not
+in UTF-8). Such values are spelled out as text instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from jobs.errors import ConveyorError
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite numbers as their names and unencodable text escaped."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {json_safe(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+async def conveyor_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ConveyorError)
+    body = json_safe({"detail": exc.message, **exc.extra})
+    return JSONResponse(body, status_code=exc.status_code)
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 (`{"detail": [errors]}`), made safe to write whatever the client sent."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
