@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from api.error_responses import conveyor_error, invalid_request
+from api.error_responses import conveyor_error, document_error_shapes, invalid_request
 from api.limits import BodySizeLimit, JsonNestingLimit
 from api.outages import DependencyOutages
 from api.routes import api_docs, control, health, history, insights, jobs, live, metrics
@@ -76,6 +76,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SnapshotFastPath)  # first, so innermost: see its docstring
     app.add_exception_handler(ConveyorError, conveyor_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    generate_schema = app.openapi
+    app.openapi = lambda: document_error_shapes(generate_schema())  # type: ignore[method-assign]
     app.include_router(health.router)
     app.include_router(api_docs.router)
     app.include_router(jobs.router)

@@ -46,3 +46,34 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 (`{"detail": [errors]}`), made safe to write whatever the client sent."""
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def document_error_shapes(schema: dict[str, Any]) -> dict[str, Any]:
+    """Describe the 422 as it is: FastAPI's list of field errors, or Conveyor's message.
+
+    FastAPI documents every 422 as `{"detail": [field errors]}`; Conveyor's own
+    checks (a cursor, a window, a payload) answer `{"detail": "message", ...}`
+    with details beside it (`errors` for a payload). Both are documented, so a
+    client (and the fuzz test) can rely on the schema. Changes ``schema`` in place.
+    """
+    shapes = schema.get("components", {}).get("schemas", {})
+    error = shapes.get("HTTPValidationError")
+    if error is None or "anyOf" in error["properties"]["detail"]:
+        return schema
+    field_errors = error["properties"]["detail"]
+    error["description"] = (
+        "A request that does not fit: `detail` is either the list of field errors, or a message "
+        "saying what to change (with `errors`, the payload's field errors, when there are any)."
+    )
+    error["properties"]["detail"] = {
+        "title": "Detail",
+        "anyOf": [field_errors, {"type": "string"}],
+    }
+    error["properties"]["errors"] = {
+        "title": "Errors",
+        "type": "array",
+        "items": {"type": "object", "additionalProperties": True},
+        "description": "A payload's field errors (`loc` within the payload, `msg`, `type`).",
+    }
+    error["additionalProperties"] = True
+    return schema
