@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from api.error_responses import conveyor_error, document_error_shapes, invalid_request
-from api.limits import BodySizeLimit, JsonNestingLimit
+from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
 from api.routes import api_docs, control, health, history, insights, jobs, live, metrics
 from api.snapshot_fast_path import SnapshotFastPath
@@ -92,6 +92,7 @@ def create_app() -> FastAPI:
         app.include_router(compat.router)
     mount_web(app)  # the HTMX pages and /static
     hide_access_tokens_in_access_log()
+    app.add_middleware(NulInQuery)
     app.add_middleware(JsonNestingLimit, max_depth=settings.max_json_depth)  # inside: bodies are bounded
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(JsonResponseHeaders)  # job data: never cached, never sniffed

@@ -1,9 +1,10 @@
-"""Refuse request bodies over the configured size (413) or JSON nested too deep (422), before any
-route reads them."""
+"""Refuse request bodies over the configured size (413), JSON nested too deep (422) and NUL in a
+query (422), before any route reads them."""
 
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -131,3 +132,35 @@ def _is_json(scope: Scope) -> bool:
         if name == b"content-type":
             return b"json" in value.lower()
     return True
+
+
+class NulInQuery:
+    """Pure ASGI middleware: a NUL character (`%00`) in a query parameter is a 422 naming it.
+
+    PostgreSQL text cannot hold NUL, so a filter such as `?task=%00` would reach
+    the database only to fail there (a 500); SQLite would answer. Refusing it
+    here keeps one behaviour on both, for the API and the pages alike.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if b"%00" in query or b"\x00" in query:
+            pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            names = [name for name, value in pairs if "\x00" in name + value]
+            if names:
+                shown = _printable(names[0])
+                await _refuse(
+                    send,
+                    422,
+                    f"The query parameter `{shown}` contains a NUL character (%00), which no "
+                    "job, task, queue or tag can hold; remove it.",
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+def _printable(name: str) -> str:
+    return name.replace("\x00", "%00")[:64]

@@ -193,3 +193,20 @@ def test_the_web_form_refuses_deep_json_and_unstorable_text_by_the_field(app: An
         nul = submit('{"a": "x\\u0000y"}')
         assert nul.status_code == 422
         assert "NUL character" in nul.text
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/v1/jobs?tag=a%00", "tag"),
+        ("/api/v1/jobs?limit=5&task=x%00y", "task"),
+        ("/api/v1/jobs?queue=%00", "queue"),
+        ("/api/v1/analytics/summary?task=%00", "task"),
+        ("/api/v1/queue/stats?window=1h%00", "window"),
+    ],
+)
+def test_a_nul_in_a_query_parameter_is_a_422_naming_it(client: TestClient, path: str, name: str):
+    """PostgreSQL text cannot hold NUL: such a filter used to fail in the database, a 500."""
+    response = client.get(path)
+    assert response.status_code == 422, response.text
+    assert f"`{name}` contains a NUL character" in response.json()["detail"]
