@@ -194,6 +194,10 @@ def test_the_web_form_refuses_deep_json_and_unstorable_text_by_the_field(app: An
         assert nul.status_code == 422
         assert "NUL character" in nul.text
 
+        form = web.get("/jobs/new/always_fails")  # a forged idempotency key holding NUL: ignored
+        data = {"csrf_token": csrf_from(form.text), "idempotency_key": "k\x00", "message": "hi"}
+        assert web.post("/jobs/new/always_fails", data=data, follow_redirects=False).status_code == 303
+
 
 @pytest.mark.parametrize(
     ("path", "name"),
