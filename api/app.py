@@ -12,12 +12,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
-from api.limits import BodySizeLimit
+from api.error_responses import conveyor_error, document_error_shapes, invalid_request
+from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
-from api.routes import control, health, history, insights, jobs, live, metrics
+from api.routes import api_docs, control, health, history, insights, jobs, live, metrics
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
@@ -25,11 +26,6 @@ from jobs.settings import get_settings
 from web import mount_web
 
 log = logging.getLogger(__name__)
-
-
-async def conveyor_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ConveyorError)
-    return JSONResponse({"detail": exc.message, **exc.extra}, status_code=exc.status_code)
 
 
 class HideAccessTokens(logging.Filter):
@@ -74,10 +70,16 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Background jobs with live progress: submit, watch, steer and review jobs.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: ours serve vendored assets (api/routes/api_docs.py)
+        redoc_url=None,
     )
     app.add_middleware(SnapshotFastPath)  # first, so innermost: see its docstring
     app.add_exception_handler(ConveyorError, conveyor_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    generate_schema = app.openapi
+    app.openapi = lambda: document_error_shapes(generate_schema())  # type: ignore[method-assign]
     app.include_router(health.router)
+    app.include_router(api_docs.router)
     app.include_router(jobs.router)
     app.include_router(history.router)
     app.include_router(insights.router)
@@ -90,6 +92,8 @@ def create_app() -> FastAPI:
         app.include_router(compat.router)
     mount_web(app)  # the HTMX pages and /static
     hide_access_tokens_in_access_log()
+    app.add_middleware(NulInQuery)
+    app.add_middleware(JsonNestingLimit, max_depth=settings.max_json_depth)  # inside: bodies are bounded
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(JsonResponseHeaders)  # job data: never cached, never sniffed
     app.add_middleware(DependencyOutages)  # last, so outermost: a 503 for an outage anywhere below

@@ -281,7 +281,7 @@ async def poll_seed002(
     return status_seed002(json.loads(found.doc))
 
 
-@router.get("/api/v1/jobs/status/{job_id}/stream", response_class=EventStream)
+@router.get("/api/v1/jobs/status/{job_id}/stream", response_class=EventStream, status_code=200)
 async def stream_seed002(
     job_id: str,
     principal: StreamPrincipal,

@@ -49,12 +49,21 @@ def redis_unreachable(exc: BaseException) -> bool:
 
 
 def outage_of(exc: BaseException) -> str | None:
-    """'database' or 'redis' when ``exc`` means that dependency is unreachable, else None."""
+    """'database' or 'redis' when ``exc`` means that dependency is unreachable (or, for Redis,
+    refusing writes), else None."""
     sa_exc = sys.modules.get("sqlalchemy.exc")
     if sa_exc is not None and isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
         return "database"
     redis_exc = sys.modules.get("redis.exceptions")
-    if redis_exc is not None and isinstance(exc, redis_exc.ConnectionError | redis_exc.TimeoutError):
+    if redis_exc is not None and isinstance(
+        exc,
+        redis_exc.ConnectionError
+        | redis_exc.TimeoutError
+        # Reachable but refusing writes: out of memory, a read-only replica, a failover under way.
+        | redis_exc.OutOfMemoryError
+        | redis_exc.ReadOnlyError
+        | redis_exc.ClusterDownError,
+    ):
         return "redis"
     return None
 

@@ -26,6 +26,8 @@ def parse_iso(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+MAX_DURATION = timedelta(days=100 * 366)
+"""The longest duration ``parse_duration`` accepts (callers bound theirs more tightly)."""
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
@@ -34,8 +36,14 @@ def parse_duration(text: str) -> timedelta:
     """`90d`, `12h`, `30m`, `45s`, `2w` (or plain seconds) as a timedelta; ValueError otherwise."""
     text = text.strip().lower()
     if text.replace(".", "", 1).isdigit():
-        return timedelta(seconds=float(text))
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration: use a number and a unit, like 90d, 12h, 30m or 45s")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        seconds = float(text)
+    else:
+        match = _DURATION.match(text)
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not a duration: use a number and a unit, like 90d, 12h, 30m or 45s"
+            )
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION.total_seconds():  # timedelta itself overflows at 999,999,999 days
+        raise ValueError(f"{text!r} is too long: at most {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)

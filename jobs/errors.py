@@ -28,8 +28,8 @@ class UnknownTask(ConveyorError):
 class InvalidPayload(ConveyorError):
     status_code = 422
 
-    def __init__(self, task: str, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"The payload does not fit task {task!r}'s schema.", errors=errors)
+    def __init__(self, task: str, errors: list[dict[str, Any]], message: str | None = None) -> None:
+        super().__init__(message or f"The payload does not fit task {task!r}'s schema.", errors=errors)
 
 
 class InvalidRequest(ConveyorError):

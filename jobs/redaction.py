@@ -79,12 +79,18 @@ def redact_text(text: str, markers: list[str] | None = None) -> str:
 
 
 def _redact_record(record: logging.LogRecord) -> None:
+    # Arguments first, each in place: some formatters read ``record.args`` itself (uvicorn's access
+    # formatter unpacks its five), so they must keep their shape whenever that is enough.
+    if isinstance(record.args, tuple) and record.args:
+        record.args = tuple(redact_text(a) if isinstance(a, str) else a for a in record.args)
     try:
         message = record.getMessage()
     except Exception:  # a malformed record is logging's problem, not ours
         return
     cleaned = redact_text(message)
-    if cleaned != message:
+    # A secret the arguments alone did not show: flatten the message. Not uvicorn's access line:
+    # its formatter needs the arguments, and its only free text (the path) is redacted above.
+    if cleaned != message and record.name != "uvicorn.access":
         record.msg, record.args = cleaned, None
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)

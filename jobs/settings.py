@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     metrics_namespace: str = "Conveyor"
     log_level: str = "INFO"
 
+    # Issue 11, bad input: how deep a JSON body, a form's JSON field or a payload may nest
+    # arrays and objects (deeper: 422, checked before parsing, so it never costs a recursion).
+    max_json_depth: int = Field(default=64, ge=2, le=200)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if not self.secret_key:

@@ -67,8 +67,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
+        if not isinstance(created, str) or not isinstance(job_id, str):  # e.g. a number: not ours
+            raise ValueError
         when = parse_iso(created)
-        if when is None or not isinstance(job_id, str):
+        if when is None:
             raise ValueError
         return when, job_id
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):

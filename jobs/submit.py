@@ -22,15 +22,22 @@ from sqlmodel import Session
 
 from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
-from jobs.errors import IdempotencyConflict, IllegalTransition, InvalidRequest, ServiceUnavailable
+from jobs.errors import (
+    IdempotencyConflict,
+    IllegalTransition,
+    InvalidPayload,
+    InvalidRequest,
+    ServiceUnavailable,
+)
 from jobs.live import job_key
 from jobs.models import Job, JobEvent
 from jobs.queueing import enqueue
-from jobs.redaction import redact
+from jobs.redaction import redact, redact_text
 from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import assemble, doc_from_row, row_fields
 from jobs.status import JobStatus
+from jobs.storable import Unstorable, find_unstorable
 from jobs.store import add_job, find_by_idempotency_key, get_job
 from jobs.tasks import TaskSpec, get_task
 
@@ -41,7 +48,12 @@ REDIS_DOWN = (
     "Redis is unavailable, so the job could not be enqueued. It is recorded as failed "
     "(EnqueueFailed); submit it again once Redis is back."
 )
-
+REDIS_REFUSED = (
+    "Redis refused to enqueue the job ({reason}). It is recorded as failed (EnqueueFailed); "
+    "submit it again once Redis accepts writes."
+)
+# The statuses a job is submitted in: only these are marked failed when enqueueing fails.
+WAITING = frozenset({JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value})
 
 MAX_AHEAD = timedelta(days=366)
 MAX_PARENTS = 20
@@ -149,9 +161,13 @@ def submit_job(
     (job ids of the same tenant) it waits as ``deferred`` until they finish.
     """
     spec = get_task(task)
+    max_depth = get_settings().max_json_depth
+    # NaN and Infinity first: the model's JSON dump would quietly turn them into null.
+    _refuse_unstorable(spec.name, find_unstorable(payload, max_depth=max_depth, text=False))
     model = spec.validate(payload)
     queue_name = _resolve_queue(spec, queue)
     clean = model.model_dump(mode="json")
+    _refuse_unstorable(spec.name, find_unstorable(clean, max_depth=max_depth))
     now = utcnow()
     when = _run_at(now, run_at, delay)
     if when is not None and depends_on:
@@ -230,22 +246,47 @@ def submit_job(
             raise ServiceUnavailable("the jobs this one depends on kept changing while it was enqueued")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ServiceUnavailable) as exc:
         log.error("submit: could not enqueue job %s: %s", job.job_id, exc)
-        _mark_enqueue_failed(job, str(exc))
+        _mark_enqueue_failed(job, f"Redis was unavailable at submission: {exc}")
         raise ServiceUnavailable(REDIS_DOWN, job_id=job.job_id) from None
+    except redis.exceptions.RedisError as exc:
+        # Out of memory, a read-only replica, a missing script...: Redis answered but refused. The
+        # transaction did not run, so nothing waits in RQ; marked failed, the reconciler leaves it.
+        reason = _first_line(exc)
+        log.error("submit: Redis refused to enqueue job %s: %s", job.job_id, reason)
+        _mark_enqueue_failed(job, f"Redis refused the job at submission: {reason}")
+        raise ServiceUnavailable(REDIS_REFUSED.format(reason=reason), job_id=job.job_id) from None
+    except Exception as exc:
+        # Whatever else went wrong, the row must not stay `queued` for the reconciler to run later.
+        _mark_enqueue_failed(job, f"the job could not be enqueued: {type(exc).__name__}")
+        raise
     return Submission(job_id=job.job_id, doc=doc, created=True)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _refuse_unstorable(task: str, problem: Unstorable | None) -> None:
+    """A 422 naming the field a database could not store (the same on SQLite and PostgreSQL)."""
+    if problem is None:
+        return
+    where = ".".join(str(part) for part in ("payload", *problem.loc))
+    raise InvalidPayload(task, [problem.error()], message=f"`{where}`: {problem.msg}.")
+
+
 def _mark_enqueue_failed(job: Job, detail: str) -> None:
+    """Mark the row that could not be enqueued `failed` (EnqueueFailed), so nothing runs it later."""
     now = utcnow()
     try:
         with session_scope() as session:
             row = session.get(Job, job.job_id)
-            if row is None or row.status != JobStatus.QUEUED.value:
+            if row is None or row.status not in WAITING:
                 return
             row.status = JobStatus.FAILED.value
             row.idempotency_key = None  # a 503 is not a stored outcome: the client's retry makes a new job
             row.error_type = "EnqueueFailed"
-            row.error_detail = f"Redis was unavailable at submission: {detail}"
+            row.error_detail = redact_text(detail)
             row.ended_at = row.failed_at = row.updated_at = now
             row.seq += 1
             session.add(

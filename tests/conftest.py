@@ -354,9 +354,16 @@ def api(app: Any, tenant: Tenant) -> Iterator[Any]:
 class ServerProcess:
     """A real uvicorn serving the app, for clients that need a socket (CLI, streams, browsers)."""
 
-    def __init__(self, backend: Backend, log_path: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        log_level: str = "warning",
+    ):
         from jobs.embedded import free_port
 
+        self.log_level = log_level
         self.backend = backend
         self.log_path = log_path
         self.port = free_port()
@@ -379,7 +386,7 @@ class ServerProcess:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
             env=env,
             cwd=ROOT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from jobs.db import reset_engine, session_scope
@@ -70,3 +71,62 @@ def test_database_down_at_submit_is_503_and_nothing_is_enqueued(
         assert queue.count == before
         listing = client.get("/api/v1/jobs")
         assert listing.status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("setup", "refusal"),
+    [
+        # Out of memory: no write fits under 1 byte with eviction off.
+        ([("maxmemory", "1"), ("maxmemory-policy", "noeviction")], "OutOfMemoryError"),
+        # A replica refuses writes: the same server, made a replica of a port nothing listens on
+        # (it keeps its data while it cannot reach that primary).
+        ([("replica-read-only", "yes")], "ReadOnlyError"),
+    ],
+)
+def test_a_redis_that_refuses_the_enqueue_is_503_and_the_job_never_runs(
+    app: Any,
+    tenant: Tenant,
+    redis_client: Any,
+    monkeypatch: Any,
+    setup: list[tuple[str, str]],
+    refusal: str,
+):
+    """Not only a lost connection: any refusal is a 503 and a `failed` row, so no retry runs twice."""
+    from jobs.queueing import fetch, get_queue
+    from jobs.reconciler import Reconciler
+
+    saved = {name: redis_client.config_get(name)[name] for name, _ in setup}
+    with TestClient(app, headers=tenant.headers) as client:
+        assert client.get("/api/v1/jobs").status_code == 200  # the key is verified and cached
+        try:
+            for name, value in setup:
+                redis_client.config_set(name, value)
+            if refusal == "ReadOnlyError":
+                redis_client.execute_command("REPLICAOF", "127.0.0.1", "1")
+            response = client.post(
+                "/api/v1/jobs", json={"task": "long_task", "payload": {"n": 1}, "queue": "other"}
+            )
+        finally:
+            if refusal == "ReadOnlyError":
+                redis_client.execute_command("REPLICAOF", "NO", "ONE")
+            for name, value in saved.items():
+                redis_client.config_set(name, value)
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert "Redis refused to enqueue the job" in body["detail"] and refusal in body["detail"]
+    job_id = body["job_id"]
+    with session_scope() as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        assert (row.status, row.error_type) == ("failed", "EnqueueFailed")
+        assert refusal in (row.error_detail or "")
+
+    # The reconciler (even with no grace at all) finds nothing to run again.
+    monkeypatch.setenv("CONVEYOR_RECONCILE_GRACE", "0")
+    get_settings.cache_clear()
+    Reconciler(redis_client, use_lock=False).run_pass(sweep=True)
+    assert fetch(job_id, redis_client) is None
+    assert job_id not in get_queue("other", redis_client).get_job_ids()
+    with session_scope() as session:
+        row = session.get(Job, job_id)
+        assert row is not None and row.status == "failed"

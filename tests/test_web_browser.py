@@ -253,3 +253,23 @@ def test_the_jobs_table_polls_while_a_job_runs_and_stops_after(
     assert watch.count(r"/jobs/table") == polled
     assert watch.problems == [], watch.problems
     context.close()
+
+
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".opblock"), ("/redoc", "h1")])
+def test_the_api_docs_render_offline_under_their_csp(
+    browser: Any, live_server: ServerProcess, backend: Backend, path: str, rendered: str
+):
+    """Swagger UI and ReDoc draw the API from the package's own assets, refused nothing by the CSP."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = PageWatch(page)
+    page.goto(f"{live_server.url}{path}")
+    page.wait_for_selector(rendered, timeout=20_000)
+    assert "/api/v1/jobs" in page.inner_text("body")
+    # ReDoc's attribution image points at its CDN: the policy refuses it (nothing leaves the browser).
+    attribution = "cdn.redoc.ly/redoc/logo-mini"
+    assert [p for p in watch.problems if attribution not in p] == []
+    local = (live_server.url, f"blob:{live_server.url}", "data:")  # ReDoc's search worker is a blob
+    assert [url for url in watch.requests if not url.startswith(local) and attribution not in url] == []
+    shoot(page, f"api{path.replace('/', '-')}", backend)
+    context.close()

@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.settings import get_settings
+from jobs.storable import nesting_exceeds
+
 WHOLE_PAYLOAD = "__payload__"
 LONG_TEXT = 200
 
@@ -201,6 +204,9 @@ def _convert(form_field: FormField, text: str) -> Any:
         except (ValueError, IndexError):
             raise ValueError("Choose one of the options.") from None
     if form_field.kind == "json":
+        limit = get_settings().max_json_depth
+        if nesting_exceeds(text, limit):
+            raise ValueError(f"Nest at most {limit} levels of arrays and objects (CONVEYOR_MAX_JSON_DEPTH).")
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:

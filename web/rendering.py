@@ -101,6 +101,8 @@ def ui_version() -> str:
     if _version is None:
         digest = hashlib.sha256()
         for path in sorted([*TEMPLATES.glob("*.html"), *(TEMPLATES.parent / "static").glob("*")]):
+            if not path.is_file():  # static/apidocs: the API docs' assets, versioned on their own
+                continue
             digest.update(path.name.encode() + path.read_bytes())
         _version = digest.hexdigest()[:8]
     return _version

@@ -18,6 +18,9 @@ from jobs.settings import get_settings
 router = APIRouter(prefix="/api/v1", tags=["insights"])
 
 DEFAULT_DAYS = 7
+# Dates outside these are typos (and near years 1 and 9999, date arithmetic overflows).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def parse_instant(name: str, text: str) -> datetime:
@@ -29,7 +32,16 @@ def parse_instant(name: str, text: str) -> datetime:
             f"`{name}` must be an ISO 8601 date or date-time, like 2026-01-31 or 2026-01-31T12:00:00Z; "
             f"got {text!r}."
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    out_of_range = InvalidRequest(
+        f"`{name}` must be between {EARLIEST.date()} and {LATEST.date()}; got {text!r}."
+    )
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise out_of_range from None
+    if not EARLIEST <= value <= LATEST:
+        raise out_of_range
+    return value
 
 
 @router.get("/queue/stats", response_model=QueueStatsReport)
@@ -49,10 +61,15 @@ def get_queue_stats(
         try:
             span = parse_duration(window)
         except ValueError as exc:
-            raise InvalidRequest(f"`window`: {exc}.") from None
-        if not timedelta(minutes=1) <= span <= timedelta(days=get_settings().analytics_max_days):
+            span = None
+            problem = f"{exc}; "
+        else:
+            problem = ""
+        bound = get_settings().analytics_max_days
+        if span is None or not timedelta(minutes=1) <= span <= timedelta(days=bound):
             raise InvalidRequest(
-                f"`window` must be between 1m and {get_settings().analytics_max_days}d; got {window!r}."
+                f"`window`: {problem}it must be between 1m and {bound}d "
+                f"(CONVEYOR_ANALYTICS_MAX_DAYS); got {window!r}."
             )
     from jobs.db import session_scope
     from jobs.queue_stats import queue_stats

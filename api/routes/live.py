@@ -103,6 +103,7 @@ async def poll(
 @router.get(
     "/jobs/{job_id}/stream",
     response_class=EventStream,
+    status_code=200,  # EventStream takes no status_code: FastAPI cannot infer one for the schema
     responses={
         200: {
             "content": {"text/event-stream": {}},
