@@ -9,7 +9,6 @@ byte-identical documents.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from pydantic import ConfigDict
 from jobs.clock import isoformat
 from jobs.lazy_model import LazyModel
 from jobs.status import JobStatus
+from jobs.storable import storable_json
 
 if TYPE_CHECKING:
     from jobs.models import Job
@@ -88,10 +88,10 @@ class JobSnapshot(LazyModel):
 
 
 def encode(value: Any) -> str:
-    """The JSON text of one field, as stored in the live hash."""
+    """The JSON text of one field, as stored in the live hash (NUL-free: see jobs/storable.py)."""
     if isinstance(value, datetime):
         value = isoformat(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return storable_json(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def assemble(fields: dict[str, str]) -> bytes:

@@ -42,3 +42,17 @@ def leaky(payload: LeakyPayload, progress: Progress) -> dict[str, Any]:
     if payload.fail:
         raise RuntimeError("login failed: password=hunter2 token=tok-999 at postgresql://u:pw-777@db/x")
     return {"token": "tok-999", "nested": {"client_secret": "sec-qz9"}, "value": 42}
+
+
+class NulPayload(BaseModel):
+    fail: bool = False
+
+
+@task(queue="default", timeout=30)
+def nul_bytes(payload: NulPayload, progress: Progress) -> dict[str, Any]:
+    """Put NUL characters (binary data, C-library messages) everywhere a task's output surfaces."""
+    progress.update(50, message="read\x00half")
+    progress.flush()
+    if payload.fail:
+        raise RuntimeError("libfoo: bad byte \x00 at 7")
+    return {"bytes": "ab\x00cd", "key\x00": ["\x00"]}
