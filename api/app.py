@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
 from api.outages import DependencyOutages
-from api.routes import control, health, history, insights, jobs, live, metrics
+from api.routes import control, health, history, insights, jobs, journal, live, metrics
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
@@ -82,6 +82,7 @@ def create_app() -> FastAPI:
     app.include_router(history.router)
     app.include_router(insights.router)
     app.include_router(metrics.router)
+    app.include_router(journal.router)
     app.include_router(control.router)
     app.include_router(live.router)
     if settings.compat_endpoints:

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     metrics_namespace: str = "Conveyor"
     log_level: str = "INFO"
 
+    # Issue 11, history never stalls: journal entries SQL refused are set aside (a Redis stream,
+    # see jobs/set_aside.py) and kept up to this many, the oldest dropped first.
+    journal_set_aside_max: int = Field(default=10_000, ge=1)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if not self.secret_key:

@@ -3,18 +3,25 @@ that still cannot be applied is set aside while every other entry flows on."""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from jobs.db import session_scope
 from jobs.lifecycle import record
+from jobs.live import JOURNAL, job_key
+from jobs.metrics import read_counters
 from jobs.models import Job, JobEvent, JobResult
 from jobs.recorder import Recorder
+from jobs.set_aside import SET_ASIDE, listing
 from jobs.status import JobStatus
 from jobs.storable import REPLACEMENT, storable, storable_json
-from tests.conftest import Backend, seed_job
+from tests.conftest import Backend, Tenant, make_tenant, seed_job
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, submit, wait_sql_status, wait_status
 
@@ -96,3 +103,130 @@ def test_a_large_result_with_nul_is_stored_by_reference(env: Backend, redis_clie
 
     body = wait_until(stored, timeout=10, message="the result to reach SQL").body
     assert "\\u0000" not in body and R in body
+
+
+# --- an entry SQL refuses is set aside; the rest flows on --------------------------------------
+
+
+@pytest.fixture
+def clean_set_aside(redis_client: Any) -> Iterator[None]:
+    """Entries set aside make the health verdict degraded: leave none behind for later tests."""
+    redis_client.delete(SET_ASIDE)
+    yield
+    redis_client.delete(SET_ASIDE)
+
+
+def _raw_entry(client: Any, job_id: str, **changes: Any) -> str:
+    """Journal a hand-made `finished` entry for ``job_id``, bypassing the live store (and its sanitiser)."""
+    doc = json.loads(client.hget(job_key(job_id), "_doc"))
+    doc.update({"status": "finished", "seq": doc["seq"] + 1, **changes})
+    body = json.dumps(doc).replace("@NUL@", "\\u0000")
+    return client.xadd(JOURNAL, {"event": "finished", "doc": body, "data": ""}).decode()
+
+
+def _set_aside_total(client: Any) -> int:
+    return read_counters(client).set_aside
+
+
+def test_an_entry_sql_refuses_is_set_aside_and_the_rest_lands(
+    env: Backend, redis_client: Any, clean_set_aside: None, tenant: Tenant
+):
+    before = _set_aside_total(redis_client)
+    first, refused, nul, after = (seed_job(tenant=tenant.name) for _ in range(4))
+    record(first, S.STARTED, event="started")
+    # NOT NULL violated on both databases: an update with no updated_at.
+    bad_id = _raw_entry(redis_client, refused, updated_at=None)
+    # A NUL that PostgreSQL cannot store in JSONB (SQLite can: there it simply lands).
+    nul_id = _raw_entry(redis_client, nul, message="nul @NUL@ here", result={"v": "@NUL@"})
+    record(after, S.STARTED, event="started")
+    record(after, S.FINISHED, event="finished", patch={"result": 1})
+
+    Recorder(redis_client, consumer="test-set-aside").drain()  # one batch holds them all
+    _wait_row(first, "started")
+    assert _wait_row(after, "finished").result == 1
+    expected = {bad_id} | ({nul_id} if env.name == "postgres" else set())
+    if env.name == "sqlite":
+        assert _wait_row(nul, "finished").message == "nul \x00 here"
+
+    def held() -> list[Any]:
+        items = listing(redis_client, tenant=None, limit=100)
+        return items if {i.journal_id for i in items} == expected else []
+
+    items = {i.journal_id: i for i in wait_until(held, timeout=10, message="the bad entries set aside")}
+    assert _row(refused) is not None and _row(refused).status == "queued"  # type: ignore[union-attr]
+    assert items[bad_id].job_id == refused and items[bad_id].tenant == tenant.name
+    assert items[bad_id].reason.startswith("IntegrityError"), items[bad_id].reason
+    assert json.loads(items[bad_id].fields["doc"])["job_id"] == refused
+    if env.name == "postgres":
+        assert items[nul_id].reason.startswith(("DataError", "StatementError")), items[nul_id].reason
+    assert redis_client.xlen(JOURNAL) == 0 or wait_until(
+        lambda: redis_client.xlen(JOURNAL) == 0, timeout=10, message="the journal to empty"
+    )
+    assert _set_aside_total(redis_client) - before == len(expected)
+
+    # A later batch flows as usual.
+    later = seed_job(tenant=tenant.name)
+    record(later, S.STARTED, event="started")
+    Recorder(redis_client, consumer="test-set-aside").drain()
+    _wait_row(later, "started")
+
+
+def test_set_aside_entries_show_in_metrics_health_and_the_admin_route(
+    env: Backend, redis_client: Any, clean_set_aside: None, app: Any
+):
+    from fastapi.testclient import TestClient
+
+    admin, member, operator, other = (
+        make_tenant("admin"),
+        make_tenant("member"),
+        make_tenant("operator"),
+        make_tenant("admin"),
+    )
+    job_id = seed_job(tenant=admin.name)
+    bad_id = _raw_entry(redis_client, job_id, updated_at=None)
+    Recorder(redis_client, consumer="test-set-aside-views").drain()
+    wait_until(lambda: redis_client.xlen(SET_ASIDE) == 1, timeout=10, message="the entry set aside")
+
+    with TestClient(app) as client:
+        body = client.get("/metrics", headers=admin.headers).text
+        assert "conveyor_journal_set_aside_held 1.0" in body
+        assert re.search(r"^conveyor_journal_set_aside_total [1-9]", body, re.M), body
+
+        for who, query, full in ((admin, "", False), (operator, "?tenant=*", True)):
+            stats = client.get(f"/api/v1/queue/stats{query}", headers=who.headers).json()
+            assert stats["health"]["status"] != "healthy"
+            reason = next(r for r in stats["health"]["reasons"] if r["code"] == "journal_set_aside")
+            assert "1 journal entries" in reason["message"] and "IntegrityError" in reason["message"]
+            assert ("null" in reason["message"].lower()) == full, reason["message"]
+
+        assert client.get("/api/v1/journal/set-aside", headers=member.headers).status_code == 403
+        listed = client.get("/api/v1/journal/set-aside", headers=admin.headers).json()
+        assert listed["held"] == 1 and listed["total_set_aside"] >= 1
+        (item,) = listed["items"]
+        assert (item["journal_id"], item["job_id"], item["tenant"]) == (bad_id, job_id, admin.name)
+        assert item["reason"].startswith("IntegrityError") and item["set_aside_at"]
+        assert item["event"] == "finished" and json.loads(item["fields"]["doc"])["job_id"] == job_id
+        # Another tenant's admin does not see it; an operator sees every tenant's.
+        assert client.get("/api/v1/journal/set-aside", headers=other.headers).json()["items"] == []
+        assert len(client.get("/api/v1/journal/set-aside", headers=operator.headers).json()["items"]) == 1
+        assert client.get("/api/v1/journal/set-aside?limit=0", headers=admin.headers).status_code == 422
+
+    redis_client.delete(SET_ASIDE)
+    with TestClient(app) as client:
+        stats = client.get("/api/v1/queue/stats?tenant=*", headers=operator.headers).json()
+        assert all(r["code"] != "journal_set_aside" for r in stats["health"]["reasons"])
+
+
+def test_an_unreachable_database_sets_nothing_aside(env: Backend, redis_client: Any, clean_set_aside: None):
+    """Connectivity errors retry the whole batch later; they are never blamed on an entry."""
+    import sqlalchemy as sa
+
+    from jobs.recorder import unreachable
+
+    assert unreachable(sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused")))
+    assert unreachable(sa.exc.InterfaceError("SELECT 1", {}, Exception("closed")))
+    invalidated = sa.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
+    assert unreachable(invalidated)
+    for per_entry in (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError):
+        assert not unreachable(per_entry("UPDATE", {}, Exception("no")))
+    assert not unreachable(KeyError("status"))
