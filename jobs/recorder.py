@@ -53,6 +53,14 @@ def _parse(fields: dict[bytes, bytes]) -> JournalEntry | str:
         return f"malformed journal entry: {type(exc).__name__}: {exc}"
 
 
+# PostgreSQL errors that say the database cannot take writes now, whatever the entry: connection,
+# resources, operator intervention, system errors; no privilege, a missing table or column (a
+# deployment not migrated yet), a read-only replica, a serialization failure. Entries stay in the
+# journal for them, as for an outage, instead of being set aside one after another.
+_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
+_UNAVAILABLE_STATES = frozenset({"42501", "42P01", "42703", "25006", "40001", "40P01"})
+
+
 def unreachable(exc: BaseException) -> bool:
     """Whether a failure means SQL (or Redis) cannot be reached now, as opposed to refusing one entry.
 
@@ -61,6 +69,9 @@ def unreachable(exc: BaseException) -> bool:
     belongs to some entry of the batch, which is then found by applying them one by one.
     """
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(state, str) and (state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES):
         return True
     return isinstance(
         exc,

@@ -217,7 +217,7 @@ def test_set_aside_entries_show_in_metrics_health_and_the_admin_route(
         assert all(r["code"] != "journal_set_aside" for r in stats["health"]["reasons"])
 
 
-def test_an_unreachable_database_sets_nothing_aside(env: Backend, redis_client: Any, clean_set_aside: None):
+def test_connectivity_and_database_state_errors_are_retried_not_set_aside():
     """Connectivity errors retry the whole batch later; they are never blamed on an entry."""
     import sqlalchemy as sa
 
@@ -230,3 +230,13 @@ def test_an_unreachable_database_sets_nothing_aside(env: Backend, redis_client: 
     for per_entry in (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError):
         assert not unreachable(per_entry("UPDATE", {}, Exception("no")))
     assert not unreachable(KeyError("status"))
+
+    class PgError(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    # A deployment that is not migrated, or a read-only replica, is the database's state, not an entry's.
+    assert unreachable(sa.exc.ProgrammingError("UPDATE", {}, PgError("42P01")))
+    assert unreachable(sa.exc.InternalError("UPDATE", {}, PgError("25006")))
+    assert not unreachable(sa.exc.DataError("UPDATE", {}, PgError("22P05")))  # untranslatable character
