@@ -84,18 +84,12 @@ class Settings(BaseSettings):
     cron_enabled: bool = True
     cron_tenant: str = Field(default="system", min_length=1, max_length=64)
 
+    # Markers of secret keys, matched as whole words of a key (see jobs/redaction.py).
     redact_keys: list[str] = [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "apikey",
-        "authorization",
-        "credential",
-        "privatekey",
-        "accesskey",
-        "cookie",
-    ]
+        "password", "passwords", "passwd", "pwd", "pass", "passphrase", "secret", "secrets", "secretkey",
+        "token", "apikey", "auth", "authorization", "bearer", "jwt", "credential", "credentials",
+        "privatekey", "signingkey", "clientsecret", "accesskey", "dsn", "cookie", "cookies", "session",
+    ]  # fmt: skip
 
     # Results: above the inline limit a result is stored by reference (job_results table, served
     # at GET /api/v1/jobs/{id}/result); above the hard limit the job fails with ResultTooLarge.
