@@ -1,4 +1,4 @@
-"""Secrets never reach SQL, logs or pages: values of secret-looking keys, and secret-shaped text, are replaced.
+"""Secrets never reach SQL, logs or pages: secret keys' values and secret-shaped text are replaced.
 
 One rule for keys (`CONVEYOR_REDACT_KEYS`): a key is split into words at
 `_`, `-`, `.`, spaces and camelCase humps (`clientSecret`, `Client-Secret` and
@@ -180,7 +180,7 @@ def _redact_text(text: str, markers: frozenset[str]) -> str:
 
 
 def redact_text(text: str, markers: list[str] | None = None) -> str:
-    """``text`` with secret values (after secret keys, in URLs, bearer tokens, known token shapes) replaced."""
+    """``text`` with secret values (after secret keys, in URLs, bearer tokens, token shapes) replaced."""
     return _redact_text(text, _markers(markers))
 
 
