@@ -196,3 +196,11 @@ def test_redaction_stays_fast_on_long_text():
         started = time.perf_counter()
         redact_text(text, markers)
         assert time.perf_counter() - started < 3, text[:20]
+
+
+def test_a_payload_with_a_secret_redacted_inside_a_string_is_not_rerun_from_sql():
+    """Requeueing from SQL's copy would run the job with `[REDACTED]` in place of the secret."""
+    from jobs.requeue import holds_redacted
+
+    assert holds_redacted({"note": f"login with pwd={REDACTED}"})
+    assert not holds_redacted({"note": "login", "n": [1, "x"]})
