@@ -9,6 +9,10 @@ Applied entries are acknowledged and deleted, so the stream holds only what
 SQL has not seen yet. Under load, a recorder lingers ``linger`` seconds after a
 partial batch so that one transaction carries many changes; SQL trails the
 live state by about that much (readers get the live state from Redis).
+
+One entry never stalls the rest: a batch that fails while SQL is reachable is
+applied entry by entry, and an entry SQL still refuses (or that cannot be
+read) is set aside with its reason (jobs/set_aside.py) and acknowledged.
 """
 
 from __future__ import annotations

@@ -240,3 +240,17 @@ def test_connectivity_and_database_state_errors_are_retried_not_set_aside():
     assert unreachable(sa.exc.ProgrammingError("UPDATE", {}, PgError("42P01")))
     assert unreachable(sa.exc.InternalError("UPDATE", {}, PgError("25006")))
     assert not unreachable(sa.exc.DataError("UPDATE", {}, PgError("22P05")))  # untranslatable character
+
+
+def test_a_malformed_entry_is_set_aside_not_dropped(env: Backend, redis_client: Any, clean_set_aside: None):
+    job_id = seed_job()
+    bad = redis_client.xadd(JOURNAL, {"event": "finished", "doc": "{not json"}).decode()
+    record(job_id, S.STARTED, event="started")
+    Recorder(redis_client, consumer="test-malformed").drain()
+    _wait_row(job_id, "started")
+    held = wait_until(
+        lambda: [i for i in listing(redis_client, tenant=None, limit=10) if i.journal_id == bad],
+        timeout=10,
+        message="the malformed entry set aside",
+    )
+    assert held[0].reason.startswith("malformed journal entry") and held[0].fields["doc"] == "{not json"
