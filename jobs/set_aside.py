@@ -105,3 +105,24 @@ def listing(client: Redis, *, tenant: str | None, limit: int) -> list[SetAside]:
             if len(out) >= limit:
                 break
     return out
+
+
+def replay(client: Redis) -> int:
+    """Put every entry held aside back into the journal, as it was; returns how many.
+
+    For after the cause is fixed (a migration, a constraint relaxed): the recorder applies
+    them like any entry (seq-guarded, so an entry older than the row changes nothing), and
+    one SQL still refuses is set aside again. Each move is one transaction: none is lost or doubled.
+    """
+    from jobs.live import JOURNAL
+
+    moved = 0
+    while batch := client.xrange(SET_ASIDE, count=100):
+        with client.pipeline(transaction=True) as pipe:
+            for msg_id, raw in batch:
+                own = {k: v for k, v in raw.items() if _text(k) not in META_FIELDS}
+                pipe.xadd(JOURNAL, own)
+                pipe.xdel(SET_ASIDE, msg_id)
+            pipe.execute()
+        moved += len(batch)
+    return moved

@@ -254,3 +254,26 @@ def test_a_malformed_entry_is_set_aside_not_dropped(env: Backend, redis_client: 
         message="the malformed entry set aside",
     )
     assert held[0].reason.startswith("malformed journal entry") and held[0].fields["doc"] == "{not json"
+
+
+def test_replay_puts_set_aside_entries_back_into_the_journal_as_they_were(
+    env: Backend, redis_client: Any, clean_set_aside: None
+):
+    from jobs.set_aside import replay
+
+    job_id = seed_job()
+    _raw_entry(redis_client, job_id, updated_at=None)
+    Recorder(redis_client, consumer="test-replay").drain()
+
+    def held() -> list[Any]:
+        return listing(redis_client, tenant=None, limit=10)
+
+    (first,) = wait_until(held, timeout=10, message="the entry set aside")
+    before = _set_aside_total(redis_client)
+    assert replay(redis_client) == 1
+    Recorder(redis_client, consumer="test-replay").drain()  # SQL still refuses it: set aside again
+    (again,) = wait_until(
+        lambda: [i for i in held() if i.id != first.id], timeout=10, message="set aside again"
+    )
+    assert again.fields == first.fields and again.journal_id != first.journal_id
+    assert _set_aside_total(redis_client) == before + 1 and redis_client.xlen(SET_ASIDE) == 1
