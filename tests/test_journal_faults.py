@@ -259,7 +259,7 @@ def test_a_malformed_entry_is_set_aside_not_dropped(env: Backend, redis_client: 
 def test_replay_puts_set_aside_entries_back_into_the_journal_as_they_were(
     env: Backend, redis_client: Any, clean_set_aside: None
 ):
-    from jobs.set_aside import replay
+    from tests.test_cli import conveyor
 
     job_id = seed_job()
     _raw_entry(redis_client, job_id, updated_at=None)
@@ -270,7 +270,9 @@ def test_replay_puts_set_aside_entries_back_into_the_journal_as_they_were(
 
     (first,) = wait_until(held, timeout=10, message="the entry set aside")
     before = _set_aside_total(redis_client)
-    assert replay(redis_client) == 1
+    done = conveyor("journal", "replay", env=env.env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("1 set-aside journal entries put back"), done.stdout
     Recorder(redis_client, consumer="test-replay").drain()  # SQL still refuses it: set aside again
     (again,) = wait_until(
         lambda: [i for i in held() if i.id != first.id], timeout=10, message="set aside again"
