@@ -83,6 +83,7 @@ def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, An
     """Seed 004: RQ's view of a job (status, meta, timestamps, result, exc_info); 404 if unknown."""
     from jobs.db import session_scope
     from jobs.live import live_store
+    from jobs.redaction import redact, redact_text
     from jobs.redis_conn import get_redis
     from jobs.snapshot import doc_from_row
     from jobs.store import get_job, list_events
@@ -97,11 +98,11 @@ def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, An
         if snap["status"] == S.FAILED:
             failures = [e for e in list_events(session, job_id=job_id) if e.event == "failed" and e.data]
             exc_info = (failures[-1].data or {}).get("traceback") if failures else None
-            exc_info = exc_info or error_text(snap["error"])
+            exc_info = redact_text(exc_info or error_text(snap["error"]) or "")
         meta = {
             "job_id": job.job_id,
             "submitted_at": snap["created_at"],
-            "payload": job.params,
+            "payload": redact(job.params),
             "task_name": job.task,
             "tags": ["api", "v1"],
         }
@@ -112,7 +113,7 @@ def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, An
         "enqueued_at": snap["enqueued_at"],
         "started_at": snap["started_at"],
         "ended_at": snap["ended_at"],
-        "result": snap["result"] if snap["status"] == S.FINISHED else None,
+        "result": redact(snap["result"]) if snap["status"] == S.FINISHED else None,
         "exc_info": exc_info,
     }
 

@@ -88,6 +88,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journal_replay(args: argparse.Namespace) -> int:
+    """Move the journal entries the recorder set aside back into the journal (after a fix)."""
+    from jobs.redis_conn import get_redis
+    from jobs.set_aside import replay
+
+    print(f"{replay(get_redis())} set-aside journal entries put back into the journal")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 when the database and Redis answer (container health checks use this)."""
     from api.routes.health import check_dependencies
@@ -397,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
     p = sub.add_parser("check", help="exit 0 if the database and Redis answer (for health checks)")
     p.set_defaults(func=cmd_check)
+
+    journal = sub.add_parser("journal", help="the journal's set-aside entries").add_subparsers(
+        dest="journal_command", required=True
+    )
+    p = journal.add_parser("replay", help="put entries SQL refused back into the journal, after a fix")
+    p.set_defaults(func=cmd_journal_replay)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("create", help="create a key; prints it alone on the last line")

@@ -30,15 +30,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> sa.Engine:
-    """A new engine for ``url`` with Conveyor's connection settings."""
+    """A new engine for ``url`` with Conveyor's connection settings.
+
+    ``hide_parameters``: a database error's text (logged, kept in the set-aside journal) names
+    the statement but never its values, which hold params, results and messages.
+    """
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             ensure_private_file(Path(path))
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True
+        )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, hide_parameters=True
+    )
 
 
 def get_engine() -> sa.Engine:

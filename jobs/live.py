@@ -20,6 +20,7 @@ from jobs.clock import utcnow
 from jobs.settings import get_settings
 from jobs.snapshot import PUBLIC_FIELDS, JobSnapshot, encode
 from jobs.status import JobStatus, allowed_sources
+from jobs.storable import storable_json
 
 if TYPE_CHECKING:  # the API declares routes with this module: no Redis client import at that time
     from redis import Redis
@@ -231,7 +232,7 @@ class LiveStore:
             settings.snapshot_ttl if to is not None and to.is_terminal else 0,
             encode(utcnow()),
             CHANNEL,
-            json.dumps(data, separators=(",", ":"), default=str) if data else "",
+            storable_json(data, separators=(",", ":"), default=str) if data else "",
             settings.heartbeat_ttl,
             job_id,
         ]

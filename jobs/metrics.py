@@ -88,6 +88,7 @@ class Counters:
     retries: dict[str, int] = field(default_factory=dict)
     run: dict[str, Histogram] = field(default_factory=dict)
     wait: dict[str, Histogram] = field(default_factory=dict)
+    set_aside: int = 0  # journal entries SQL refused, ever (see jobs/set_aside.py)
 
 
 def read_counters(client: Redis) -> Counters:
@@ -98,7 +99,9 @@ def read_counters(client: Redis) -> Counters:
         value = raw_value.decode() if isinstance(raw_value, bytes) else str(raw_value)
         parts = name.split("|")
         kind = parts[0]
-        if kind == "ended" and len(parts) == 3:
+        if name == "set_aside":
+            counters.set_aside = int(value)
+        elif kind == "ended" and len(parts) == 3:
             counters.ended[(parts[1], parts[2])] = int(value)
         elif kind == "retries" and len(parts) == 2:
             counters.retries[parts[1]] = int(value)

@@ -29,6 +29,7 @@ from redis import Redis
 from rq import Worker
 from sqlmodel import Session, col
 
+from jobs import set_aside
 from jobs.clock import utcnow
 from jobs.live import job_key
 from jobs.models import Job
@@ -132,9 +133,32 @@ def _rq_depth(client: Redis, name: str) -> RQDepth:
     return RQDepth(queued=queued, started=started, scheduled=scheduled, deferred=deferred, failed=failed)
 
 
-def _health(queues: list[QueueStats], totals: Counts, workers: WorkerSummary) -> Health:
+def _set_aside_reason(client: Redis, tenant: str | None) -> HealthReason | None:
+    """History is incomplete while journal entries are held aside: say so, and why.
+
+    The database's own message is shown to operators (tenant None) only: it may quote
+    a value of another tenant's job; a tenant's caller gets its error type.
+    """
+    count = set_aside.held(client)
+    if not count:
+        return None
+    last = set_aside.latest(client)
+    why = last.reason if last else ""
+    if tenant is not None:
+        why = why.split(":", 1)[0]
+    return HealthReason(
+        code="journal_set_aside",
+        severity="degraded",
+        message=f"{count} journal entries could not be written to SQL and are set aside, so those jobs' "
+        f"history is incomplete (latest: {why}); an admin lists them at GET /api/v1/journal/set-aside.",
+    )
+
+
+def _health(
+    queues: list[QueueStats], totals: Counts, workers: WorkerSummary, extra: list[HealthReason] | None = None
+) -> Health:
     settings = get_settings()
-    reasons: list[HealthReason] = []
+    reasons: list[HealthReason] = list(extra or [])
     if workers.active == 0:
         reasons.append(
             HealthReason(code="no_workers", severity="unhealthy", message="No live worker: nothing will run.")
@@ -244,5 +268,5 @@ def queue_stats(
         oldest_waiting_age_s=age(min(oldest.values())) if oldest else None,
         queues=queues,
         workers=summary,
-        health=_health(queues, totals, summary),
+        health=_health(queues, totals, summary, [r for r in [_set_aside_reason(client, tenant)] if r]),
     )

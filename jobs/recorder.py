@@ -9,6 +9,10 @@ Applied entries are acknowledged and deleted, so the stream holds only what
 SQL has not seen yet. Under load, a recorder lingers ``linger`` seconds after a
 partial batch so that one transaction carries many changes; SQL trails the
 live state by about that much (readers get the live state from Redis).
+
+One entry never stalls the rest: a batch that fails while SQL is reachable is
+applied entry by entry, and an entry SQL still refuses (or that cannot be
+read) is set aside with its reason (jobs/set_aside.py) and acknowledged.
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ import redis.exceptions
 import sqlalchemy as sa
 from redis import Redis
 
+from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
-from jobs.live import JOURNAL, live_store
-from jobs.metrics import observe
+from jobs.live import JOURNAL, job_key, live_store
+from jobs.metrics import METRICS_KEY, observe
+from jobs.redaction import redact_text
 from jobs.results import blob_key, fetch_blobs
+from jobs.set_aside import MAX_REASON, SET_ASIDE, SET_ASIDE_COUNTER, job_id_of
+from jobs.settings import get_settings
 from jobs.status import JobStatus
 from jobs.store import JournalEntry, apply_journal
 
@@ -35,17 +43,58 @@ log = logging.getLogger(__name__)
 GROUP = "recorder"
 
 
-def _parse(fields: dict[bytes, bytes]) -> JournalEntry | None:
+def _parse(fields: dict[bytes, bytes]) -> JournalEntry | str:
+    """The entry, or why it cannot be read (such an entry is set aside, not retried)."""
     try:
         raw_data = fields.get(b"data") or b""
-        return JournalEntry(
+        entry = JournalEntry(
             event=fields[b"event"].decode(),
             doc=json.loads(fields[b"doc"]),
             data=json.loads(raw_data) if raw_data else {},
         )
-    except (KeyError, ValueError):
-        log.error("recorder: dropping a malformed journal entry: %r", fields)
-        return None
+        entry.job_id, entry.seq  # noqa: B018  (both are read by every apply: fail here, not there)
+        return entry
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        return f"malformed journal entry: {type(exc).__name__}: {exc}"
+
+
+# PostgreSQL errors that say the database cannot take writes now, whatever the entry: connection,
+# resources, operator intervention, system errors; no privilege, a missing table or column (a
+# deployment not migrated yet), a read-only replica, a serialization failure. Entries stay in the
+# journal for them, as for an outage, instead of being set aside one after another.
+_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
+_UNAVAILABLE_STATES = frozenset({"42501", "42P01", "42703", "25006", "40001", "40P01"})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a failure means SQL (or Redis) cannot be reached now, as opposed to refusing one entry.
+
+    Unreachable: retry the whole batch later (nothing is acknowledged). Anything
+    else (IntegrityError, DataError, ProgrammingError, a bad value in a document)
+    belongs to some entry of the batch, which is then found by applying them one by one.
+    """
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(state, str) and (state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES):
+        return True
+    return isinstance(
+        exc,
+        sa.exc.OperationalError
+        | sa.exc.InterfaceError
+        | sa.exc.DisconnectionError
+        | sa.exc.TimeoutError
+        | redis.exceptions.RedisError
+        | OSError,
+    )
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short, redacted reason: the error's type and the first line of the database's message."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+    return redact_text(reason)[:MAX_REASON]
 
 
 def _referenced_result(entry: JournalEntry) -> tuple[str, int] | None:
@@ -95,34 +144,97 @@ class Recorder:
     def _apply(self, messages: list[tuple[bytes, Any]]) -> int:
         if not messages:
             return 0
-        entries = [e for _, fields in messages if fields and (e := _parse(fields)) is not None]
         ids = [msg_id for msg_id, _ in messages]
+        parsed: list[tuple[bytes, dict[bytes, bytes], JournalEntry]] = []
+        refused: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        for msg_id, fields in messages:
+            if not fields:  # deleted while it was pending: nothing left to apply
+                continue
+            entry = _parse(fields)
+            if isinstance(entry, str):
+                refused.append((msg_id, fields, entry))
+            else:
+                parsed.append((msg_id, fields, entry))
+        entries = [entry for _, _, entry in parsed]
         blobs = fetch_blobs(self.client, [pair for e in entries if (pair := _referenced_result(e))])
         try:
             with session_scope() as session:
                 apply_journal(session, entries, blobs=blobs)
-        except sa.exc.IntegrityError:
-            log.exception("recorder: a batch failed; applying its entries one by one")
-            for entry in entries:
-                try:
-                    with session_scope() as session:
-                        apply_journal(session, [entry], blobs=blobs)
-                except sa.exc.IntegrityError:
-                    log.exception("recorder: dropping entry for job %s seq %s", entry.job_id, entry.seq)
+        except Exception as exc:
+            if unreachable(exc):
+                raise
+            log.warning(
+                "recorder: a batch of %d entries failed (%s); applying them one by one",
+                len(entries),
+                failure_reason(exc),
+            )
+            refused += self._apply_one_by_one(parsed, blobs)
         # One transaction: the entries' metrics are counted if and only if they are acknowledged,
-        # so a recorder that dies before this point leaves both to the next one.
+        # and an entry set aside is kept if and only if it leaves the journal.
+        tenants = self._tenants([job_id_of(fields) for _, fields, _ in refused]) if refused else []
+        settings = get_settings()
         with self.client.pipeline(transaction=True) as pipe:
             for entry in entries:
                 try:
                     observe(pipe, entry.event, entry.doc)
                 except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
                     log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
+            for (msg_id, fields, reason), tenant in zip(refused, tenants, strict=True):
+                kept: dict[Any, Any] = {
+                    **fields,
+                    "journal_id": msg_id,
+                    "job_id": job_id_of(fields) or "",
+                    "tenant": tenant,
+                    "reason": reason,
+                    "set_aside_at": isoformat(utcnow()),
+                }
+                pipe.xadd(SET_ASIDE, kept, maxlen=settings.journal_set_aside_max, approximate=False)
+                pipe.hincrby(METRICS_KEY, SET_ASIDE_COUNTER, 1)
             pipe.xack(JOURNAL, GROUP, *ids)
             pipe.xdel(JOURNAL, *ids)
             if blobs:  # now in SQL (or obsolete): the Redis copies have done their job
                 pipe.delete(*(blob_key(job_id, attempt) for job_id, attempt in blobs))
             pipe.execute()
         return len(ids)
+
+    def _apply_one_by_one(
+        self,
+        parsed: list[tuple[bytes, dict[bytes, bytes], JournalEntry]],
+        blobs: dict[tuple[str, int], bytes],
+    ) -> list[tuple[bytes, dict[bytes, bytes], str]]:
+        """Apply each entry in its own transaction; returns those SQL still refuses, with why.
+
+        An unreachable database stops it (raised): the batch is retried whole later, and the
+        entries applied meanwhile replay as no-ops.
+        """
+        refused: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        for msg_id, fields, entry in parsed:
+            pair = _referenced_result(entry)
+            own = {pair: blobs[pair]} if pair in blobs else {}
+            try:
+                with session_scope() as session:
+                    apply_journal(session, [entry], blobs=own)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise
+                reason = failure_reason(exc)
+                log.error(
+                    "recorder: setting aside journal entry %s (job %s seq %s): %s",
+                    msg_id.decode(errors="replace"),
+                    entry.job_id,
+                    entry.seq,
+                    reason,
+                )
+                refused.append((msg_id, fields, reason))
+        return refused
+
+    def _tenants(self, job_ids: list[str | None]) -> list[str]:
+        """The tenant of each job, from its live state (empty when Redis no longer has it)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(job_key(job_id or "-"), "tenant")
+            raw = pipe.execute()
+        return [(value or b"").decode(errors="replace") for value in raw]
 
     def _claim_abandoned(self) -> int:
         now = time.monotonic()
@@ -182,7 +294,7 @@ def record_end_now(client: Redis, job_id: str, *, tail: int = 50) -> bool:
         entry
         for _, fields in reversed(client.xrevrange(JOURNAL, count=tail))
         if needle in fields.get(b"doc", b"")
-        and (entry := _parse(fields)) is not None
+        and isinstance(entry := _parse(fields), JournalEntry)  # a malformed one: the recorder sets it aside
         and entry.job_id == job_id
     ]
     if any(JobStatus(e.doc["status"]).is_terminal for e in entries):

@@ -32,6 +32,9 @@ BLOCKING = frozenset({JobStatus.FAILED, JobStatus.CANCELED})
 
 
 def holds_redacted(value: Any) -> bool:
+    """Whether redaction took something out (a whole value, or a secret inside a string)."""
+    if isinstance(value, str):
+        return REDACTED in value
     if isinstance(value, dict):
         return any(holds_redacted(v) for v in value.values())
     if isinstance(value, list):

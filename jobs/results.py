@@ -22,7 +22,6 @@ outputs in object storage and return their address.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -32,6 +31,7 @@ from sqlmodel import Session, col, select
 from jobs.clock import utcnow
 from jobs.models import Job, JobResult
 from jobs.settings import get_settings
+from jobs.storable import storable_json
 
 BLOB_PREFIX = "cv:result:"
 
@@ -49,8 +49,8 @@ def result_url(job_id: str) -> str:
 
 
 def encode_result(result: Any) -> bytes:
-    """The result's JSON text (TypeError when it is not JSON data)."""
-    return json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+    """The result's JSON text, NUL-free like every journaled value (TypeError when it is not JSON data)."""
+    return storable_json(result, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def result_patch(job_id: str, attempt: int, result: Any, client: Redis) -> dict[str, Any]:

@@ -90,18 +90,12 @@ class Settings(BaseSettings):
     cron_enabled: bool = True
     cron_tenant: str = Field(default="system", min_length=1, max_length=64)
 
+    # Markers of secret keys, matched as whole words of a key (see jobs/redaction.py).
     redact_keys: list[str] = [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "apikey",
-        "authorization",
-        "credential",
-        "privatekey",
-        "accesskey",
-        "cookie",
-    ]
+        "password", "passwords", "passwd", "pwd", "pass", "passphrase", "secret", "secrets", "secretkey",
+        "token", "apikey", "auth", "authorization", "bearer", "jwt", "credential", "credentials",
+        "privatekey", "signingkey", "clientsecret", "accesskey", "dsn", "cookie", "cookies", "session",
+    ]  # fmt: skip
 
     # Results: above the inline limit a result is stored by reference (job_results table, served
     # at GET /api/v1/jobs/{id}/result); above the hard limit the job fails with ResultTooLarge.
@@ -139,6 +133,10 @@ class Settings(BaseSettings):
     # Issue 11, bad input: how deep a JSON body, a form's JSON field or a payload may nest
     # arrays and objects (deeper: 422, checked before parsing, so it never costs a recursion).
     max_json_depth: int = Field(default=64, ge=2, le=200)
+
+    # Issue 11, history never stalls: journal entries SQL refused are set aside (a Redis stream,
+    # see jobs/set_aside.py) and kept up to this many, the oldest dropped first.
+    journal_set_aside_max: int = Field(default=10_000, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

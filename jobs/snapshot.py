@@ -13,7 +13,6 @@ byte-identical documents.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from pydantic import ConfigDict
 from jobs.clock import isoformat
 from jobs.lazy_model import LazyModel
 from jobs.status import JobStatus
+from jobs.storable import storable_json
 
 if TYPE_CHECKING:
     from jobs.models import Job
@@ -76,10 +76,10 @@ PUBLIC_FIELDS: tuple[str, ...] = tuple(JobSnapshot.model_fields)
 
 
 def encode(value: Any) -> str:
-    """The JSON text of one field, as stored in the live hash."""
+    """The JSON text of one field, as stored in the live hash (NUL-free: see jobs/storable.py)."""
     if isinstance(value, datetime):
         value = isoformat(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return storable_json(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def assemble(fields: dict[str, str]) -> bytes:

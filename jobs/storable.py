@@ -1,18 +1,27 @@
-"""What a submitted value must be so that both databases, Redis and JSON can hold it alike.
+"""Values every database can store, the same on SQLite and PostgreSQL.
 
-SQLite stores almost anything; PostgreSQL's `jsonb` refuses a NUL character
-(`\\u0000`), a lone UTF-16 surrogate and NaN/Infinity, and JSON itself has no
-NaN. A payload holding one of them is refused at submission (422 naming the
-field) on both databases, rather than accepted on one and a 500 on the other.
+PostgreSQL's `jsonb` and `text` refuse a NUL character (`\\u0000`) and a lone
+UTF-16 surrogate, and JSON itself has no NaN/Infinity, while SQLite stores
+them. Two rules follow:
 
-Nesting is bounded too (``CONVEYOR_MAX_JSON_DEPTH``): parsing, validating and
-redacting are recursive, so a body nested a thousand levels deep would
-otherwise end in a RecursionError. ``nesting_exceeds`` looks at the raw text
-before anything parses it.
+- What a client submits is checked (:func:`find_unstorable`): a payload
+  holding one of them is refused at submission (422 naming the field) on both
+  databases, rather than accepted on one and a 500 on the other. Nesting is
+  bounded too (``CONVEYOR_MAX_JSON_DEPTH``): parsing, validating and redacting
+  are recursive, so a body nested a thousand levels deep would otherwise end
+  in a RecursionError; :func:`nesting_exceeds` looks at the raw text before
+  anything parses it.
+- What a task produces (results, errors, progress messages: binary data and
+  C-library messages carry NULs) is made storable where it enters the journal
+  (:func:`storable_json`, called by the live store for every change it
+  journals, and by the result stash): each NUL becomes U+FFFD (the Unicode
+  replacement character), in strings and in mapping keys, so what Redis shows
+  and what SQL keeps agree, and one value can no longer stall the recorder.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -54,7 +63,7 @@ class Unstorable:
         return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
 
 
-NUL = (
+NUL_MESSAGE = (
     "text contains a NUL character (\\u0000), which cannot be stored; "
     "remove it, or send binary data as base64"
 )
@@ -64,7 +73,7 @@ NOT_FINITE = "NaN and Infinity cannot be stored as JSON numbers; send a finite n
 
 def _text_problem(text: str) -> tuple[str, str] | None:
     if "\x00" in text:
-        return NUL, "nul_character"
+        return NUL_MESSAGE, "nul_character"
     if _SURROGATE.search(text):
         return SURROGATE, "lone_surrogate"
     return None
@@ -114,3 +123,40 @@ def _walk(value: Any, max_depth: int, *, keys: bool) -> Iterator[tuple[tuple[str
 def _printable(text: str) -> str:
     """``text`` with what cannot be shown or encoded escaped (a key that names the problem)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
+
+
+# --- what a task produces: NUL becomes U+FFFD ----------------------------------------------------
+
+NUL_CHAR = "\x00"
+REPLACEMENT = "\ufffd"
+
+# How `json.dumps` writes a NUL (it always escapes control characters, ensure_ascii or not).
+_ESCAPED_NUL = "\\u0000"
+
+
+def storable_text(text: str) -> str:
+    """``text`` with every NUL replaced by U+FFFD."""
+    return text.replace(NUL_CHAR, REPLACEMENT) if NUL_CHAR in text else text
+
+
+def storable(value: Any) -> Any:
+    """A copy of JSON data with every NUL in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {(storable_text(k) if isinstance(k, str) else k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
+def storable_json(value: Any, **dumps: Any) -> str:
+    """``json.dumps(value, **dumps)``, NUL-free.
+
+    The common case (no NUL anywhere) costs one substring search of the text
+    already encoded; only a value that held a NUL is walked and encoded again.
+    """
+    text = json.dumps(value, **dumps)
+    if _ESCAPED_NUL not in text:
+        return text
+    return json.dumps(storable(value), **dumps)

@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from jobs.clock import utcnow
 from jobs.records import job_record
 from tests.history_fixtures import insert, job_row
+from tests.history_tasks import FREE_TEXT_SECRETS
+from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, submit, wait_sql_status, wait_status
 
 SECRETS = ("hunter2", "tok-999", "pw-777", "sec-qz9")
@@ -86,3 +88,104 @@ def test_api_process_logs_are_redacted(app: Any, caplog: pytest.LogCaptureFixtur
             logging.getLogger("conveyor.test").exception("boom")
     assert "sk-live-123" not in caplog.text and "api_key=[REDACTED]" in caplog.text
     assert "hunter2" not in caplog.text and "password=[REDACTED]" in caplog.text
+
+
+# --- free text: secrets with no secret-looking key around them ---------------------------------
+
+FREE = tuple(FREE_TEXT_SECRETS.values())
+
+
+def assert_no_free_secret(text: str, where: str) -> None:
+    for secret in (*SECRETS, *FREE):
+        assert secret not in text, f"{secret!r} leaked into {where}"
+
+
+def _signed_in(app: Any, tenant: Any) -> TestClient:
+    from tests.web_support import sign_in
+
+    client = TestClient(app)
+    sign_in(client, tenant.key)
+    return client
+
+
+def test_free_text_in_results_messages_and_params_is_redacted_everywhere(
+    api: TestClient, app: Any, tenant: Any, worker: Any
+):
+    job_id = submit(api, "chatty", {"note": "login with pwd=hunter2"})["job_id"]
+    final = wait_status(api, job_id, {"finished"})
+    assert final["result"] == {
+        "message": "password=[REDACTED]",
+        "log": ["slack [REDACTED]"],
+        "ok": "passenger author",  # ordinary words are kept
+    }
+    row = wait_sql_status(job_id, "finished")
+    assert row.result == final["result"]
+    assert row.params == {"fail": False, "note": "login with pwd=[REDACTED]"}
+    messages = [e.message or "" for e in sql_events(job_id)]
+    assert "calling with Bearer [REDACTED] as [REDACTED]" in messages
+    for path in ("", "/record", "/events", "/result"):
+        assert_no_free_secret(api.get(f"/api/v1/jobs/{job_id}{path}").text, f"GET …{path}")
+    assert_no_free_secret(api.get(f"/job-status/{job_id}").text, "/job-status")
+    pages = _signed_in(app, tenant)
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/timeline", "/jobs"):
+        page = pages.get(path)
+        assert page.status_code == 200, path
+        assert_no_free_secret(page.text, path)
+
+
+def test_free_text_in_errors_rq_records_and_compat_status_is_redacted(api: TestClient, worker: Any):
+    from rq.job import Job as RQJob
+
+    from jobs.queueing import SERIALIZER
+    from jobs.redis_conn import get_redis
+
+    job_id = submit(api, "chatty", {"fail": True})["job_id"]
+    final = wait_status(api, job_id, {"failed"})
+    assert final["error"]["detail"] == "push failed with [REDACTED] via https://bot:[REDACTED]@git.example"
+    row = wait_sql_status(job_id, "failed")
+    assert_no_free_secret(str(row.error_detail), "SQL error_detail")
+    assert_no_free_secret(str([e.data for e in sql_events(job_id)]), "SQL event data")
+    compat = api.get(f"/job-status/{job_id}").json()
+    assert "push failed" in compat["exc_info"]
+    assert_no_free_secret(str(compat), "/job-status")
+
+    # RQ's own record of the failure: its job hash (exc_info) and its results.
+    rq_job = RQJob.fetch(job_id, connection=get_redis(), serializer=SERIALIZER)
+    text = str(rq_job.exc_info or "") + "".join(str(r.exc_string) for r in rq_job.results())
+    assert "push failed" in text, "RQ should have kept the exception's text"
+    assert_no_free_secret(text, "RQ's record of the job")
+    assert_no_free_secret(worker.log(), "the worker's log")
+
+
+def test_rq_keeps_no_secret_of_a_keyed_error(api: TestClient, worker: Any):
+    from rq.job import Job as RQJob
+
+    from jobs.queueing import SERIALIZER
+    from jobs.redis_conn import get_redis
+
+    job_id = submit(api, "leaky", {"fail": True})["job_id"]
+    wait_status(api, job_id, {"failed"})
+    rq_job = wait_until(
+        lambda: (j := RQJob.fetch(job_id, connection=get_redis(), serializer=SERIALIZER)).exc_info and j,
+        timeout=10,
+        message="RQ to record the failure",
+    )
+    assert "login failed" in rq_job.exc_info
+    assert_clean(rq_job.exc_info, "RQ's exc_info")
+
+
+def test_database_errors_never_show_statement_parameters(env: Any, tenant: Any):
+    """A failing statement's error (logged by the recorder, kept when an entry is set aside)
+    names the statement, not the values, which hold params, results and messages."""
+    import sqlalchemy as sa
+
+    from jobs.db import session_scope
+
+    row = job_row(tenant.name, status="queued", enqueued=utcnow())
+    insert([row])
+    clone = job_row(tenant.name, status="queued", enqueued=utcnow())
+    clone.job_id, clone.params = row.job_id, {"note": "hunter2-in-a-param"}
+    with pytest.raises(sa.exc.IntegrityError) as caught, session_scope() as session:
+        session.add(clone)
+    assert "hunter2-in-a-param" not in str(caught.value)
+    assert "parameters hidden" in str(caught.value).lower()

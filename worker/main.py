@@ -40,7 +40,7 @@ from jobs.live import heartbeat_key, job_key, live_store
 from jobs.maintenance import Maintenance
 from jobs.queueing import HEARTBEAT_MARKER, SERIALIZER, get_queue, retry_in
 from jobs.recorder import Recorder, record_end_now
-from jobs.redaction import install_log_redaction
+from jobs.redaction import install_log_redaction, redact_text
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
@@ -54,7 +54,24 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-class ConveyorWorker(Worker):
+class RedactedFailures:
+    """RQ keeps the failing exception's text in its own records (the job hash's `exc_info`, its
+    results stream, the failed registry): it is redacted on its way there, as every copy
+    Conveyor keeps is. Mixed into both worker classes."""
+
+    def handle_job_failure(
+        self, job: RQJob, queue: Queue, started_job_registry: Any = None, exc_string: str = ""
+    ) -> None:
+        super().handle_job_failure(  # type: ignore[misc]
+            job, queue, started_job_registry=started_job_registry, exc_string=redact_text(exc_string)
+        )
+
+
+class ConveyorSimpleWorker(RedactedFailures, SimpleWorker):
+    """RQ's in-process worker (`--simple`), with RQ's record of a failure redacted."""
+
+
+class ConveyorWorker(RedactedFailures, Worker):
     """RQ's forking worker, plus what Conveyor needs from the parent process.
 
     - It keeps the running job's heartbeat key alive every `heartbeat_interval`
@@ -293,7 +310,7 @@ def run_worker(
     live_store(connection)  # register the gate's scripts once; every work-horse inherits them
     load_tasks()  # import task modules once, before forking, so every work-horse starts warm
     children_die_with_the_worker()
-    worker_class = SimpleWorker if simple else ConveyorWorker
+    worker_class = ConveyorSimpleWorker if simple else ConveyorWorker
     worker = worker_class(
         [get_queue(q, connection) for q in (queues or settings.queues)],
         connection=connection,

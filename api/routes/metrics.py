@@ -42,6 +42,7 @@ def _families() -> list[Any]:
     from jobs.metrics import read_counters
     from jobs.queue_stats import queue_stats
     from jobs.redis_conn import get_redis
+    from jobs.set_aside import held
 
     client = get_redis()
     with session_scope() as session:
@@ -81,6 +82,17 @@ def _families() -> list[Any]:
     for queue, n in sorted(counters.retries.items()):
         retries.add_metric([queue], n)
 
+    set_aside = CounterMetricFamily(
+        "conveyor_journal_set_aside",
+        "Journal entries SQL refused, set aside so that history flows on (GET /api/v1/journal/set-aside).",
+    )
+    set_aside.add_metric([], counters.set_aside)
+    held_aside = GaugeMetricFamily(
+        "conveyor_journal_set_aside_held",
+        "Journal entries held aside now (capped: CONVEYOR_JOURNAL_SET_ASIDE_MAX).",
+    )
+    held_aside.add_metric([], held(client))
+
     histograms = []
     for kind, help_text in (
         ("run", "Run time of finished and failed jobs (started to ended)."),
@@ -90,7 +102,7 @@ def _families() -> list[Any]:
         for queue, histogram in sorted(getattr(counters, kind).items()):
             family.add_metric([queue], histogram.cumulative(), sum_value=histogram.total)
         histograms.append(family)
-    return [jobs, depth, oldest, workers, ended, retries, *histograms]
+    return [jobs, depth, oldest, workers, ended, retries, set_aside, held_aside, *histograms]
 
 
 @router.get("/metrics", dependencies=[Depends(metrics_access)], response_class=Response)
