@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 
 async def conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
-    return JSONResponse({"detail": exc.message, **exc.extra}, status_code=exc.status_code)
+    return JSONResponse(
+        {"detail": exc.message, **exc.extra},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),  # e.g. Retry-After on a stream refused at its cap
+    )
 
 
 class HideAccessTokens(logging.Filter):
