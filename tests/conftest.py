@@ -342,7 +342,16 @@ def api(app: Any, tenant: Tenant) -> Iterator[Any]:
 class ServerProcess:
     """A real uvicorn serving the app, for clients that need a socket (CLI, streams, browsers)."""
 
-    def __init__(self, backend: Backend, log_path: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        via_cli: bool = False,
+        preexec_fn: Any = None,
+    ):
+        """``via_cli``: serve with `conveyor api` (its protocol and limits) instead of bare uvicorn."""
         from jobs.embedded import free_port
 
         self.backend = backend
@@ -350,29 +359,26 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = extra_env or {}
+        self.via_cli = via_cli
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
         import httpx
 
         env = {**os.environ, **self.backend.env(), **self.extra_env}
+        if self.via_cli:
+            argv = ["-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(self.port)]
+        else:
+            argv = ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port)]
+            argv += ["--log-level", "warning"]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
+            [sys.executable, *argv],
             env=env,
             cwd=ROOT,
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec_fn,
         )
 
         def up() -> bool:
