@@ -350,8 +350,10 @@ class ServerProcess:
         *,
         via_cli: bool = False,
         preexec_fn: Any = None,
+        args: tuple[str, ...] = (),
     ):
-        """``via_cli``: serve with `conveyor api` (its protocol and limits) instead of bare uvicorn."""
+        """``via_cli``: serve with `conveyor api` (its protocol and limits) instead of bare uvicorn;
+        ``args``: more of uvicorn's options (bare uvicorn only)."""
         from jobs.embedded import free_port
 
         self.backend = backend
@@ -361,6 +363,7 @@ class ServerProcess:
         self.extra_env = extra_env or {}
         self.via_cli = via_cli
         self.preexec_fn = preexec_fn
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
@@ -371,7 +374,7 @@ class ServerProcess:
             argv = ["-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(self.port)]
         else:
             argv = ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port)]
-            argv += ["--log-level", "warning"]
+            argv += ["--log-level", "warning", *self.args]
         self.process = subprocess.Popen(
             [sys.executable, *argv],
             env=env,

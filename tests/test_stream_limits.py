@@ -187,7 +187,38 @@ def test_every_way_a_stream_ends_gives_its_slot_back(server: ServerProcess):
         assert [r.status_code for r in held] == [200] * PER_KEY
 
 
-def test_connections_that_never_finish_their_headers_are_closed(server: ServerProcess):
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (headers and a Content-Length body) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"the connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.fixture(scope="module")
+def h11_server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Bare uvicorn with the h11 variant (uvicorn's fallback when httptools is not installed)."""
+    log = tmp_path_factory.mktemp("h11-server") / "server.log"
+    args = ("--http", "api.server:H11HeaderDeadline")
+    proc = ServerProcess(backend, log, extra_env=ENV, args=args).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("which", ["server", "h11_server"])
+def test_connections_that_never_finish_their_headers_are_closed(
+    which: str, backend: Backend, request: pytest.FixtureRequest
+):
+    server: ServerProcess = request.getfixturevalue(which)
     host, port = "127.0.0.1", server.port
     sockets = []
     for opening in (b"", b"GET /healthz HT", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"):
@@ -213,14 +244,16 @@ def test_connections_that_never_finish_their_headers_are_closed(server: ServerPr
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")
             time.sleep(HEADER_TIMEOUT / 3)
             sock.sendall(b"Host: x\r\n\r\n")
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # ... and then never finishes
         started = time.monotonic()
         assert sock.recv(1024) == b""
         assert time.monotonic() - started < HEADER_TIMEOUT + 2
 
 
-def test_a_stream_outlives_the_header_deadline(server: ServerProcess):
+@pytest.mark.parametrize("which", ["server", "h11_server"])
+def test_a_stream_outlives_the_header_deadline(which: str, backend: Backend, request: pytest.FixtureRequest):
+    server: ServerProcess = request.getfixturevalue(which)
     tenant = make_tenant()
     job = seed_job(tenant.name)
     with sse_streams(server, tenant, job, 1) as (response,):
