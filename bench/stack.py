@@ -55,6 +55,10 @@ class Stack:
             "CONVEYOR_QUEUES": str(queues).replace("'", '"'),
             "CONVEYOR_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
+            # The benchmarks measure capacity: thousands of streams from one key, which the
+            # stream caps (README, Limits) exist to refuse. The open-file limit still bounds them.
+            "CONVEYOR_MAX_STREAMS_PER_KEY": "1000000",
+            "CONVEYOR_MAX_STREAMS_PER_PROCESS": "1000000",
             **(extra_env or {}),
         }
         os.environ.update(self.env)

@@ -284,7 +284,7 @@ def test_the_process_cap_is_bounded_by_the_open_file_limit_and_refuses_any_key(
     from jobs.process_limits import open_file_limit
     from jobs.settings import get_settings
 
-    monkeypatch.setenv("CONVEYOR_MAX_STREAMS_PER_PROCESS", "10000000")
+    monkeypatch.setenv("CONVEYOR_MAX_STREAMS_PER_PROCESS", "1000000")
     get_settings.cache_clear()
     try:
         assert process_cap() == open_file_limit() // 2
