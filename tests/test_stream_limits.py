@@ -360,3 +360,32 @@ def test_streams_of_a_revoked_key_close_within_30_seconds(server: ServerProcess)
     again = httpx.get(f"{server.url}/api/v1/jobs/{job}/stream", headers=tenant.headers, timeout=10)
     assert again.status_code == 401
     wait_until(lambda: open_streams(server, admin) == 0, timeout=10, message="the revoked key's slots")
+
+
+def test_the_python_client_over_its_cap_falls_back_to_polling(server: ServerProcess):
+    """A key at its cap still follows jobs with conveyor_client: 429 on SSE and long poll sends
+    it to plain polling (which no cap limits) instead of failing."""
+    from conveyor_client import AsyncClient, Client
+    from tests.live_support import run_async
+
+    tenant = make_tenant()
+    busy, job = seed_job(tenant.name), seed_job(tenant.name)
+    got: dict[str, Any] = {}
+
+    def follow() -> None:
+        with Client(server.url, api_key=tenant.key) as conveyor:
+            got["sync"] = conveyor.wait(job, timeout=30).status
+
+    async def follow_async() -> str:
+        async with AsyncClient(server.url, api_key=tenant.key) as conveyor:
+            return (await conveyor.wait(job, timeout=30)).status
+
+    with sse_streams(server, tenant, busy, PER_KEY):
+        thread = threading.Thread(target=follow)
+        thread.start()
+        time.sleep(1)
+        record(job, JobStatus.STARTED, event="started")
+        record(job, JobStatus.FINISHED, event="finished", patch={"result": {"ok": True}})
+        thread.join(timeout=30)
+        assert got.get("sync") == "finished"
+        assert run_async(follow_async()) == "finished"
