@@ -239,7 +239,7 @@ def test_connections_that_never_finish_their_headers_are_closed(
     host, port = "127.0.0.1", server.port
     sockets = []
     for opening in (b"", b"GET /healthz HT", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"):
-        for _ in range(10):
+        for _ in range(40):
             sock = socket.create_connection((host, port), timeout=10)
             if opening:
                 sock.sendall(opening)
