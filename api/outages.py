@@ -1,5 +1,10 @@
 """A database or Redis outage answers 503 with a clear message, never a 500.
 
+Reads SQL can answer do not fail with Redis: a route that served a job from
+SQL because Redis was unreachable calls `live_state_unavailable()`, and its
+response carries `X-Conveyor-Live: unavailable` (the snapshot may trail the
+running job; control actions and submits still answer 503).
+
 A pure ASGI middleware rather than exception handlers registered by class:
 registering `sqlalchemy.exc.OperationalError` would import SQLAlchemy when the
 app is created, and the Lambda cold start must not pay for that. An outage
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +27,25 @@ MESSAGES = {
     "database": "The database is unavailable. Nothing was changed; retry shortly.",
     "redis": "Redis is unavailable. Nothing was changed; retry shortly.",
 }
+
+
+LIVE_HEADER = (b"x-conveyor-live", b"unavailable")
+
+# One mutable mark per request: a list, so that a route running in a thread pool (a copy of the
+# context) still marks the request's own holder.
+_live_marks: ContextVar[list[bool] | None] = ContextVar("conveyor_live_marks", default=None)
+
+
+def live_state_unavailable() -> None:
+    """Note that this response was answered from SQL because Redis could not be reached."""
+    marks = _live_marks.get()
+    if marks is not None:
+        marks.append(True)
+    log.warning("Redis unavailable: answering from SQL")
+
+
+def redis_unreachable(exc: BaseException) -> bool:
+    return outage_of(exc) == "redis"
 
 
 def outage_of(exc: BaseException) -> str | None:
@@ -43,11 +68,15 @@ class DependencyOutages:
             await self.app(scope, receive, send)
             return
         started = False
+        marks: list[bool] = []
+        _live_marks.set(marks)
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if marks:
+                    message = {**message, "headers": [*message.get("headers", []), LIVE_HEADER]}
             await send(message)
 
         try:

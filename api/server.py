@@ -132,4 +132,10 @@ else:
 
 def uvicorn_options() -> dict[str, Any]:
     """What every server of this app passes uvicorn (`conveyor api`; `conveyor dev` runs that)."""
-    return {"http": PROTOCOL, "proxy_headers": True, "log_level": get_settings().log_level.lower()}
+    settings = get_settings()
+    return {
+        "http": PROTOCOL,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.trusted_proxies,
+        "log_level": settings.log_level.lower(),
+    }

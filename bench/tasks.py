@@ -60,7 +60,7 @@ class SoakPayload(BaseModel):
     seconds: float = 0.02
 
 
-@task(queue="soak")
+@task(queue="soak", retries=5, retry_intervals=[1])  # a worker killed mid-job means a retry, not a loss
 def soak_step(payload: SoakPayload, progress: Progress) -> float:
     """bench/soak.py's job: a short sleep with progress, then one line `job_id attempt` appended to
     $SOAK_RUN_LOG (outside Redis, so a flushed Redis cannot hide a second completion)."""

@@ -16,7 +16,12 @@ def _ts(value: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A job as the API reports it (the same shape on every channel). ``seq`` is its version."""
+    """A job as the API reports it (the same shape on every channel). ``seq`` is its version.
+
+    The fields are the server's `jobs.snapshot.JobSnapshot`, in its order; a contract test
+    (tests/test_snapshot_contract.py) fails when the two differ. ``result_ref`` is set instead
+    of ``result`` when the result is too large to travel inline: GET its ``url``.
+    """
 
     job_id: str
     task: str
@@ -25,6 +30,7 @@ class Snapshot:
     progress: float | None
     message: str | None
     result: Any
+    result_ref: dict[str, Any] | None
     error: dict[str, str] | None
     attempt: int
     max_retries: int
@@ -51,6 +57,7 @@ class Snapshot:
             progress=data.get("progress"),
             message=data.get("message"),
             result=data.get("result"),
+            result_ref=data.get("result_ref"),
             error=data.get("error"),
             attempt=data.get("attempt", 1),
             max_retries=data.get("max_retries", 0),

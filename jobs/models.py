@@ -58,6 +58,7 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_tenant_created", "tenant", "created_at"),
         sa.Index("ix_jobs_tenant_status_created", "tenant", "status", "created_at"),
         sa.Index("ix_jobs_status_created", "status", "created_at"),
+        sa.Index("ix_jobs_status_updated", "status", "updated_at"),  # the reconciler's recent sweep
         sa.Index("ix_jobs_created", "created_at", "job_id"),
         sa.Index("ix_jobs_owner_created", "owner", "created_at"),
         # Analytics, stats and retention read ended jobs by time from these alone (index-only scans).

@@ -12,10 +12,16 @@ One pass:
 2. Deferred jobs whose parent ended failed or canceled can never run: they
    fail as ``DependencyFailed``.
 3. A sweep (`jobs.requeue.requeue_lost`) of waiting jobs SQL has and RQ lost (Redis restarted without
-   persistence, or a crash between the SQL write and the enqueue): their live
-   state is seeded from SQL and they are enqueued again. A sweep runs when
-   Redis has lost the ``cv:epoch`` marker, every ``reconcile_sweep_interval``,
-   and on every one-shot run.
+   persistence, a failover that lost the last writes, or a crash between the
+   SQL write and the enqueue): their live state is seeded from SQL and they
+   are enqueued again. A full sweep runs when Redis has lost the ``cv:epoch``
+   marker, every ``reconcile_sweep_interval``, and on every one-shot run; a
+   sweep of the jobs touched within ``reconcile_recent_window`` runs every
+   ``reconcile_recent_interval`` (a failover keeps the marker but loses the
+   newest writes). After a loss nothing is swept for a heartbeat TTL (running
+   jobs re-announce themselves by their heartbeats first), then one full sweep
+   and a recent sweep on every pass while ``cv:recovering`` lasts (jobs
+   submitted just before the loss were too fresh for the first one).
 4. Jobs RQ holds in flight for a worker that died before our record moved:
    taken off the queue but never started (RQ's intermediate list), or marked
    started by RQ while our record still says waiting, go back to their queue;
@@ -82,6 +88,7 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "cv:reconciler:lock"
 EPOCH_KEY = "cv:epoch"  # gone after Redis lost its data: the next pass sweeps SQL
+RECOVERING_KEY = "cv:recovering"  # set when a loss is seen: each pass sweeps recent jobs until it expires
 DEQUEUED_AT = "cv:dequeued:"  # when the reconciler first saw a job in RQ's intermediate list
 PAGE = 500
 
@@ -117,6 +124,7 @@ class Reconciler:
         self.name = name or f"reconciler-{uuid.uuid4().hex[:8]}"
         self.use_lock = use_lock
         self._last_sweep = -float("inf")
+        self._last_recent_sweep = -float("inf")
 
     # --- the pass ---------------------------------------------------------------------------------
 
@@ -131,9 +139,7 @@ class Reconciler:
         if self.use_lock and not self.client.set(LOCK_KEY, token, nx=True, ex=lock_ttl):
             return PassReport(ran=False)
         try:
-            if sweep is None:
-                overdue = started - self._last_sweep >= settings.reconcile_sweep_interval
-                sweep = overdue or not self.client.exists(EPOCH_KEY)
+            sweep, recent = self._sweeps_due(sweep, started)
             report = PassReport(swept=sweep)
             candidates = {m.decode() for m in self.client.smembers(RUNNING_SET)}
             if sweep:
@@ -144,14 +150,16 @@ class Reconciler:
             self._fail_orphans(report)
             queues = known_queues(self.client)
             self._reconcile_in_flight(queues, report)
-            if sweep:
-                lost = requeue_lost(self.client, by=self.name)
+            if sweep or recent:
+                window = None if sweep else utcnow() - timedelta(seconds=settings.reconcile_recent_window)
+                lost = requeue_lost(self.client, by=self.name, touched_after=window)
                 report.requeued, report.reseeded, report.unrecoverable = (
                     lost.requeued,
                     report.reseeded + lost.reseeded,
                     lost.unrecoverable,
                 )
-                self.client.set(EPOCH_KEY, isoformat(utcnow()) or "")
+                self._last_recent_sweep = started
+            if sweep:
                 self._last_sweep = started
             run_due_scheduled(self.client, queues)
             trim_canceled(self.client, queues)
@@ -160,6 +168,40 @@ class Reconciler:
         finally:
             if self.use_lock and self.client.get(LOCK_KEY) == token.encode():
                 self.client.delete(LOCK_KEY)
+
+    def _sweeps_due(self, forced: bool | None, now: float) -> tuple[bool, bool]:
+        """(full, recent): the sweeps of waiting jobs this pass runs.
+
+        After Redis lost its data, workers still running jobs put their heartbeat keys back
+        within a heartbeat interval; until a heartbeat TTL has passed nothing is swept, since a
+        running job SQL still calls queued would otherwise be enqueued and run a second time.
+        Then one full sweep, and a recent sweep on every pass while ``cv:recovering`` lasts.
+        """
+        settings = get_settings()
+        if forced is False:
+            return False, False
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.exists(EPOCH_KEY)
+            pipe.get(RECOVERING_KEY)
+            marked, since = pipe.execute()
+        if not marked:
+            lasts = int(settings.heartbeat_ttl + settings.reconcile_grace + 30)
+            self.client.set(RECOVERING_KEY, time.time(), nx=True, ex=lasts)
+            self.client.set(EPOCH_KEY, isoformat(utcnow()) or "")
+            since = self.client.get(RECOVERING_KEY) or time.time()
+            log.warning("reconciler: Redis lost its data; sweeping SQL once running jobs re-announce")
+        if since is not None:
+            wait = float(since) + settings.heartbeat_ttl - time.time()
+            if wait > 0 and not forced:
+                return False, False
+            if wait > 0:  # a one-shot run: wait the rest out rather than skip its sweep
+                time.sleep(wait)
+            full = bool(forced) or bool(self.client.set(RECOVERING_KEY + ":full", self.name, nx=True, ex=300))
+            return full, not full
+        if forced:
+            return True, False
+        full = now - self._last_sweep >= settings.reconcile_sweep_interval
+        return full, not full and now - self._last_recent_sweep >= settings.reconcile_recent_interval
 
     # --- 1. running jobs ------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from redis import Redis
 from jobs.clock import utcnow
 from jobs.db import session_scope
 from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
-from jobs.live import job_key
+from jobs.live import heartbeat_key, job_key
 from jobs.models import Job
 from jobs.queueing import RQ_WAITING, discard, enqueue, statuses, stored_payload
 from jobs.redaction import REDACTED
@@ -119,20 +119,24 @@ class LostJobs:
     unrecoverable: int = 0
 
 
-def requeue_lost(client: Redis, *, by: str) -> LostJobs:
+def requeue_lost(client: Redis, *, by: str, touched_after: datetime | None = None) -> LostJobs:
     """Enqueue again every waiting job SQL has and RQ has no waiting record of.
 
-    That happens when Redis lost its data, or when a process died between the
-    SQL write and the enqueue. Only jobs untouched for ``reconcile_grace``
-    seconds are considered (a submission in flight is not lost), oldest first,
-    so that a parent is back before the jobs that depend on it.
+    That happens when Redis lost its data (all of it, or the last writes in a
+    failover), or when a process died between the SQL write and the enqueue.
+    Only jobs untouched for ``reconcile_grace`` seconds are considered (a
+    submission in flight is not lost), and with ``touched_after`` only those
+    changed since then; oldest first, so that a parent is back before the jobs
+    that depend on it.
     """
     found = LostJobs()
     cutoff = utcnow() - timedelta(seconds=get_settings().reconcile_grace)
     after = None
     while True:
         with session_scope() as session:
-            page = waiting_jobs(session, untouched_since=cutoff, after=after, limit=PAGE)
+            page = waiting_jobs(
+                session, untouched_since=cutoff, touched_after=touched_after, after=after, limit=PAGE
+            )
         if not page:
             return found
         after = (page[-1].created_at, page[-1].job_id)
@@ -141,11 +145,14 @@ def requeue_lost(client: Redis, *, by: str) -> LostJobs:
         with client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(job_key(job_id), "status")
-            live = pipe.execute()
-        for row, live_status in zip(page, live, strict=True):
+                pipe.exists(heartbeat_key(job_id))
+            replies = pipe.execute()
+        for row, live_status, beating in zip(page, replies[::2], replies[1::2], strict=True):
             current = JobStatus(live_status.decode().strip('"')) if live_status else None
             if current is not None and current not in WAITING:
                 continue  # it moved on; SQL has not caught up yet
+            if beating:
+                continue  # a worker is running it (Redis lost the record of its start, not the job)
             if rq[row.job_id] in RQ_WAITING:
                 continue
             if client.set(REQUEUE_LOCK + row.job_id, by, nx=True, ex=60):

@@ -76,8 +76,14 @@ class Settings(BaseSettings):
 
     # The reconciler (inside every worker's recorder process, or `conveyor reconcile`).
     reconcile_interval: float = Field(default=5.0, ge=0)
-    reconcile_grace: float = Field(default=30.0, ge=0)
+    # A waiting job untouched this long with no RQ record of it is lost (a submit takes milliseconds
+    # between its SQL write and its enqueue, so seconds are plenty).
+    reconcile_grace: float = Field(default=5.0, ge=0)
+    # Every waiting job is checked this often; those touched within the recent window more often,
+    # since a Redis failover loses only the last writes; and every pass for a while after a loss.
     reconcile_sweep_interval: float = Field(default=300.0, gt=0)
+    reconcile_recent_interval: float = Field(default=30.0, gt=0)
+    reconcile_recent_window: float = Field(default=900.0, gt=0)
     recorder_claim_idle: float = Field(default=30.0, gt=0)
 
     # Recurring jobs declared with `@cron` run in the worker's recorder process.
@@ -120,6 +126,11 @@ class Settings(BaseSettings):
     live_heartbeat: float = Field(default=15.0, gt=0)
     live_send_timeout: float = Field(default=10.0, gt=0)
     live_buffer: int = Field(default=32, ge=1, le=10_000)
+
+    # Proxies whose X-Forwarded-For/-Proto headers are believed (uvicorn's forwarded_allow_ips):
+    # comma-separated addresses or networks, or "*". Behind a TLS proxy at one of them, the
+    # session cookie is Secure and redirects keep https.
+    trusted_proxies: str = Field(default="127.0.0.1", min_length=1)
 
     compat_endpoints: bool = True
     metrics_namespace: str = "Conveyor"

@@ -1,5 +1,9 @@
 """The one snapshot shape that REST, long poll, SSE, WebSocket, the client and the pages share.
 
+`JobSnapshot` is the one declaration of that shape: :data:`PUBLIC_FIELDS`
+(what the live hash stores and the gate assembles) is derived from it, and
+the Python client's copy (`conveyor_client.snapshot.Snapshot`, which must not
+import the server) is tied to it by `tests/test_snapshot_contract.py`.
 A snapshot travels as a JSON document whose fields are always in the order
 of :data:`PUBLIC_FIELDS`. The live store keeps each field JSON-encoded in a
 Redis hash and assembles the document in Lua without parsing user data; the
@@ -22,27 +26,6 @@ from jobs.status import JobStatus
 
 if TYPE_CHECKING:
     from jobs.models import Job
-
-PUBLIC_FIELDS: tuple[str, ...] = (
-    "job_id",
-    "task",
-    "queue",
-    "status",
-    "progress",
-    "message",
-    "result",
-    "result_ref",
-    "error",
-    "attempt",
-    "max_retries",
-    "created_at",
-    "enqueued_at",
-    "started_at",
-    "ended_at",
-    "updated_at",
-    "eta_seconds",
-    "seq",
-)
 
 
 class ErrorInfo(LazyModel):
@@ -85,6 +68,11 @@ class JobSnapshot(LazyModel):
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+
+# Declaration order is document order: `peek` relies on job_id first, status before any free-form
+# field, and seq last.
+PUBLIC_FIELDS: tuple[str, ...] = tuple(JobSnapshot.model_fields)
 
 
 def encode(value: Any) -> str:

@@ -148,13 +148,18 @@ def waiting_jobs(
     session: Session,
     *,
     untouched_since: datetime,
+    touched_after: datetime | None = None,
     after: tuple[datetime, str] | None = None,
     limit: int = 500,
 ) -> list[Job]:
-    """Waiting jobs (queued, scheduled, deferred) unchanged since a time, oldest first, one page at a time."""
+    """Waiting jobs (queued, scheduled, deferred) unchanged since a time (and, if given, changed
+    after another: the recent sweep, served by ``ix_jobs_status_updated``), oldest first, a page at
+    a time."""
     query = select(Job).where(
         col(Job.status).in_([s.value for s in WAITING]), col(Job.updated_at) < untouched_since
     )
+    if touched_after is not None:
+        query = query.where(col(Job.updated_at) >= touched_after)
     if after is not None:
         created, job_id = after
         query = query.where(
@@ -254,13 +259,15 @@ def apply_journal(
     entries: Iterable[JournalEntry],
     *,
     blobs: Mapping[tuple[str, int], bytes] | None = None,
+    events: bool = True,
 ) -> int:
     """Bring SQL up to date with accepted state changes; returns how many rows moved forward.
 
     Safe to replay and to run in several processes: a row only moves to a
     higher ``seq``, and an event is stored once per (job, seq). ``blobs`` are
     large results stashed in Redis, keyed by (job_id, attempt), stored in
-    `job_results` alongside (see jobs/results.py).
+    `job_results` alongside (see jobs/results.py). With ``events=False`` only
+    the rows move (the recorder stores the events later, with their data).
     """
     entries = list(entries)
     if not entries:
@@ -298,6 +305,8 @@ def apply_journal(
         result = session.connection().execute(stmt, batch)
         moved += max(0, result.rowcount or 0)
 
+    if not events:
+        return moved
     rows = [
         {
             "job_id": e.job_id,

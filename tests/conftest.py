@@ -168,8 +168,10 @@ class WorkerProcess:
         name: str,
         extra_env: dict[str, str] | None = None,
         queues: str = "default",
+        args: tuple[str, ...] = (),
     ):
         self.backend = backend
+        self.args = args
         self.log_path = log_path
         self.name = name
         self.extra_env = extra_env or {}
@@ -180,7 +182,17 @@ class WorkerProcess:
         env = {**os.environ, **self.backend.env(), **self.extra_env}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "--name", self.name, "--queues", self.queues],
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "worker",
+                "--name",
+                self.name,
+                "--queues",
+                self.queues,
+                *self.args,
+            ],
             env=env,
             cwd=ROOT,
             stdout=log,

@@ -231,3 +231,14 @@ def test_template_commands_handlers_and_build_targets_exist(template: dict[str, 
                 assert_handler(command[0])
         for container in props.get("ContainerDefinitions", []):
             assert_cli_command(container["Command"])
+
+
+def test_high_availability_adds_a_redis_replica_with_failover_and_multi_az_postgres(template: dict[str, Any]):
+    assert template["Parameters"]["HighAvailability"]["Default"] == "false"
+    cache = template["Resources"]["Cache"]["Properties"]
+    for prop in ("NumCacheClusters", "AutomaticFailoverEnabled", "MultiAZEnabled"):
+        assert list(cache[prop]) == ["Fn::If"] and cache[prop]["Fn::If"][0] == "HighlyAvailable", prop
+    assert cache["NumCacheClusters"]["Fn::If"][1:] == [2, 1]
+    database = template["Resources"]["Database"]["Properties"]
+    assert database["MultiAZ"]["Fn::If"][0] == "MultiAzDatabase"
+    assert {"Condition": "HighlyAvailable"} in template["Conditions"]["MultiAzDatabase"]["Fn::Or"]

@@ -3,6 +3,8 @@ and several reconcilers at once. Real worker processes on the `isolated` queue."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 import time
@@ -22,9 +24,9 @@ from jobs.lifecycle import record
 from jobs.live import RUNNING_SET, heartbeat_key, job_key
 from jobs.models import Job
 from jobs.queueing import fetch, get_queue
-from jobs.reconciler import Reconciler
+from jobs.reconciler import EPOCH_KEY, RECOVERING_KEY, Reconciler
 from jobs.status import JobStatus
-from tests.conftest import FAST_ENV, Backend, Tenant, WorkerProcess, configure, seed_job
+from tests.conftest import FAST_ENV, Backend, Tenant, WorkerProcess, configure, descendants, seed_job
 from tests.control_tasks import DONE_PREFIX
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, sql_row, submit, wait_status
@@ -142,6 +144,131 @@ def test_jobs_redis_forgot_are_enqueued_again_and_all_finish(
             worker.stop()
         server.stop()
         configure(env.env())
+
+
+def test_with_default_settings_jobs_submitted_just_before_redis_lost_everything_run_within_30_seconds(
+    env: Backend, tmp_path: Path, tenant: Tenant, app: Any
+):
+    """No grace to wait out: the sweep a loss triggers takes even the jobs submitted a moment ago,
+    and each runs once."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    url = server.start()
+    private = Backend(env.name, env.database_url, url)
+    configure(private.env())
+    worker: WorkerProcess | None = None
+    try:
+        with TestClient(app, headers=tenant.headers) as client:
+            ids = [
+                submit(client, "steps", {"steps": 1, "step": 0}, queue=QUEUE)["job_id"] for _ in range(100)
+            ]
+        port = server.port
+        server.stop()
+        server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
+        server.start()
+        assert Redis.from_url(url).dbsize() == 0
+
+        name = f"after-{uuid.uuid4().hex[:6]}"
+        worker = WorkerProcess(private, tmp_path / "w.log", name, {}, QUEUE).start()
+
+        def requeued() -> int:
+            return sum(1 for job_id in ids if any(e.event == "requeued" for e in sql_events(job_id)))
+
+        wait_until(lambda: requeued() == 100, timeout=60, interval=1, message="all 100 jobs to be requeued")
+        seen_at = float(Redis.from_url(url).get(RECOVERING_KEY) or 0)  # when a reconciler saw the loss
+        last = max(e.created_at for job_id in ids for e in sql_events(job_id) if e.event == "requeued")
+        after_seen = last.timestamp() - seen_at
+        print(f"\nall 100 requeued {after_seen:.1f}s after the loss was seen")
+        assert 0 < after_seen < 30
+
+        def finished() -> int:
+            with session_scope() as session:
+                rows = [session.get(Job, i) for i in ids]
+            return sum(1 for r in rows if r is not None and r.status == "finished")
+
+        wait_until(lambda: finished() == 100, timeout=30, interval=0.25, message="all 100 jobs to finish")
+        for job_id in ids:
+            events = [e.event for e in sql_events(job_id)]
+            assert events.count("started") == 1 and events.count("requeued") == 1, (job_id, events)
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+        configure(env.env())
+
+
+def test_a_job_s_end_is_in_sql_before_its_worker_takes_the_next_job(
+    api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess]
+):
+    """Without waiting for the recorder (none runs here): Redis losing the journal entry of a job's
+    end must not leave SQL calling it waiting, or the loss sweep would run it again."""
+    name = f"norec-{uuid.uuid4().hex[:6]}"
+    workers.append(
+        WorkerProcess(env, tmp_path / "w.log", name, FAST_ENV, QUEUE, args=("--no-recorder",)).start()
+    )
+    job_id = submit(api, "steps", {"steps": 1, "step": 0}, queue=QUEUE)["job_id"]
+    row = sql_wait(job_id, lambda r: r.status == "finished", 20, "the end to reach SQL without a recorder")
+    assert row.ended_at is not None and row.progress == 100.0
+    assert [e.event for e in sql_events(job_id)] == ["queued"]  # the events still come from the recorder
+
+
+def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep(
+    env: Backend, redis_client: Redis
+):
+    """The loss marker survived (a replica took over), so only the recent sweep can find them."""
+    from jobs.requeue import REQUEUE_LOCK
+
+    configure({**env.env(), "CONVEYOR_RECONCILE_GRACE": "0"})
+    try:
+        job_id = seed_job(queue=QUEUE)
+        redis_client.set(EPOCH_KEY, "kept")
+        for key in (job_key(job_id), f"rq:job:{job_id}", REQUEUE_LOCK + job_id):
+            redis_client.delete(key)
+        get_queue(QUEUE, redis_client).remove(job_id)
+        reconciler = Reconciler(redis_client, use_lock=False)
+        reconciler._last_sweep = time.monotonic()  # the full sweep is not due: only the recent one runs
+        report = reconciler.run_pass()
+        assert not report.swept and report.requeued == 1
+        assert job_id in get_queue(QUEUE, redis_client).job_ids
+    finally:
+        configure(env.env())
+
+
+def test_kill_9_of_a_worker_takes_its_rq_scheduler_and_recorder_with_it(env: Backend, tmp_path: Path):
+    queue = f"orphans-{uuid.uuid4().hex[:6]}"  # a queue of its own, so this worker holds its scheduler lock
+    proc = WorkerProcess(env, tmp_path / "w.log", f"orphans-{uuid.uuid4().hex[:6]}", FAST_ENV, queue).start()
+    assert proc.process is not None
+    worker_pid = proc.process.pid
+
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except FileNotFoundError:
+            return ""
+
+    children = wait_until(
+        lambda: (found := descendants(worker_pid)) and len(found) >= 2 and found,
+        timeout=15,
+        message="the worker's scheduler and recorder children",
+    )
+    assert any("recorder" in cmdline(pid) for pid in children)
+    assert any("recorder" not in cmdline(pid) for pid in children)  # RQ's scheduler, a fork of the worker
+
+    os.kill(worker_pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
+    proc.process.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"
+
+    try:
+        wait_until(lambda: not any(alive(pid) for pid in children), timeout=20, message="no orphans")
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_rolling_restart_loses_nothing(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,7 +77,8 @@ def test_sign_in_sets_a_signed_http_only_cookie_without_the_key(app: Any, tenant
         assert {"httponly", "path", "max-age"} <= attributes
         assert "samesite=lax" in cookie.lower()
         assert "secure" not in attributes  # plain http here; see the https test
-        assert tenant.key not in cookie and tenant.key.split("_")[-1] not in cookie
+        secret_part = tenant.key.split("_", 2)[2]  # cvk_<key id>_<secret>; the secret may hold "_"
+        assert tenant.key not in cookie and secret_part not in cookie
         assert client.get("/queue").status_code == 200
 
 
@@ -458,3 +463,50 @@ def test_a_session_dies_when_its_key_hash_changes(app: Any, tenant: Tenant):
             db.add(row)
         auth._by_id.clear()
         assert client.get("/jobs", follow_redirects=False).status_code == 303
+
+
+def _sign_in_cookie_via(
+    env: Backend, tmp_path: Path, tenant: Tenant, trusted: str, forwarded: dict[str, str]
+) -> str:
+    """Sign in through a real `conveyor api` process, as a TLS proxy on 127.0.0.1 would pass it on."""
+    import httpx
+
+    from jobs.embedded import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env.env(), "CONVEYOR_TRUSTED_PROXIES": trusted},
+        stdout=(tmp_path / "api.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None
+
+        wait_until(up, timeout=30, interval=0.1, message="conveyor api to answer")
+        form = httpx.get(f"{url}/sign-in", headers=forwarded)
+        response = httpx.post(
+            f"{url}/sign-in",
+            data={"api_key": tenant.key, "csrf_token": csrf_from(form.text), "next": "/jobs"},
+            cookies=dict(form.cookies.items()),  # a Secure cookie, which httpx keeps off plain http
+            headers=forwarded,
+        )
+        assert response.status_code == 303, response.text
+        return next(c for c in response.headers.get_list("set-cookie") if c.startswith("conveyor_session="))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_behind_a_trusted_tls_proxy_the_cookie_is_secure(env: Backend, tmp_path: Path, tenant: Tenant):
+    https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    trusted = _sign_in_cookie_via(env, tmp_path, tenant, "127.0.0.1", https)
+    assert "; secure" in trusted.lower()
+    untrusted = _sign_in_cookie_via(env, tmp_path, tenant, "10.9.9.9", https)  # anyone could send it
+    assert "; secure" not in untrusted.lower()

@@ -10,12 +10,12 @@ page, whether the snapshot came from Redis or SQL.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from jobs.clock import parse_iso
+from pydantic import Field
+
 from jobs.redaction import redact, redact_text
+from jobs.snapshot import JobSnapshot
 from jobs.status import JobStatus
 
 # Poll every second while something moves, every five while jobs only wait; not at all once
@@ -26,32 +26,12 @@ MOVING = frozenset({JobStatus.QUEUED, JobStatus.STARTED})
 RESULT_OPEN_MAX_CHARS = 2000
 
 
-@dataclass(frozen=True)
-class JobView:
-    job_id: str
-    task: str
-    queue: str
-    status: JobStatus
-    progress: float | None
-    message: str | None
-    result: Any
-    result_ref: dict[str, Any] | None
-    error: dict[str, str] | None
-    attempt: int
-    max_retries: int
-    created_at: datetime | None
-    enqueued_at: datetime | None
-    started_at: datetime | None
-    ended_at: datetime | None
-    updated_at: datetime | None
-    eta_seconds: float | None
-    seq: int
-    control: str | None = None
-    actions: list[str] = field(default_factory=list)
+class JobView(JobSnapshot):
+    """The snapshot (its one declaration, jobs/snapshot.py) with its free text redacted, plus the
+    pending control request and the actions the page may offer."""
 
-    @property
-    def is_terminal(self) -> bool:
-        return self.status.is_terminal
+    control: str | None = None
+    actions: list[str] = Field(default_factory=list)
 
     @property
     def short_id(self) -> str:
@@ -87,32 +67,21 @@ def view_of(doc: bytes | dict[str, Any], *, control: str | None = None, with_act
     data = json.loads(doc) if isinstance(doc, bytes | str) else doc
     status = JobStatus(data["status"])
     error = data.get("error")
+    shown_error = {"type": error["type"], "detail": redact_text(error.get("detail") or "")} if error else None
     actions: list[str] = []
     if with_actions:
         from jobs.control import allowed_actions  # pulls RQ: loaded on first use, off the cold start
 
         actions = allowed_actions(status, control)
-    return JobView(
-        job_id=data["job_id"],
-        task=data["task"],
-        queue=data["queue"],
-        status=status,
-        progress=data.get("progress"),
-        message=redact_text(data["message"]) if data.get("message") else None,
-        result=redact(data.get("result")),
-        result_ref=data.get("result_ref"),
-        error={"type": error["type"], "detail": redact_text(error.get("detail") or "")} if error else None,
-        attempt=data.get("attempt") or 1,
-        max_retries=data.get("max_retries") or 0,
-        created_at=parse_iso(data.get("created_at")),
-        enqueued_at=parse_iso(data.get("enqueued_at")),
-        started_at=parse_iso(data.get("started_at")),
-        ended_at=parse_iso(data.get("ended_at")),
-        updated_at=parse_iso(data.get("updated_at")),
-        eta_seconds=data.get("eta_seconds"),
-        seq=int(data.get("seq") or 0),
-        control=control or None,
-        actions=actions,
+    return JobView.model_validate(
+        {
+            **data,
+            "message": redact_text(data["message"]) if data.get("message") else None,
+            "result": redact(data.get("result")),
+            "error": shown_error,
+            "control": control or None,
+            "actions": actions,
+        }
     )
 
 

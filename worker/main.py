@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -34,6 +36,7 @@ from rq.queue import Queue
 
 from jobs.attempts import end_failed_attempt
 from jobs.clock import utcnow
+from jobs.db import session_scope
 from jobs.lifecycle import record
 from jobs.live import heartbeat_key, job_key, live_store
 from jobs.maintenance import Maintenance
@@ -43,6 +46,7 @@ from jobs.redaction import install_log_redaction
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
+from jobs.store import JournalEntry, apply_journal
 from jobs.tasks import load_tasks
 from jobs.tracing import TraceIdFilter
 from worker import runner  # noqa: F401  (RQ imports the runner by name: load it before forking)
@@ -92,8 +96,30 @@ class ConveyorWorker(Worker):
         self._reset_job_state(job.id)
         try:
             super().execute_job(job, queue)
+            self._record_end_in_sql(job.id)
         finally:
             self._reset_job_state(None)
+
+    def _record_end_in_sql(self, job_id: str) -> None:
+        """Make the job's end durable in SQL before this worker takes its next job.
+
+        The journal entry of the end reaches SQL through the recorder a moment later; if Redis
+        lost its data in that moment, the entry would go with it, SQL would still call the job
+        waiting, and the loss sweep would run it a second time. Only the row is written here
+        (one UPDATE that moves it forward, never back); the recorder still stores the event with
+        its data. A database outage is logged and left to the recorder.
+        """
+        try:
+            found = live_store(self.connection).read(job_id)
+            if found is None:
+                return
+            doc = json.loads(found[1])
+            if not JobStatus(doc["status"]).is_terminal:
+                return
+            with session_scope() as session:
+                apply_journal(session, [JournalEntry(event=doc["status"], doc=doc, data={})], events=False)
+        except Exception:
+            log.exception("worker %s: could not record the end of job %s in SQL yet", self.name, job_id)
 
     def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
         paused = self._paused_seconds
@@ -211,9 +237,27 @@ def worker_name() -> str:
 
 
 def _die_with_parent() -> None:
-    """In the recorder child: get SIGTERM if the worker dies, so no orphan lingers (Linux)."""
+    """In a child of the worker: get SIGTERM if the worker dies, so no orphan lingers (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def children_die_with_the_worker() -> None:
+    """Every process this worker forks (RQ's scheduler, each work-horse) gets SIGTERM when it dies.
+
+    After ``kill -9`` of a worker, RQ's scheduler child would live on as an orphan holding the
+    scheduler lock, and a work-horse would finish its job unwatched while the reconciler, seeing
+    the heartbeat stop, runs it again. Only forks of this process itself are marked: a task's own
+    forks inside a work-horse keep the usual semantics (PDEATHSIG fires when the forking *thread*
+    ends, which would surprise a task forking from a thread).
+    """
+    worker_pid = os.getpid()
+
+    def marked() -> None:
+        if os.getppid() == worker_pid:
+            _die_with_parent()
+
+    os.register_at_fork(after_in_child=marked)
 
 
 def start_recorder_process(name: str) -> subprocess.Popen[bytes]:
@@ -262,6 +306,7 @@ def run_worker(
     use_redis(connection)
     live_store(connection)  # register the gate's scripts once; every work-horse inherits them
     load_tasks()  # import task modules once, before forking, so every work-horse starts warm
+    children_die_with_the_worker()
     worker_class = SimpleWorker if simple else ConveyorWorker
     worker = worker_class(
         [get_queue(q, connection) for q in (queues or settings.queues)],

@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
+from api.outages import live_state_unavailable, redis_unreachable
 from jobs.auth import may_reach
 from jobs.errors import JobNotFound
 from jobs.lazy_model import LazyModel
@@ -118,7 +119,13 @@ async def read_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int]:
     state expired."""
     if not valid_id(job_id):
         raise JobNotFound(job_id)
-    live = await read_live_snapshot(job_id, tenant)
+    try:
+        live = await read_live_snapshot(job_id, tenant)
+    except Exception as exc:
+        if not redis_unreachable(exc):
+            raise
+        live_state_unavailable()
+        live = None
     if live is not None:
         return live
     return await run_in_threadpool(_snapshot_from_sql, job_id, tenant)
@@ -239,7 +246,13 @@ def get_jobs(
     docs = [doc_from_row(job) for job in page.items]
     live_ids = [job.job_id for job in page.items if JobStatus(job.status) not in TERMINAL]
     if live_ids:
-        live = live_store(get_redis()).read_many(live_ids)
+        try:
+            live = live_store(get_redis()).read_many(live_ids)
+        except Exception as exc:
+            if not redis_unreachable(exc):
+                raise
+            live_state_unavailable()
+            live = {}
         docs = [live.get(job.job_id, doc) for job, doc in zip(page.items, docs, strict=True)]
     body = (
         b'{"items":[' + b",".join(docs) + b'],"next_cursor":' + json.dumps(page.next_cursor).encode() + b"}"
