@@ -265,7 +265,7 @@ async def poll_seed002(
     """Seed 002: wait for the status to differ from `current_status` (or, without it, for any change)."""
     from api.live_feed import JobFeed, long_poll
 
-    feed = await JobFeed.open(job_id, principal.scope)
+    feed = await JobFeed.open(job_id, principal.scope, key_id=principal.key_id)
     try:
         first = feed.current.seq
 
@@ -294,7 +294,7 @@ async def stream_seed002(
     from api.live_feed import JobFeed
 
     after = resume_point(last_event_id, since)
-    feed = await JobFeed.open(job_id, principal.scope)
+    feed = await JobFeed.open(job_id, principal.scope, key_id=principal.key_id)
     if feed.current.is_terminal and feed.current.seq <= after:
         feed.close()
         return Response(status_code=204)

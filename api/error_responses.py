@@ -39,7 +39,8 @@ def json_safe(value: Any) -> Any:
 async def conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
     body = json_safe({"detail": exc.message, **exc.extra})
-    return JSONResponse(body, status_code=exc.status_code)
+    # e.g. Retry-After on a stream refused at its cap
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:

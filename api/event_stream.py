@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 RETRY_MS = 2000
 """How long an EventSource waits before it reconnects (it resumes with Last-Event-ID)."""
 HEARTBEAT_FRAME = b": heartbeat\n\n"
+REVOKED_FRAME = b": API key revoked\n\n"
+"""The last words of a stream whose key was revoked: a comment, which every SSE parser skips
+(an event would reach clients as a snapshot); the EventSource's reconnect then gets a 401."""
+WS_REVOKED = 4401
 
 Render = Callable[["Delivery"], bytes]
 RenderText = Callable[["Delivery"], str]
@@ -114,6 +118,9 @@ class EventStream(Response):
                 items = await feed.next(since, timeout=left)
                 if feed.gone:
                     return
+                if feed.revoked:
+                    chunks, done = [REVOKED_FRAME], True
+                    continue
                 items, done = upto_terminal(items)
                 if items:
                     chunks = [self.frame(item) for item in items]
@@ -196,6 +203,10 @@ async def pump_websocket(
                 return
             items = await feed.next(since)
             if feed.gone:
+                return
+            if feed.revoked:
+                close = {"type": "websocket.close", "code": WS_REVOKED, "reason": "API key revoked."}
+                await feed.guarded_send(websocket.send, close)
                 return
     except asyncio.CancelledError:
         if not stall.dropped():

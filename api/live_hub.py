@@ -86,15 +86,19 @@ class Listener:
         "_waiter",
         "gone",
         "job_id",
+        "key_id",
         "last_active",
         "on_stall",
         "quiet",
         "resync",
+        "revoked",
         "sending_since",
     )
 
-    def __init__(self, job_id: str, size: int, now: float = 0.0) -> None:
+    def __init__(self, job_id: str, size: int, now: float = 0.0, key_id: str = "") -> None:
         self.job_id = job_id
+        self.key_id = key_id  # the API key the stream serves ("" for none): re-checked for revocation
+        self.revoked = False
         self._pending: deque[Delivery] = deque(maxlen=size)
         self._waiter: asyncio.Future[None] | None = None
         self.resync = False
@@ -122,6 +126,11 @@ class Listener:
         self.gone = True
         self._wake()
 
+    def mark_revoked(self) -> None:
+        """The stream's key was revoked: the stream ends (its client is told why)."""
+        self.revoked = True
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -135,7 +144,7 @@ class Listener:
 
     @property
     def ready(self) -> bool:
-        return bool(self._pending) or self.resync or self.quiet or self.gone
+        return bool(self._pending) or self.resync or self.quiet or self.gone or self.revoked
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until woken (True) or, with a ``timeout``, until it passes (False)."""
@@ -164,6 +173,7 @@ class SnapshotHub:
         self._listeners: dict[str, set[Listener]] = {}
         self._task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._key_check: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.received = 0
         self.reconnects = 0
@@ -176,15 +186,17 @@ class SnapshotHub:
     def subscribed(self) -> bool:
         return self._ready.is_set()
 
-    async def add(self, job_id: str) -> Listener:
+    async def add(self, job_id: str, key_id: str = "") -> Listener:
         """Register a listener for ``job_id`` and make sure the subscription is live.
 
         Once this returns, every snapshot published afterwards reaches the
         listener, so a caller that reads the current snapshot next misses nothing.
         If Redis does not confirm the subscription in time the listener is
-        returned anyway: the caller's heartbeat re-reads keep it correct.
+        returned anyway: the caller's heartbeat re-reads keep it correct. A listener with a
+        ``key_id`` is marked revoked within ``CONVEYOR_STREAM_KEY_RECHECK`` of that key's revocation.
         """
-        listener = Listener(job_id, get_settings().live_buffer, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        listener = Listener(job_id, get_settings().live_buffer, now, key_id)
         self._listeners.setdefault(job_id, set()).add(listener)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="conveyor-snapshot-hub")
@@ -237,8 +249,9 @@ class SnapshotHub:
     async def close(self) -> None:
         task, self._task = self._task, None
         watchdog, self._watchdog = self._watchdog, None
+        key_check, self._key_check = self._key_check, None
         self._ready.clear()
-        for running in (task, watchdog):
+        for running in (task, watchdog, key_check):
             if running is not None and not running.done():
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -249,15 +262,21 @@ class SnapshotHub:
 
         One pass over every listener each quarter of the shorter interval, so a
         quiet stream re-reads within (3/4, 1] of a heartbeat, and no wait or send
-        needs a timer of its own.
+        needs a timer of its own. Every ``CONVEYOR_STREAM_KEY_RECHECK`` seconds the
+        listeners' keys are checked against revocation, in a task of their own (an
+        SQL query must not delay the stall checks).
         """
         loop = asyncio.get_running_loop()
+        next_key_check = loop.time()
         while self._listeners:
             settings = get_settings()
             heartbeat, send_timeout = settings.live_heartbeat, settings.live_send_timeout
-            period = min(heartbeat, send_timeout) / 4
+            period = min(heartbeat, send_timeout, settings.stream_key_recheck) / 4
             await asyncio.sleep(period)
             now = loop.time()
+            if now >= next_key_check and (self._key_check is None or self._key_check.done()):
+                next_key_check = now + settings.stream_key_recheck
+                self._key_check = asyncio.create_task(self._check_keys(), name="conveyor-stream-keys")
             for group in list(self._listeners.values()):
                 for listener in list(group):
                     if now - listener.last_active >= heartbeat - period:
@@ -266,6 +285,32 @@ class SnapshotHub:
                         listener.sending_since = 0.0
                         if listener.on_stall is not None:
                             listener.on_stall()
+
+    async def _check_keys(self) -> None:
+        """Mark the listeners of revoked keys (one SQL query for every key this process streams to).
+
+        A database that cannot answer revokes nothing: streams go on, and the next check asks again.
+        """
+        from jobs.auth import revoked_among
+
+        keys = {listener.key_id for group in self._listeners.values() for listener in group}
+        keys.discard("")
+        if not keys:
+            return
+        try:
+            revoked = await asyncio.to_thread(revoked_among, keys)
+        except Exception as exc:
+            log.warning("live hub: could not re-check the keys of open streams: %s", exc)
+            return
+        if not revoked:
+            return
+        closing = 0
+        for group in list(self._listeners.values()):
+            for listener in list(group):
+                if listener.key_id in revoked and not listener.revoked:
+                    listener.mark_revoked()
+                    closing += 1
+        log.info("live hub: closing %d streams of %d revoked API keys", closing, len(revoked))
 
     async def _run(self) -> None:
         """Read the channel until idle; reconnect (and resync listeners) when it breaks."""

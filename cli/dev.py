@@ -99,21 +99,7 @@ def run_dev(*, host: str = "127.0.0.1", port: int = 8000) -> int:
         python = sys.executable
         children["worker"] = subprocess.Popen([python, "-m", "cli.main", "worker"], env=env)
         children["api"] = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "api.main:app",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--log-level",
-                settings.log_level.lower(),
-                "--proxy-headers",
-                "--forwarded-allow-ips",
-                settings.trusted_proxies,
-            ],
+            [python, "-m", "cli.main", "api", "--host", host, "--port", str(port)],
             env=env,
         )
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host

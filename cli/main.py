@@ -34,17 +34,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from jobs.settings import get_settings
+    from api.server import uvicorn_options
+    from jobs.process_limits import raise_fd_limit
 
-    uvicorn.run(
-        "api.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        forwarded_allow_ips=get_settings().trusted_proxies,
-        log_level=get_settings().log_level.lower(),
-    )
+    raise_fd_limit()  # before uvicorn starts: its worker processes inherit the limit
+    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, **uvicorn_options())
     return 0
 
 

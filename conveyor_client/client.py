@@ -72,8 +72,9 @@ def job_missing(exc: ConveyorAPIError) -> bool:
 
 
 def channel_unserved(exc: ConveyorAPIError) -> bool:
-    """Whether an error means "this channel is not served here" (a proxy, an older server)."""
-    return exc.status_code in UNSERVED_STATUSES and not job_missing(exc)
+    """Whether an error means "this channel is not served here" (a proxy, an older server), or
+    not to this key right now (429: its stream cap is reached, and plain polling has none)."""
+    return exc.status_code == 429 or (exc.status_code in UNSERVED_STATUSES and not job_missing(exc))
 
 
 def not_an_event_stream(response: httpx.Response) -> bool:

@@ -14,6 +14,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -207,6 +208,38 @@ def revoke_key(session: Session, *, key_id: str) -> bool:
     session.add(row)
     clear_cache()
     return True
+
+
+def revoked_among(key_ids: Collection[str]) -> set[str]:
+    """Which of ``key_ids`` are revoked (or gone) now, asking SQL itself, never the caches.
+
+    For the API's open streams, which re-check their keys every few seconds: one indexed
+    query for all of a process's keys, however many streams each holds. The revoked keys are
+    also dropped from this process's caches, so their next request is refused at once.
+    """
+    ids = sorted(set(key_ids))
+    if not ids:
+        return set()
+    from sqlmodel import col, select
+
+    from jobs.db import session_scope
+    from jobs.models import ApiKey
+
+    active: set[str] = set()
+    with session_scope() as session:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = select(ApiKey.id).where(col(ApiKey.id).in_(chunk), col(ApiKey.revoked_at).is_(None))
+            active.update(session.exec(query).all())
+    revoked = set(ids) - active
+    if revoked:
+        with _cache_lock:
+            for digest, (_, principal) in list(_cache.items()):
+                if principal.key_id in revoked:
+                    _cache.pop(digest, None)
+            for key_id in revoked:
+                _by_id.pop(key_id, None)
+    return revoked
 
 
 def clear_cache() -> None:

@@ -138,6 +138,19 @@ class Settings(BaseSettings):
     # see jobs/set_aside.py) and kept up to this many, the oldest dropped first.
     journal_set_aside_max: int = Field(default=10_000, ge=1)
 
+    # --- Connection limits (issue 11: one client must not starve the rest). ---
+    # Open SSE streams, long polls and WebSockets one API key may hold in one API process, and
+    # all keys together (also bounded by half the open-file limit). Over either: 429 / close 4429.
+    max_streams_per_key: int = Field(default=32, ge=1, le=100_000)
+    max_streams_per_process: int = Field(default=1000, ge=1, le=1_000_000)
+    # The Retry-After (seconds) sent with a refusal.
+    stream_retry_after: int = Field(default=5, ge=1, le=3600)
+    # How often (seconds) the keys of open streams are checked against revocation.
+    stream_key_recheck: float = Field(default=10.0, ge=0.5, le=20)
+    # Seconds a connection may take to send a request's line and headers, from its first byte
+    # (or from connecting); past it the server closes the connection.
+    header_timeout: float = Field(default=5.0, gt=0, le=300)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if not self.secret_key:

@@ -360,7 +360,13 @@ class ServerProcess:
         log_path: Path,
         extra_env: dict[str, str] | None = None,
         log_level: str = "warning",
+        *,
+        via_cli: bool = False,
+        preexec_fn: Any = None,
+        args: tuple[str, ...] = (),
     ):
+        """``via_cli``: serve with `conveyor api` (its protocol and limits) instead of bare uvicorn;
+        ``args``: more of uvicorn's options (bare uvicorn only)."""
         from jobs.embedded import free_port
 
         self.log_level = log_level
@@ -369,29 +375,27 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = extra_env or {}
+        self.via_cli = via_cli
+        self.preexec_fn = preexec_fn
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
         import httpx
 
         env = {**os.environ, **self.backend.env(), **self.extra_env}
+        if self.via_cli:
+            argv = ["-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(self.port)]
+        else:
+            argv = ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port)]
+            argv += ["--log-level", self.log_level, *self.args]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                self.log_level,
-            ],
+            [sys.executable, *argv],
             env=env,
             cwd=ROOT,
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec_fn,
         )
 
         def up() -> bool:

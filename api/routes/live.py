@@ -83,7 +83,7 @@ async def poll(
     """
     from api.live_feed import JobFeed, long_poll
 
-    feed = await JobFeed.open(job_id, principal.scope)
+    feed = await JobFeed.open(job_id, principal.scope, key_id=principal.key_id)
     try:
         after = feed.current.seq if since is None and current_status is None else since
 
@@ -127,7 +127,7 @@ async def stream(
     from api.live_feed import JobFeed
 
     after = resume_point(last_event_id, since)
-    feed = await JobFeed.open(job_id, principal.scope)
+    feed = await JobFeed.open(job_id, principal.scope, key_id=principal.key_id)
     if feed.current.is_terminal and feed.current.seq <= after:
         feed.close()
         return Response(status_code=204)  # tells an EventSource to stop reconnecting
@@ -152,11 +152,13 @@ async def serve_websocket(
     websocket: WebSocket, job_id: str, *, since: int, render: RenderText = snapshot_text
 ) -> None:
     """Accept the WebSocket and stream its job in ``render``'s shape, or close it with a reason:
-    4401 (no valid key), 4404 (no such job for this tenant), 1011 (stores unavailable)."""
+    4401 (no valid key, or the key was revoked while open), 4404 (no such job for this tenant),
+    4429 (a stream cap is reached: see api/stream_limits.py), 1011 (stores unavailable)."""
     import redis.exceptions
     import sqlalchemy as sa
 
     from api.live_feed import JobFeed
+    from api.stream_limits import WS_TOO_MANY, StreamLimitReached
 
     principal = await websocket_principal(websocket)
     await websocket.accept()
@@ -164,9 +166,14 @@ async def serve_websocket(
         await websocket.close(code=WS_UNAUTHORIZED, reason="Missing, invalid or revoked API key.")
         return
     try:
-        feed = await JobFeed.open(job_id, principal.scope)
+        feed = await JobFeed.open(job_id, principal.scope, key_id=principal.key_id)
     except JobNotFound as exc:
         await websocket.close(code=WS_NOT_FOUND, reason=exc.message[:120])
+        return
+    except StreamLimitReached as exc:
+        # A close reason has at most 123 bytes: name the cap and the wait, the rest is in the docs.
+        reason = f"Too many streams: the {exc.cap} cap is reached; retry in {exc.retry_after} s."
+        await websocket.close(code=WS_TOO_MANY, reason=reason)
         return
     except (redis.exceptions.RedisError, sa.exc.SQLAlchemyError):
         await websocket.close(code=1011, reason="Redis or the database is unavailable; retry shortly.")

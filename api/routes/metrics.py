@@ -102,7 +102,42 @@ def _families() -> list[Any]:
         for queue, histogram in sorted(getattr(counters, kind).items()):
             family.add_metric([queue], histogram.cumulative(), sum_value=histogram.total)
         histograms.append(family)
-    return [jobs, depth, oldest, workers, ended, retries, set_aside, held_aside, *histograms]
+    return [
+        jobs,
+        depth,
+        oldest,
+        workers,
+        ended,
+        retries,
+        set_aside,
+        held_aside,
+        *histograms,
+        *_stream_families(),
+    ]
+
+
+def _stream_families() -> list[Any]:
+    """This API process's streams under their caps (each process has its own: see api/stream_limits.py)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from api.stream_limits import process_cap, stream_slots
+
+    open_streams = GaugeMetricFamily(
+        "conveyor_api_open_streams", "SSE streams, long polls and WebSockets this API process holds open."
+    )
+    open_streams.add_metric([], stream_slots.total)
+    cap = GaugeMetricFamily(
+        "conveyor_api_stream_cap", "The most streams this API process holds (its per-process cap in force)."
+    )
+    cap.add_metric([], process_cap())
+    refused = CounterMetricFamily(
+        "conveyor_api_streams_refused",
+        "Streams this API process refused (429 / close 4429), by the cap reached (key or process).",
+        labels=["cap"],
+    )
+    for name, n in sorted(stream_slots.refused.items()):
+        refused.add_metric([name], n)
+    return [open_streams, cap, refused]
 
 
 @router.get("/metrics", dependencies=[Depends(metrics_access)], response_class=Response)
