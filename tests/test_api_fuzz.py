@@ -12,7 +12,9 @@ no longer has.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,12 +39,35 @@ def _operations() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def fuzzed(backend: Backend) -> tuple[Any, Tenant]:
-    """One app, its schema and one admin tenant per backend (loading the schema is the slow part)."""
+def fuzzed(backend: Backend) -> Iterator[tuple[Any, Tenant]]:
+    """One app, its schema and one admin tenant per backend (loading the schema is the slow part).
+
+    Afterwards every job the fuzzing left waiting or running is canceled: they would otherwise
+    keep the shared worker busy (generated payloads ask for long tasks) for the tests after it.
+    """
     from api.app import create_app
 
     configure(backend.env())
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app()), make_tenant()
+    tenant = make_tenant()
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app()), tenant
+    _cancel_all(tenant.name)
+
+
+def _cancel_all(tenant: str) -> None:
+    from sqlmodel import col, select
+
+    from jobs.control import cancel_job
+    from jobs.db import session_scope
+    from jobs.models import Job
+    from jobs.status import TERMINAL
+
+    ended = [s.value for s in TERMINAL]
+    with session_scope() as session:
+        query = select(Job.job_id).where(Job.tenant == tenant, col(Job.status).not_in(ended))
+        job_ids = list(session.exec(query).all())
+    for job_id in job_ids:
+        with contextlib.suppress(Exception):  # one that ended meanwhile is refused: fine
+            cancel_job(job_id=job_id, tenant=tenant, by="test teardown")
 
 
 @pytest.mark.parametrize(("method", "path"), _operations(), ids=lambda value: value)
