@@ -82,7 +82,7 @@ from jobs.requeue import (
 from jobs.settings import get_settings
 from jobs.status import RUNNING, WAITING, JobStatus
 from jobs.store import deferred_jobs, get_job, running_job_ids, statuses_of
-from jobs.tasks import get_task
+from jobs.tasks import get_task, load_tasks
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,8 @@ class Reconciler:
         if row is None:
             return None
         payload = payload_for(row, self.client)
-        left = retries_left(row) if payload is not None else 0
+        runnable = payload is not None and row.task in load_tasks()  # a task since removed cannot retry
+        left = retries_left(row) if runnable else 0
         delay = get_task(row.task).retry_policy.schedule(left)[0] if left > 0 else None
         ended = end_failed_attempt(
             job_id, error, attempt=attempt, retry_in=delay, data=data, client=self.client

@@ -9,6 +9,7 @@ the caller is told so rather than running the task with ``[REDACTED]`` values.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +27,9 @@ from jobs.redaction import REDACTED
 from jobs.settings import get_settings
 from jobs.status import WAITING, JobStatus
 from jobs.store import statuses_of, waiting_jobs
-from jobs.tasks import get_task
+from jobs.tasks import get_task, load_tasks
+
+log = logging.getLogger(__name__)
 
 BLOCKING = frozenset({JobStatus.FAILED, JobStatus.CANCELED})
 
@@ -159,7 +162,12 @@ def requeue_lost(client: Redis, *, by: str, touched_after: datetime | None = Non
             if rq[row.job_id] in RQ_WAITING:
                 continue
             if client.set(REQUEUE_LOCK + row.job_id, by, nx=True, ex=60):
-                _requeue(row, client, by=by, reseed=current is None, found=found)
+                try:
+                    _requeue(row, client, by=by, reseed=current is None, found=found)
+                except redis.exceptions.ConnectionError:
+                    raise  # Redis is gone again: the whole pass stops, the next one resumes
+                except Exception:  # one job that cannot be rebuilt must not stop the sweep of the rest
+                    log.exception("requeue: could not enqueue job %s again", row.job_id)
 
 
 def _requeue(row: Job, client: Redis, *, by: str, reseed: bool, found: LostJobs) -> None:
@@ -168,8 +176,15 @@ def _requeue(row: Job, client: Redis, *, by: str, reseed: bool, found: LostJobs)
     payload = payload_for(row, client)
     with session_scope() as session:
         parents = parents_of(row, statuses_of(session, dependency_ids(row)))
-    if payload is None or parents.blocking:
-        if payload is None:
+    known = row.task in load_tasks()
+    if payload is None or parents.blocking or not known:
+        if not known:
+            error = {
+                "type": "UnknownTask",
+                "detail": f"Redis lost this job before it ran, and its task {row.task!r} is no longer "
+                "registered in this deployment, so it cannot run again.",
+            }
+        elif payload is None:
             error = {
                 "type": "PayloadLost",
                 "detail": "Redis lost this job before it ran, and its payload held secrets, which "

@@ -151,6 +151,105 @@ def env(backend: Backend) -> Iterator[Backend]:
     yield backend
 
 
+class PrivateWorld:
+    """A Redis and a database of one test's own, so that no shared worker or reconciler sees them.
+
+    For tests that restart Redis empty: with the shared database, the session's reconcilers would
+    see the test's jobs as lost from *their* Redis and enqueue them there too.
+    """
+
+    def __init__(self, shared: Backend, tmp_path: Path, admin_url: str | None) -> None:
+        from jobs.embedded import EmbeddedRedis
+
+        self._dir = tmp_path / "private-redis"
+        self.server = EmbeddedRedis(self._dir, persist=False)
+        redis_url = self.server.start()
+        self._drop = None
+        if shared.name == "postgres" and admin_url:
+            database_url, self._drop = _create_postgres_database(admin_url)
+        else:
+            database_url = f"sqlite:///{tmp_path / 'private.db'}"
+        self.backend = Backend(shared.name, database_url, redis_url)
+        self.redis_url = redis_url
+        configure(self.backend.env())
+        from jobs.migrate import upgrade
+
+        upgrade()
+        self.tenant = make_tenant()
+
+    def restart_redis_empty(self) -> None:
+        from jobs.embedded import EmbeddedRedis
+
+        port = self.server.port
+        self.server.stop()
+        self.server = EmbeddedRedis(self._dir, port=port, persist=False)
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop()
+        from jobs.db import reset_engine
+
+        reset_engine()
+        if self._drop is not None:
+            self._drop()
+
+
+@pytest.fixture
+def private_world(env: Backend, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PrivateWorld]:
+    services: Services = request.config._conveyor_services  # type: ignore[attr-defined]
+    world = PrivateWorld(env, tmp_path, services.postgres.url)
+    try:
+        yield world
+    finally:
+        world.close()
+        configure(env.env())
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, the jobs it left waiting or running are canceled.
+
+    Tests share one database and the session's workers: a long job a test left behind keeps
+    those workers busy through later tests, and a job left queued in a private Redis the test
+    has since stopped (or seeded in no queue on purpose) is, to the shared reconcilers, a job
+    Redis lost, which their sweeps would enqueue for the shared workers. Production wants that;
+    a test suite does not. Canceled through the control path where the job's Redis answers,
+    else in SQL only.
+    """
+    if "env" not in request.fixturenames:
+        yield
+        return
+    from jobs.clock import utcnow
+
+    started = utcnow()
+    yield
+    import sqlalchemy as sa
+
+    from jobs.control import cancel_job
+    from jobs.db import session_scope
+    from jobs.models import Job
+    from jobs.status import TERMINAL
+
+    configure(request.getfixturevalue("backend").env())  # a test may have pointed elsewhere
+    ended = [s.value for s in TERMINAL]
+    left = sa.select(Job.job_id).where(Job.created_at >= started, Job.status.not_in(ended))  # type: ignore[attr-defined]
+    with session_scope() as session:
+        job_ids = list(session.execute(left).scalars())
+    unreachable = []
+    for job_id in job_ids:
+        try:
+            cancel_job(job_id=job_id, tenant=None, by="test cleanup")
+        except Exception:  # ended meanwhile (refused), or its Redis is gone
+            unreachable.append(job_id)
+    if unreachable:
+        with session_scope() as session:
+            session.execute(
+                sa.update(Job)
+                .where(Job.job_id.in_(unreachable), Job.status.not_in(ended))  # type: ignore[attr-defined]
+                .values(status="canceled", ended_at=utcnow())
+            )
+
+
 @pytest.fixture
 def redis_client(env: Backend) -> Redis:
     from jobs.redis_conn import get_redis

@@ -19,14 +19,21 @@ from redis import Redis
 
 from jobs.clock import utcnow
 from jobs.db import session_scope
-from jobs.embedded import EmbeddedRedis
 from jobs.lifecycle import record, write_through_or_log
 from jobs.live import RUNNING_SET, heartbeat_key, job_key
 from jobs.models import Job
 from jobs.queueing import fetch, get_queue
 from jobs.reconciler import EPOCH_KEY, RECOVERING_KEY, Reconciler
 from jobs.status import JobStatus
-from tests.conftest import FAST_ENV, Backend, Tenant, WorkerProcess, configure, descendants, seed_job
+from tests.conftest import (
+    FAST_ENV,
+    Backend,
+    PrivateWorld,
+    WorkerProcess,
+    configure,
+    descendants,
+    seed_job,
+)
 from tests.control_tasks import DONE_PREFIX
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, sql_row, submit, wait_status
@@ -93,16 +100,14 @@ def test_a_worker_killed_mid_job_has_its_jobs_failed_or_retried_within_30_second
 
 
 def test_jobs_redis_forgot_are_enqueued_again_and_all_finish(
-    env: Backend, tmp_path: Path, tenant: Tenant, app: Any
+    tmp_path: Path, private_world: PrivateWorld, app: Any
 ):
     """Redis restarted without persistence while 100 jobs were queued."""
-    server = EmbeddedRedis(tmp_path / "redis", persist=False)
-    url = server.start()
-    private = Backend(env.name, env.database_url, url)
-    configure(private.env())
+    world = private_world
+    private, url = world.backend, world.redis_url
     worker: WorkerProcess | None = None
     try:
-        with TestClient(app, headers=tenant.headers) as client:
+        with TestClient(app, headers=world.tenant.headers) as client:
             ids = [
                 submit(client, "steps", {"steps": 1, "step": 0}, queue=QUEUE)["job_id"] for _ in range(100)
             ]
@@ -112,10 +117,7 @@ def test_jobs_redis_forgot_are_enqueued_again_and_all_finish(
             ]
         assert Redis.from_url(url).llen(get_queue(QUEUE, Redis.from_url(url)).key) == 100
 
-        port = server.port
-        server.stop()
-        server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
-        server.start()
+        world.restart_redis_empty()
         assert Redis.from_url(url).dbsize() == 0
         time.sleep(1.2)  # older than the reconciler's grace for waiting jobs
 
@@ -142,29 +144,22 @@ def test_jobs_redis_forgot_are_enqueued_again_and_all_finish(
     finally:
         if worker is not None:
             worker.stop()
-        server.stop()
-        configure(env.env())
 
 
 def test_with_default_settings_jobs_submitted_just_before_redis_lost_everything_run_within_30_seconds(
-    env: Backend, tmp_path: Path, tenant: Tenant, app: Any
+    tmp_path: Path, private_world: PrivateWorld, app: Any
 ):
     """No grace to wait out: the sweep a loss triggers takes even the jobs submitted a moment ago,
     and each runs once."""
-    server = EmbeddedRedis(tmp_path / "redis", persist=False)
-    url = server.start()
-    private = Backend(env.name, env.database_url, url)
-    configure(private.env())
+    world = private_world
+    private, url = world.backend, world.redis_url
     worker: WorkerProcess | None = None
     try:
-        with TestClient(app, headers=tenant.headers) as client:
+        with TestClient(app, headers=world.tenant.headers) as client:
             ids = [
                 submit(client, "steps", {"steps": 1, "step": 0}, queue=QUEUE)["job_id"] for _ in range(100)
             ]
-        port = server.port
-        server.stop()
-        server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
-        server.start()
+        world.restart_redis_empty()
         assert Redis.from_url(url).dbsize() == 0
 
         name = f"after-{uuid.uuid4().hex[:6]}"
@@ -188,12 +183,11 @@ def test_with_default_settings_jobs_submitted_just_before_redis_lost_everything_
         wait_until(lambda: finished() == 100, timeout=30, interval=0.25, message="all 100 jobs to finish")
         for job_id in ids:
             events = [e.event for e in sql_events(job_id)]
-            assert events.count("started") == 1 and events.count("requeued") == 1, (job_id, events)
+            detail = [(e.event, e.created_at.isoformat(), e.data) for e in sql_events(job_id)]
+            assert events.count("started") == 1 and events.count("requeued") == 1, (job_id, detail)
     finally:
         if worker is not None:
             worker.stop()
-        server.stop()
-        configure(env.env())
 
 
 def test_a_job_s_end_is_in_sql_before_its_worker_takes_the_next_job(
@@ -214,29 +208,25 @@ def test_a_job_s_end_is_in_sql_before_its_worker_takes_the_next_job(
 
 
 def test_a_job_running_while_redis_lost_everything_finishes_once(
-    env: Backend, tmp_path: Path, tenant: Tenant, app: Any
+    tmp_path: Path, private_world: PrivateWorld, app: Any
 ):
     """Its live state comes back from SQL as queued (no recorder carried its start there): the
     attempt records its start again and finishes, and the loss sweep leaves it alone (its worker
     keeps its heartbeat alive) instead of running it a second time."""
-    server = EmbeddedRedis(tmp_path / "redis", persist=False)
-    url = server.start()
-    private = Backend(env.name, env.database_url, url)
+    world = private_world
+    private, url = world.backend, world.redis_url
     configure({**private.env(), **FAST_ENV})
     worker: WorkerProcess | None = None
     try:
         name = f"lossy-{uuid.uuid4().hex[:6]}"
         worker = WorkerProcess(private, tmp_path / "w.log", name, FAST_ENV, QUEUE, args=("--no-recorder",))
         worker.start()
-        with TestClient(app, headers=tenant.headers) as client:
+        with TestClient(app, headers=world.tenant.headers) as client:
             job_id = submit(client, "steps", {"steps": 40, "step": 0.1, "report": True}, queue=QUEUE)[
                 "job_id"
             ]
             wait_status(client, job_id, {"started"}, timeout=15)
-        port = server.port
-        server.stop()
-        server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
-        server.start()
+        world.restart_redis_empty()
         redis = Redis.from_url(url)
         assert redis.dbsize() == 0
 
@@ -249,8 +239,6 @@ def test_a_job_running_while_redis_lost_everything_finishes_once(
     finally:
         if worker is not None:
             worker.stop()
-        server.stop()
-        configure(env.env())
 
 
 def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep(
@@ -316,6 +304,28 @@ def test_kill_9_of_a_worker_takes_its_rq_scheduler_and_recorder_with_it(env: Bac
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_lost_job_whose_task_is_gone_fails_and_the_sweep_goes_on(env: Backend, redis_client: Redis):
+    """A deployment removed a task while jobs of it waited: the sweep must not stop at them."""
+    from jobs.requeue import requeue_lost
+
+    configure({**env.env(), "CONVEYOR_RECONCILE_GRACE": "0"})
+    queue = f"gone-{uuid.uuid4().hex[:6]}"
+    orphan = seed_job(task="a_task_since_removed", queue=queue)
+    lost = seed_job(queue=queue)
+    try:
+        for job_id in (orphan, lost):
+            redis_client.delete(job_key(job_id))
+        requeue_lost(redis_client, by="test")
+        row = sql_row(orphan)
+        assert row is not None and row.status == "failed" and row.error_type == "UnknownTask"
+        assert lost in get_queue(queue, redis_client).job_ids
+    finally:
+        canceled = record(lost, JobStatus.CANCELED, event="canceled", client=redis_client)
+        write_through_or_log(canceled, event="canceled")
+        get_queue(queue, redis_client).remove(lost)
+        configure(env.env())
 
 
 def test_a_rolling_restart_loses_nothing(

@@ -25,9 +25,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+import redis.exceptions
 from redis import Redis
 from rq import SimpleWorker, Worker
 from rq.job import Job as RQJob
@@ -126,9 +128,16 @@ class ConveyorWorker(RedactedFailures, Worker):
         paused = self._paused_seconds
         if self._paused_since is not None:
             paused += time.monotonic() - self._paused_since
-        super().set_current_job_working_time(max(0.0, current_job_working_time - paused), pipeline=pipeline)
+        with _through_redis_blips(self.name):
+            super().set_current_job_working_time(
+                max(0.0, current_job_working_time - paused), pipeline=pipeline
+            )
 
     def maintain_heartbeats(self, job: RQJob) -> None:
+        with _through_redis_blips(self.name):
+            self._maintain_heartbeats(job)
+
+    def _maintain_heartbeats(self, job: RQJob) -> None:
         super().maintain_heartbeats(job)
         ttl = get_settings().heartbeat_ttl
         with self.connection.pipeline(transaction=False) as pipe:
@@ -233,6 +242,16 @@ class ConveyorWorker(RedactedFailures, Worker):
             super().fork_work_horse(job, queue)
         finally:
             gc.unfreeze()
+
+
+@contextlib.contextmanager
+def _through_redis_blips(worker: str) -> Iterator[None]:
+    """While a job runs, a Redis that is briefly unreachable (a restart, a failover) must not end the
+    worker: its death would take the work-horse with it (PDEATHSIG). The next tick tries again."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        log.warning("worker %s: Redis unreachable while a job runs (%s); trying again next tick", worker, exc)
 
 
 def worker_name() -> str:
