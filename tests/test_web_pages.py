@@ -461,7 +461,7 @@ def test_a_session_dies_when_its_key_hash_changes(app: Any, tenant: Tenant):
             assert row is not None
             row.key_hash = auth.hash_key("cvk_rotated_" + tenant.key_id)
             db.add(row)
-        auth._by_id.clear()
+        auth.clear_cache()
         assert client.get("/jobs", follow_redirects=False).status_code == 303
 
 
