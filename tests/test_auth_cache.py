@@ -35,4 +35,3 @@ def test_revoked_among_drops_the_key_from_both_lookups(tenant: Tenant):
     assert auth.cached_principal(tenant.key) is None
     assert auth.cached_active_key(tenant.key_id) is None
     assert auth.authenticate(tenant.key) is None and auth.active_key(tenant.key_id) is None
-
