@@ -39,6 +39,7 @@ bench: $(STAMP)    ## every benchmark; each prints its ratio on the last line
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/get_throughput.py
 	$(BIN)/python bench/web_fragments.py
+	$(BIN)/python bench/pipelined_redis.py
 
 # Re-lock after changing pyproject.toml's dependencies: keeps every pin that still fits, adds
 # what is new. `make upgrade-lock` moves every pin to today's newest. Then `make test`.

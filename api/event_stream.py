@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -61,12 +61,23 @@ def upto_terminal(items: list[Delivery]) -> tuple[list[Delivery], bool]:
     return items, False
 
 
-class EventStream(Response):
+SSE_HEADERS = {
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",  # nginx: do not buffer the stream
+}
+
+
+class EventStream(StreamingResponse):
     """`text/event-stream` for one job feed.
 
     ``once`` ends the response after the first batch of events (under Lambda,
     where a response is delivered only when it ends: the EventSource then
     reconnects with Last-Event-ID, which makes it a long poll in SSE framing).
+
+    The body is :meth:`frames`, an async iterator like any StreamingResponse's; only the
+    sending is our own: each frame goes through the feed's watched send (so the hub's
+    watchdog can drop a client that stopped reading), and the feed's own task watches
+    ``receive`` for the client leaving, which StreamingResponse would otherwise read itself.
     """
 
     media_type = "text/event-stream"
@@ -85,50 +96,56 @@ class EventStream(Response):
         self.frame = render
         self.once = once
         self.max_seconds = max_seconds
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
-        ]
+        self.finished = False
+        self._frames = self.frames()
+        super().__init__(self._frames, status_code=200, headers=SSE_HEADERS)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        """The stream's chunks, one per send; sets ``finished`` when it ended on purpose (the
+        terminal snapshot, ``once``, the deadline, a revocation), not because the client left."""
         loop = asyncio.get_running_loop()
         feed, since = self.feed, self.since
+        deadline = None if self.max_seconds is None else loop.time() + self.max_seconds
+        # Each event is its own send: the server checks the socket's backlog before every
+        # send, so a client that stops reading holds at most one event in its buffers.
+        chunks = [b"retry: %d\n\n" % RETRY_MS]
+        done = False
+        if feed.current.seq > since:
+            chunks[0] += self.frame(feed.current)
+            since = feed.current.seq
+            done = feed.current.is_terminal or self.once
+        while True:
+            for chunk in chunks:
+                yield chunk
+            if done or (deadline is not None and loop.time() >= deadline):
+                break
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            items = await feed.next(since, timeout=left)
+            if feed.gone:
+                return
+            if feed.revoked:
+                chunks, done = [REVOKED_FRAME], True
+                continue
+            items, done = upto_terminal(items)
+            if items:
+                chunks = [self.frame(item) for item in items]
+                since = items[-1].seq
+                done = done or self.once
+            else:
+                chunks = [HEARTBEAT_FRAME]
+        self.finished = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        feed = self.feed
         gone = feed.watch_disconnect(receive)
         stall = StallGuard(feed)
-        deadline = None if self.max_seconds is None else loop.time() + self.max_seconds
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            # Each event is its own send: the server checks the socket's backlog before every
-            # send, so a client that stops reading holds at most one event in its buffers.
-            chunks = [b"retry: %d\n\n" % RETRY_MS]
-            done = False
-            if feed.current.seq > since:
-                chunks[0] += self.frame(feed.current)
-                since = feed.current.seq
-                done = feed.current.is_terminal or self.once
-            while True:
-                for chunk in chunks:
-                    await feed.guarded_send(send, body_message(chunk))
-                if done or (deadline is not None and loop.time() >= deadline):
-                    break
-                left = None if deadline is None else max(0.0, deadline - loop.time())
-                items = await feed.next(since, timeout=left)
-                if feed.gone:
-                    return
-                if feed.revoked:
-                    chunks, done = [REVOKED_FRAME], True
-                    continue
-                items, done = upto_terminal(items)
-                if items:
-                    chunks = [self.frame(item) for item in items]
-                    since = items[-1].seq
-                    done = done or self.once
-                else:
-                    chunks = [HEARTBEAT_FRAME]
-            await feed.guarded_send(send, body_message(b"", more=False))
+            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            await send(start)
+            async for chunk in self._frames:
+                await feed.guarded_send(send, body_message(chunk))
+            if self.finished:
+                await feed.guarded_send(send, body_message(b"", more=False))
         except asyncio.CancelledError:
             if not stall.dropped():
                 raise
@@ -137,6 +154,7 @@ class EventStream(Response):
         finally:
             gone.cancel()
             feed.close()
+            await self._frames.aclose()
 
 
 def body_message(body: bytes, *, more: bool = True) -> dict[str, Any]:

@@ -346,7 +346,17 @@ def cmd_control(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_process_commands(sub)
+    _add_admin_commands(sub)
+    _add_client_commands(sub)
+    return parser
 
+
+Commands = argparse._SubParsersAction  # what add_subparsers returns (argparse names it privately)
+
+
+def _add_process_commands(sub: Commands) -> None:
+    """The processes a deployment runs (API, worker, recorder, reconciler) and their upkeep."""
     p = sub.add_parser("dev", help="run API + worker on embedded defaults (SQLite, embedded Redis)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -401,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="exit 0 if the database and Redis answer (for health checks)")
     p.set_defaults(func=cmd_check)
 
+
+def _add_admin_commands(sub: Commands) -> None:
+    """Direct access to the journal and the keys table: run where the database is."""
     journal = sub.add_parser("journal", help="the journal's set-aside entries").add_subparsers(
         dest="journal_command", required=True
     )
@@ -417,19 +430,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key_id")
     p.set_defaults(func=cmd_keys_revoke)
 
-    def client_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("CONVEYOR_URL", "http://127.0.0.1:8000"))
-        p.add_argument("--key", help="API key (default: CONVEYOR_API_KEY, then the dev key)")
-        p.add_argument("--json", action="store_true", help="print the raw snapshot")
 
-    def watch_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 3)")
-        p.add_argument(
-            "--via",
-            choices=["sse", "long_poll", "poll"],
-            help="follow over this channel only (default: SSE, falling back to long poll, then polling)",
-        )
+def _client_options(p: argparse.ArgumentParser) -> None:
+    """Where the API is and which key to use: every command that talks to it over HTTP."""
+    p.add_argument("--url", default=os.environ.get("CONVEYOR_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--key", help="API key (default: CONVEYOR_API_KEY, then the dev key)")
+    p.add_argument("--json", action="store_true", help="print the raw snapshot")
 
+
+def _watch_options(p: argparse.ArgumentParser) -> None:
+    """How to follow a job until it ends (submit --wait and watch)."""
+    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 3)")
+    p.add_argument(
+        "--via",
+        choices=["sse", "long_poll", "poll"],
+        help="follow over this channel only (default: SSE, falling back to long poll, then polling)",
+    )
+
+
+def _add_client_commands(sub: Commands) -> None:
+    """Commands that talk to a running API over HTTP, as any client would."""
     p = sub.add_parser("submit", help="submit a job")
     p.add_argument("task")
     p.add_argument("--payload", help="JSON object, or @file.json")
@@ -442,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar until it ends; exit 0/1/2"
     )
-    watch_options(p)
-    client_options(p)
+    _watch_options(p)
+    _client_options(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser(
@@ -453,13 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot as a JSON line instead. Exit 0 finished, 1 failed, 2 canceled, 3 timed out.",
     )
     p.add_argument("job_id")
-    watch_options(p)
-    client_options(p)
+    _watch_options(p)
+    _client_options(p)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="show a job's status")
     p.add_argument("job_id")
-    client_options(p)
+    _client_options(p)
     p.set_defaults(func=cmd_status)
 
     for action, text in (
@@ -474,9 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reason", help="kept in the job's history")
             p.add_argument("--wait", action="store_true", help="then wait until the job ends")
             p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
-        client_options(p)
+        _client_options(p)
         p.set_defaults(func=cmd_control)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from cachetools import TTLCache
+
 from jobs.clock import utcnow
 from jobs.errors import InvalidRequest
 
@@ -122,16 +124,34 @@ def create_key(session: Session, *, tenant: str, role: Role | str, name: str = "
     return row, plaintext
 
 
-_cache: dict[str, tuple[float, Principal]] = {}
+# One cache for both ways of naming a key: ("hash", digest) for holders of the key itself,
+# ("id", key_id) for holders of its id (web sessions; None there caches "unknown or revoked").
+# Entries live CACHE_SECONDS, so a revocation in another process lands within that time.
+# TTLCache is not thread-safe (routes run in a thread pool): every access holds the lock.
+_cache: TTLCache[tuple[str, str], Principal | None] = TTLCache(
+    maxsize=20_000, ttl=CACHE_SECONDS, timer=time.monotonic
+)
 _cache_lock = threading.Lock()
+
+
+_MISSING = object()
+
+
+def _cache_get(entry: tuple[str, str]) -> tuple[Principal | None] | None:
+    with _cache_lock:
+        hit = _cache.get(entry, _MISSING)
+    return None if hit is _MISSING else (hit,)  # type: ignore[return-value]
+
+
+def _cache_put(entry: tuple[str, str], principal: Principal | None) -> None:
+    with _cache_lock:
+        _cache[entry] = principal
 
 
 def cached_principal(key: str) -> Principal | None:
     """The principal for a key verified in the last 30 s, without touching SQL."""
-    hit = _cache.get(hash_key(key))
-    if hit is not None and hit[0] > time.monotonic():
-        return hit[1]
-    return None
+    hit = _cache_get(("hash", hash_key(key)))
+    return None if hit is None else hit[0]
 
 
 def authenticate(key: str) -> Principal | None:
@@ -153,22 +173,13 @@ def authenticate(key: str) -> Principal | None:
         principal = Principal(
             key_id=row.id, tenant=row.tenant, role=Role(row.role), binding=session_binding(row.key_hash)
         )
-    with _cache_lock:
-        if len(_cache) > 10_000:
-            _cache.clear()
-        _cache[digest] = (time.monotonic() + CACHE_SECONDS, principal)
+    _cache_put(("hash", digest), principal)
     return principal
-
-
-_by_id: dict[str, tuple[float, Principal | None]] = {}
 
 
 def cached_active_key(key_id: str) -> tuple[Principal | None] | None:
     """:func:`active_key`'s cached answer (in a 1-tuple), or None when it must ask SQL."""
-    hit = _by_id.get(key_id)
-    if hit is not None and hit[0] > time.monotonic():
-        return (hit[1],)
-    return None
+    return _cache_get(("id", key_id))
 
 
 def active_key(key_id: str) -> Principal | None:
@@ -191,10 +202,7 @@ def active_key(key_id: str) -> Principal | None:
             principal = Principal(
                 key_id=row.id, tenant=row.tenant, role=Role(row.role), binding=session_binding(row.key_hash)
             )
-    with _cache_lock:
-        if len(_by_id) > 10_000:
-            _by_id.clear()
-        _by_id[key_id] = (time.monotonic() + CACHE_SECONDS, principal)
+    _cache_put(("id", key_id), principal)
     return principal
 
 
@@ -234,15 +242,14 @@ def revoked_among(key_ids: Collection[str]) -> set[str]:
     revoked = set(ids) - active
     if revoked:
         with _cache_lock:
-            for digest, (_, principal) in list(_cache.items()):
-                if principal.key_id in revoked:
-                    _cache.pop(digest, None)
-            for key_id in revoked:
-                _by_id.pop(key_id, None)
+            for entry, principal in list(_cache.items()):
+                if (entry[0] == "id" and entry[1] in revoked) or (
+                    principal is not None and principal.key_id in revoked
+                ):
+                    _cache.pop(entry, None)
     return revoked
 
 
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
-        _by_id.clear()

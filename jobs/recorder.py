@@ -2,9 +2,10 @@
 
 Work-horses never open SQL connections (a fresh Postgres connection per job
 would cost more than the job): they journal each state change in Redis, and
-a recorder thread in every worker process writes batches to SQL through one
-pooled connection. Recorders share a consumer group, so any number may run;
-entries a dead recorder had claimed are reclaimed after ``claim_idle``.
+a recorder child process beside every worker (started by `worker.main`, see
+docs/decisions.md section 3) writes batches to SQL through one pooled connection.
+Recorders share a consumer group, so any number may run; entries a dead
+recorder had claimed are reclaimed after ``claim_idle``.
 Applied entries are acknowledged and deleted, so the stream holds only what
 SQL has not seen yet. Under load, a recorder lingers ``linger`` seconds after a
 partial batch so that one transaction carries many changes; SQL trails the

@@ -1,4 +1,10 @@
-"""The one place that talks to SQL about jobs: rows, events, listing, and replaying the journal."""
+"""The job rows' common SQL: rows, events, listing, and replaying the journal.
+
+Not the only SQL about jobs: reports and upkeep keep their own queries beside their logic
+(jobs/analytics.py and jobs/percentiles.py, jobs/queue_stats.py, jobs/retention.py,
+jobs/results.py for stored results, jobs/submit.py for a failed enqueue), and keys live
+in jobs/auth.py. Reads and writes that every channel shares belong here.
+"""
 
 from __future__ import annotations
 

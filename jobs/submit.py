@@ -161,13 +161,7 @@ def submit_job(
     (job ids of the same tenant) it waits as ``deferred`` until they finish.
     """
     spec = get_task(task)
-    max_depth = get_settings().max_json_depth
-    # NaN and Infinity first: the model's JSON dump would quietly turn them into null.
-    _refuse_unstorable(spec.name, find_unstorable(payload, max_depth=max_depth, text=False))
-    model = spec.validate(payload)
-    queue_name = _resolve_queue(spec, queue)
-    clean = model.model_dump(mode="json")
-    _refuse_unstorable(spec.name, find_unstorable(clean, max_depth=max_depth))
+    clean, queue_name = _validated(spec, payload, queue)
     now = utcnow()
     when = _run_at(now, run_at, delay)
     if when is not None and depends_on:
@@ -175,7 +169,6 @@ def submit_job(
     digest = request_hash(
         task, payload, queue, run_at=isoformat(run_at), delay=delay, depends_on=list(depends_on)
     )
-
     job = Job(
         job_id=str(uuid.uuid4()),
         tenant=tenant,
@@ -195,6 +188,34 @@ def submit_job(
         enqueued_at=when or now,
         updated_at=now,
     )
+    stored = _store_row(job, digest=digest, depends_on=depends_on, when=when)
+    if isinstance(stored, Submission):
+        return stored
+    doc = _enqueue_with_live_state(job, spec, clean, when=when, unfinished=stored)
+    return Submission(job_id=job.job_id, doc=doc, created=True)
+
+
+def _validated(spec: TaskSpec, payload: Any, queue: str | None) -> tuple[dict[str, Any], str]:
+    """Step 1: the payload as the task's model dumps it, and the queue; 422 for what cannot be stored."""
+    max_depth = get_settings().max_json_depth
+    # NaN and Infinity first: the model's JSON dump would quietly turn them into null.
+    _refuse_unstorable(spec.name, find_unstorable(payload, max_depth=max_depth, text=False))
+    model = spec.validate(payload)
+    queue_name = _resolve_queue(spec, queue)
+    clean = model.model_dump(mode="json")
+    _refuse_unstorable(spec.name, find_unstorable(clean, max_depth=max_depth))
+    return clean, queue_name
+
+
+def _store_row(
+    job: Job, *, digest: str, depends_on: Sequence[str], when: datetime | None
+) -> Submission | list[str]:
+    """Step 2: the SQL row, before anything reaches Redis (database down: nothing is enqueued).
+
+    Returns the earlier submission an Idempotency-Key replays, or else the parents that have
+    not finished yet (the job then waits as ``deferred``).
+    """
+    tenant, idempotency_key = job.tenant, job.idempotency_key
     unfinished: list[str] = []
     try:
         with session_scope() as session:
@@ -222,10 +243,19 @@ def submit_job(
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         log.error("submit: database unavailable: %s", exc)
         raise ServiceUnavailable(DB_DOWN) from None
+    return unfinished
 
+
+def _enqueue_with_live_state(
+    job: Job, spec: TaskSpec, clean: dict[str, Any], *, when: datetime | None, unfinished: list[str]
+) -> bytes:
+    """Step 3: enqueue on RQ and seed the live hash in one Redis transaction; the snapshot.
+
+    Any failure marks the row failed (EnqueueFailed) before raising, so it never looks queued.
+    """
     fields = row_fields(job)
     doc = assemble(fields)
-    mapping: dict[str | bytes, bytes | float | int | str] = {"tenant": tenant, "owner": owner or ""}
+    mapping: dict[str | bytes, bytes | float | int | str] = {"tenant": job.tenant, "owner": job.owner or ""}
     mapping.update(fields)
     mapping["_doc"] = doc
     try:
@@ -259,7 +289,7 @@ def submit_job(
         # Whatever else went wrong, the row must not stay `queued` for the reconciler to run later.
         _mark_enqueue_failed(job, f"the job could not be enqueued: {type(exc).__name__}")
         raise
-    return Submission(job_id=job.job_id, doc=doc, created=True)
+    return doc
 
 
 def _first_line(exc: BaseException) -> str:

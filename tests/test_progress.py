@@ -98,3 +98,26 @@ def test_progress_stops_applying_once_the_job_left_started(env: Backend, redis_c
     progress.close()
     assert progress.interrupted_by == JobStatus.CANCELED
     assert _snapshot(redis_client, job_id).status == JobStatus.CANCELED
+
+
+def test_the_coalescing_writer_alone_writes_the_latest_value_and_the_last_one_lands():
+    """No Redis: the writer decides what reaches ``write`` and when; Progress decides what it means."""
+    from worker.progress import CoalescingWriter
+
+    written: list[tuple[float | None, str | None, bool]] = []
+    writer = CoalescingWriter(
+        interval=1.0, journal_interval=10.0, write=lambda *value: written.append(value), name="t"
+    )
+    assert writer.offer(1.0, "first")  # the first value goes out at once, journaled
+    for n in range(2, 1000):
+        writer.offer(float(n), None)  # held back: only the newest waits
+    assert written == [(1.0, "first", True)]
+    deadline = time.monotonic() + 5
+    while len(written) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The thread wrote the newest once the window passed; a missing message kept the last one.
+    assert written[1] == (999.0, "first", False)
+    writer.offer(50.0, "later")
+    writer.close()  # writes what is pending before it stops
+    assert written[-1][:2] == (50.0, "later") and writer.writes == len(written) == 3
+    assert not writer.offer(60.0, "dropped") and len(written) == 3

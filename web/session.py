@@ -1,8 +1,9 @@
 """Signed-in sessions for the pages: a signed cookie, its CSRF token, and the checks on each request.
 
-The cookie holds no key. It holds the key's id, tenant and role, when it was
-issued, and a random session id, signed with HMAC-SHA256 under a key derived
-from `CONVEYOR_SECRET_KEY` (see docs/decisions.md, issue 6). Each request
+The cookie holds no key. It holds the key's id, tenant and role, a random
+session id and a digest of the key's stored hash, signed and timestamped by
+itsdangerous's `TimestampSigner` (HMAC-SHA256) under a key derived from
+`CONVEYOR_SECRET_KEY` (see docs/decisions.md, issues 6 and 12). Each request
 re-checks that the key is still active (`jobs.auth.active_key`, cached 30 s),
 so revoking a key signs its sessions out within that time.
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
+from itsdangerous import BadSignature, Signer, TimestampSigner
 from starlette.concurrency import run_in_threadpool
 
 from jobs.settings import get_settings
@@ -35,7 +37,6 @@ SIGN_IN_COOKIE = "conveyor_signin"
 SIGN_IN_MAX_AGE = 3600
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
-VERSION = "v1"
 
 
 class SignInRequired(Exception):
@@ -97,40 +98,45 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _session_signer() -> TimestampSigner:
+    """Signs the session cookie as `<payload>.<timestamp>.<signature>`; the timestamp is the
+    issue time, which itsdangerous checks against the max age."""
+    return TimestampSigner(_secret(), salt="session", digest_method=hashlib.sha256)
+
+
+def _sign_in_signer() -> Signer:
+    return Signer(_secret(), salt="sign-in", digest_method=hashlib.sha256)
+
+
 def csrf_token_for(sid: str) -> str:
     return _mac("csrf", sid)
 
 
 def seal(session: WebSession) -> str:
-    """The cookie value for ``session``: `v1.<payload>.<signature>`."""
-    payload = {"k": session.key_id, "t": session.tenant, "r": session.role, "i": session.issued_at}
-    payload["s"] = session.sid
+    """The cookie value for ``session``, signed now (sessions are sealed as they are made)."""
+    payload = {"k": session.key_id, "t": session.tenant, "r": session.role, "s": session.sid}
     payload["b"] = session.binding
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-    return f"{VERSION}.{body}.{_mac('session', body)}"
+    return _session_signer().sign(body).decode()
 
 
 def unseal(value: str) -> WebSession | None:
     """The session a cookie value stands for, or None (bad signature, malformed, expired)."""
-    version, _, rest = value.partition(".")
-    body, _, signature = rest.partition(".")
-    if version != VERSION or not body or not hmac.compare_digest(signature, _mac("session", body)):
-        return None
     try:
-        data: dict[str, Any] = json.loads(_unb64(body))
-        session = WebSession(
+        body, signed_at = _session_signer().unsign(
+            value, max_age=get_settings().session_max_age, return_timestamp=True
+        )
+        data: dict[str, Any] = json.loads(_unb64(body.decode()))
+        return WebSession(
             key_id=str(data["k"]),
             tenant=str(data["t"]),
             role=str(data["r"]),
-            issued_at=int(data["i"]),
+            issued_at=int(signed_at.timestamp()),
             sid=str(data["s"]),
             binding=str(data["b"]),
         )
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (BadSignature, ValueError, KeyError, TypeError, binascii.Error):
         return None
-    if time.time() - session.issued_at > get_settings().session_max_age:
-        return None
-    return session
 
 
 def new_session(*, key_id: str, tenant: str, role: str, binding: str) -> WebSession:
@@ -169,8 +175,11 @@ def clear_session_cookie(response: Response, request: Request) -> None:
 def sign_in_nonce(request: Request) -> tuple[str, bool]:
     """The sign-in form's nonce from its cookie, or a new one (True: the cookie must be set)."""
     value = request.cookies.get(SIGN_IN_COOKIE, "")
-    nonce, _, signature = value.partition(".")
-    if nonce and hmac.compare_digest(signature, _mac("sign-in", nonce)):
+    try:
+        nonce = _sign_in_signer().unsign(value).decode() if value else ""
+    except BadSignature:
+        nonce = ""
+    if nonce:
         return nonce, False
     return secrets.token_urlsafe(16), True
 
@@ -178,7 +187,7 @@ def sign_in_nonce(request: Request) -> tuple[str, bool]:
 def set_sign_in_cookie(response: Response, request: Request, nonce: str) -> None:
     response.set_cookie(
         SIGN_IN_COOKIE,
-        f"{nonce}.{_mac('sign-in', nonce)}",
+        _sign_in_signer().sign(nonce).decode(),
         max_age=SIGN_IN_MAX_AGE,
         path="/",
         httponly=True,

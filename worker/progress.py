@@ -5,10 +5,10 @@
             ...
             progress.update(i, total=len(images), message=f"resized {image}")
 
-`update` is cheap and coalesced: the snapshot is written at most once per
-``progress_interval`` (a background thread, started on first need, writes the
-latest value when the task goes quiet), and journaled for SQL at most once
-per ``progress_journal_interval``. A tight loop of 100,000 calls therefore
+`update` is cheap and coalesced (:class:`CoalescingWriter`): the snapshot is
+written at most once per ``progress_interval`` (a background thread, started
+on first need, writes the latest value when the task goes quiet), and
+journaled for SQL at most once per ``progress_journal_interval``. A tight loop of 100,000 calls therefore
 costs a bounded number of Redis writes, and the last value always lands.
 Each write also refreshes the job's heartbeat; between writes the worker
 process keeps it (see `worker.main.ConveyorWorker`).
@@ -31,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from redis import Redis
@@ -59,6 +60,102 @@ class JobCanceled(JobInterrupted):
         self.requested_at = requested_at
 
 
+class CoalescingWriter:
+    """Hands the latest of many progress values to ``write``, at most once per ``interval``.
+
+    Only the newest value waits; a background thread (started on first need) writes it once
+    its window has passed, so the last value always lands. Every ``journal_interval`` a write
+    is flagged for the SQL journal. ``write`` runs under the writer's lock, one at a time.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float,
+        journal_interval: float,
+        write: Callable[[float | None, str | None, bool], None],
+        name: str,
+    ) -> None:
+        self._interval = interval
+        self._journal_interval = journal_interval
+        self._write = write
+        self._name = name
+        self._cond = threading.Condition()
+        self._pending: tuple[float | None, str | None] | None = None
+        self._last_write = -math.inf
+        self._last_journal = -math.inf
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.percent: float | None = None  # the last value handed to ``write``
+        self.message: str | None = None
+        self.writes = 0  # snapshot writes made, for tests and benchmarks
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def offer(self, percent: float, message: str | None) -> bool:
+        """The newest value (``message`` None keeps the last one written); written now or later.
+
+        False once closed: the value is dropped."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._pending = (percent, message if message is not None else self.message)
+            if time.monotonic() - self._last_write >= self._interval:
+                self._write_locked()
+            elif self._thread is None:
+                self._thread = threading.Thread(target=self._flusher, name=self._name, daemon=True)
+                self._thread.start()
+            else:
+                self._cond.notify()
+        return True
+
+    def _write_locked(self) -> None:
+        """Write the pending value (caller holds the condition's lock)."""
+        if self._pending is None:
+            return
+        percent, message = self._pending
+        self._pending = None
+        now = time.monotonic()
+        journal = now - self._last_journal >= self._journal_interval
+        self._last_write = now
+        if journal:
+            self._last_journal = now
+        self.percent, self.message = percent, message
+        self.writes += 1
+        self._write(percent, message, journal)
+
+    def _flusher(self) -> None:
+        """Write a held-back value once its coalescing window has passed."""
+        with self._cond:
+            while not self._closed:
+                if self._pending is None:
+                    self._cond.wait()
+                    continue
+                wait = self._last_write + self._interval - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(timeout=wait)
+                else:
+                    self._write_locked()
+
+    def flush(self) -> None:
+        """Write any pending value now."""
+        with self._cond:
+            self._write_locked()
+
+    def close(self) -> None:
+        """Write any pending value and stop the background thread."""
+        with self._cond:
+            if self._closed:
+                return
+            self._write_locked()
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
 class Progress:
     """Progress reporting for one attempt of one job (created by the runner)."""
 
@@ -68,19 +165,13 @@ class Progress:
         self.attempt = attempt
         self._started_at = started_at
         self._client = client
-        self._interval = settings.progress_interval
-        self._journal_interval = settings.progress_journal_interval
-
-        self._cond = threading.Condition()
-        self._pending: tuple[float | None, str | None] | None = None
-        self._percent: float | None = None
-        self._message: str | None = None
-        self._last_write = -math.inf
-        self._last_journal = -math.inf
-        self._closed = False
-        self.writes = 0  # snapshot writes made, for tests and benchmarks
+        self._writer = CoalescingWriter(
+            interval=settings.progress_interval,
+            journal_interval=settings.progress_journal_interval,
+            write=self._write,
+            name=f"progress-{job_id}",
+        )
         self.interrupted_by: JobStatus | None = None  # set when the job left `started` under us
-        self._thread: threading.Thread | None = None
         self._poll = settings.control_poll_interval
         self._heartbeat_ttl = settings.heartbeat_ttl
         self._control: str | None = None  # the pending control request, as last seen
@@ -88,7 +179,12 @@ class Progress:
 
     @property
     def percent(self) -> float | None:
-        return self._percent
+        return self._writer.percent
+
+    @property
+    def writes(self) -> int:
+        """Snapshot writes made, for tests and benchmarks."""
+        return self._writer.writes
 
     def update(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report ``done`` out of ``total`` (or, without ``total``, ``done`` percent), with a message."""
@@ -97,19 +193,8 @@ class Progress:
         else:
             percent = float(done)
         percent = min(100.0, max(0.0, percent))
-        with self._cond:
-            if self._closed:
-                return
-            self._pending = (percent, message if message is not None else self._message)
-            if time.monotonic() - self._last_write >= self._interval:
-                self._write_locked()
-            elif self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._flusher, name=f"progress-{self.job_id}", daemon=True
-                )
-                self._thread.start()
-            else:
-                self._cond.notify()
+        if not self._writer.offer(percent, message):
+            return
         self._obey(self._control_request())
 
     def checkpoint(self) -> None:
@@ -118,7 +203,7 @@ class Progress:
         Call it in loops that do not report progress. It costs a clock read,
         and a Redis read at most once per ``control_poll_interval``.
         """
-        if self._closed:
+        if self._writer.closed:
             return
         if self.interrupted_by is not None:
             raise JobInterrupted(f"job {self.job_id} is now {self.interrupted_by.value}")
@@ -210,21 +295,10 @@ class Progress:
             return None
         return round(elapsed * (100.0 - percent) / percent, 1)
 
-    def _write_locked(self) -> None:
-        """Write the pending value (caller holds the condition's lock)."""
-        if self._pending is None:
-            return
-        percent, message = self._pending
-        self._pending = None
+    def _write(self, percent: float | None, message: str | None, journal: bool) -> None:
+        """One coalesced write through the gate; notes the control request it hands back."""
         if message:
             message = redact_text(message)
-        now = time.monotonic()
-        journal = now - self._last_journal >= self._journal_interval
-        self._last_write = now
-        if journal:
-            self._last_journal = now
-        self._percent, self._message = percent, message
-        self.writes += 1
         patch = {"progress": percent, "message": message, "eta_seconds": self._eta(percent)}
 
         def write() -> TransitionResult:
@@ -253,31 +327,10 @@ class Progress:
         if not result.applied and result.outcome != "noop" and result.current_status != JobStatus.PAUSED:
             self.interrupted_by = result.current_status
 
-    def _flusher(self) -> None:
-        """Write a held-back value once its coalescing window has passed."""
-        with self._cond:
-            while not self._closed:
-                if self._pending is None:
-                    self._cond.wait()
-                    continue
-                wait = self._last_write + self._interval - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(timeout=wait)
-                else:
-                    self._write_locked()
-
     def flush(self) -> None:
         """Write any pending value now."""
-        with self._cond:
-            self._write_locked()
+        self._writer.flush()
 
     def close(self) -> None:
         """Write any pending value and stop the background thread."""
-        with self._cond:
-            if self._closed:
-                return
-            self._write_locked()
-            self._closed = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._writer.close()
