@@ -24,6 +24,7 @@ from jobs.storable import storable_json
 
 if TYPE_CHECKING:  # the API declares routes with this module: no Redis client import at that time
     from redis import Redis
+    from redis.client import Pipeline
     from redis.commands.core import Script
 
 KEY_PREFIX = "cv:job:"
@@ -230,13 +231,30 @@ class LiveStore:
 
     def seed(self, fields: dict[str, str], *, tenant: str, owner: str | None = None) -> TransitionResult:
         """Create a job's hash unless it exists. ``fields`` are JSON-encoded public fields."""
+        keys, args = self._seed_call(fields, tenant=tenant, owner=owner)
+        outcome, doc = self._seed(keys=keys, args=args)
+        return TransitionResult("ok" if outcome == b"ok" else "noop", doc or None)
+
+    def seed_in(
+        self, pipeline: Pipeline, fields: dict[str, str], *, tenant: str, owner: str | None = None
+    ) -> None:
+        """Queue the seed on ``pipeline``, inside the transaction that enqueues the job in RQ.
+
+        It is sent as EVAL (the script text), not EVALSHA: inside MULTI a script Redis no longer
+        knows fails only at EXEC, after RQ's half of the transaction has run; and redis-py's way
+        round that costs a SCRIPT EXISTS round trip per submission.
+        """
+        keys, args = self._seed_call(fields, tenant=tenant, owner=owner)
+        pipeline.eval(_SEED, len(keys), *keys, *args)
+
+    @staticmethod
+    def _seed_call(fields: dict[str, str], *, tenant: str, owner: str | None) -> tuple[list[str], list[Any]]:
         status = JobStatus(json.loads(fields["status"]))
         job_id = json.loads(fields["job_id"])
         ttl = get_settings().snapshot_ttl if status.is_terminal else 0
         private = [("tenant", tenant), ("owner", owner or "")]
         args = named_args({"ttl": ttl, "job_id": job_id}, [*private, *fields.items()])
-        outcome, doc = self._seed(keys=[job_key(job_id), RUNNING_SET], args=args)
-        return TransitionResult("ok" if outcome == b"ok" else "noop", doc or None)
+        return [job_key(job_id), RUNNING_SET], args
 
     def transition(
         self,
