@@ -38,15 +38,19 @@ from jobs.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
-RUNNER = "worker.runner.run_job"
-ON_STOPPED = "worker.runner.on_stopped"
+# The one place jobs/ names worker code: RQ stores a job's function as a dotted path and the
+# work-horse imports it, so the path must be a string here (jobs/ imports no worker module).
+# worker/runner.py defines both functions; tests/test_rq_private.py checks they resolve.
+RQ_FUNCTIONS_MODULE = "worker.runner"
+RUNNER = f"{RQ_FUNCTIONS_MODULE}.run_job"  # runs one attempt of any task
+ON_STOPPED = f"{RQ_FUNCTIONS_MODULE}.on_stopped"  # RQ's callback when a work-horse is stopped
 SERIALIZER = JSONSerializer
 
 # RQ statuses under which a job is waiting to run (what a waiting Conveyor job should have).
 RQ_WAITING = frozenset({RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED})
 
-# A field of the RQ worker hash: this worker keeps `last_heartbeat` fresh while a job runs (see
-# worker.main.ConveyorWorker), so a stale one means it is dead.
+# A field of the RQ worker hash: Conveyor's worker keeps `last_heartbeat` fresh while a job runs,
+# so a stale one means it is dead.
 HEARTBEAT_MARKER = "conveyor_heartbeat_interval"
 
 _queues: dict[tuple[int, str], Queue] = {}

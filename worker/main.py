@@ -263,9 +263,14 @@ def children_die_with_the_worker() -> None:
     os.register_at_fork(after_in_child=marked)
 
 
+# The recorder child runs this module's main() (worker/recorder.py). It cannot be imported here
+# for its name (it imports this module); tests/test_seams.py checks the name resolves.
+RECORDER_ENTRY = "worker.recorder"
+
+
 def start_recorder_process(name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "recorder", "--name", name],
+        [sys.executable, "-m", RECORDER_ENTRY, "--name", name],
         preexec_fn=_die_with_parent,
     )
 
