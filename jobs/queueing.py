@@ -33,6 +33,7 @@ from rq.worker import Worker as RQWorker
 from jobs.clock import isoformat, utcnow
 from jobs.models import Job
 from jobs.redaction import redact
+from jobs.rq_private import enqueue_without_dependency_check, execution_key
 from jobs.settings import get_settings
 from jobs.tasks import TaskSpec
 
@@ -262,9 +263,7 @@ def release_abandoned(rq_job: RQJob, connection: Redis, *, outcome: str, detail:
             rq_job.retry(queue, pipe)
         elif outcome in ("retry", "requeue"):
             pipe.lrem(queue.intermediate_queue.key, 0, rq_job.id)
-            # RQ's own path back into a queue (its retry and scheduler use it): no dependency check,
-            # which would WATCH inside this transaction; a job that ran had its dependencies met.
-            queue._enqueue_job(rq_job, pipeline=pipe, at_front=True)
+            enqueue_without_dependency_check(queue, rq_job, pipeline=pipe)
         elif outcome == "finished":
             rq_job.set_status(RQStatus.FINISHED, pipeline=pipe)
             queue.finished_job_registry.add(rq_job, ttl=settings.result_ttl, pipeline=pipe)
@@ -327,7 +326,7 @@ def in_flight(connection: Redis, queue_names: Iterable[str]) -> Iterator[InFligh
         for job_id in queue.intermediate_queue.get_job_ids():
             yield InFlight(job_id, name, None)
         for job_id, execution_id in queue.started_job_registry.get_job_and_execution_ids(cleanup=False):
-            worker = connection.hget(f"rq:execution:{job_id}:{execution_id}", "worker_name")
+            worker = connection.hget(execution_key(job_id, execution_id, connection), "worker_name")
             yield InFlight(job_id, name, worker.decode() if worker else "")
 
 
