@@ -296,6 +296,9 @@ def _mark_enqueue_failed(job: Job, detail: str, client: Redis | None) -> None:
         log.warning("submit: the gate could not run for job %s (%s): failing it in SQL only", job.job_id, exc)
         _fail_in_sql_without_redis(job, error)
         return
+    except sa.exc.SQLAlchemyError:  # reseeding reads the row: the caller's 503 must stand
+        log.exception("submit: could not mark job %s as failed after an enqueue failure", job.job_id)
+        return
     if result.applied:
         write_through_or_log(result, event="failed", data=data)
         _release_idempotency_key(job)
