@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from jobs.live import CHANNEL
 from jobs.redis_conn import get_async_redis
 from jobs.settings import get_settings
-from jobs.snapshot import DocHead, peek
+from jobs.snapshot import TERMINAL_VALUES, DocHead, peek
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Delivery:
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in ("finished", "failed", "canceled")
+        return self.status in TERMINAL_VALUES
 
     def render(self, key: Any, make: Callable[[Delivery], Any]) -> Any:
         """``make(self)``, computed once per delivery and ``key``."""

@@ -29,7 +29,7 @@ from jobs.redis_conn import get_redis
 from jobs.requeue import BLOCKING, enqueue_again, parents_of, payload_for
 from jobs.settings import get_settings
 from jobs.snapshot import doc_from_row
-from jobs.status import RUNNING, WAITING, JobStatus
+from jobs.status import LIVE, NEW_ATTEMPT_FROM, RUNNING, TRANSITIONS, WAITING, JobStatus
 from jobs.store import get_job, statuses_of
 from jobs.tasks import get_task
 
@@ -58,17 +58,33 @@ def valid_job_id(job_id: str) -> bool:
         return False
 
 
+# What each action asks for, and of which jobs: cancel ends any live job, pause and resume steer
+# a running attempt. An action is offered when `TRANSITIONS` lets its status follow the job's.
+_ACTIONS: dict[str, tuple[JobStatus, frozenset[JobStatus]]] = {
+    "cancel": (S.CANCELED, LIVE),
+    "pause": (S.PAUSED, RUNNING),
+    "resume": (S.STARTED, RUNNING),
+}
+
+
 def allowed_actions(status: JobStatus, control: str | None = None) -> list[str]:
-    """What may be asked of a job in ``status`` with a pending ``control`` request."""
-    if status in WAITING:
-        return ["cancel"]
-    if status == S.STARTED:
-        if control == "cancel":
-            return ["cancel"]
-        return ["cancel", "resume"] if control == "pause" else ["cancel", "pause"]
-    if status == S.PAUSED:
-        return ["cancel"] if control == "cancel" else ["cancel", "resume"]
-    return ["restart"] if status in (S.FAILED, S.CANCELED) else []
+    """What may be asked of a job in ``status`` with a pending ``control`` request.
+
+    Derived from the status table: a pending cancel leaves only cancel; a pending pause turns
+    pause into resume (withdrawing it); an ended job that may open a new attempt can be restarted.
+    """
+    actions = [
+        action
+        for action, (target, of) in _ACTIONS.items()
+        if status in of and target != status and target in TRANSITIONS[status]
+    ]
+    if control == "cancel" and status in RUNNING:
+        return [action for action in actions if action == "cancel"]
+    if control == "pause" and "pause" in actions:
+        actions[actions.index("pause")] = "resume"
+    if status.is_terminal and status in NEW_ATTEMPT_FROM:
+        actions.append("restart")
+    return actions
 
 
 def _refuse(job_id: str, action: str, current: _Current, why: str) -> IllegalTransition:

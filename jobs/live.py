@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from jobs.clock import utcnow
 from jobs.settings import get_settings
 from jobs.snapshot import PUBLIC_FIELDS, JobSnapshot, encode
-from jobs.status import JobStatus, allowed_sources
+from jobs.status import RUNNING, JobStatus, allowed_sources
 from jobs.storable import storable_json
 
 if TYPE_CHECKING:  # the API declares routes with this module: no Redis client import at that time
     from redis import Redis
+    from redis.client import Pipeline
     from redis.commands.core import Script
 
 KEY_PREFIX = "cv:job:"
@@ -69,49 +70,104 @@ end
 """
 )
 
-# KEYS[1] job hash, KEYS[2] running set. ARGV[1] ttl (0 = none), ARGV[2] job id, ARGV[3..] field/value pairs.
+# The scripts' arguments are named: ARGV[1] says how many name/value pairs follow, and the
+# job's own field/value pairs (to store in its hash) come after them. Each script refuses a call
+# with another count of names; tests/test_live_store.py ties the names the Lua reads to these lists
+# (checking each name per call would cost the gate about a tenth more).
+SEED_ARGS = ("ttl", "job_id")
+TRANSITION_ARGS = (
+    "to",  # the new status; '*' keeps the current one (an annotation)
+    "allowed",  # the statuses the job may be in now, comma separated
+    "expect_attempt",  # refuse ("stale") unless the job is in this attempt (0 = any)
+    "new_attempt",  # '1': this change opens attempt + 1
+    "event",  # the event name journaled with the change
+    "journal",  # '1': append the change to the journal
+    "ttl",  # seconds the hash lives on (0 = persist)
+    "updated_at",  # JSON-encoded time of the change
+    "channel",  # where the new document is published
+    "data",  # JSON event data for the history ('' = none)
+    "heartbeat_ttl",  # seconds a started job's heartbeat lives
+    "job_id",
+)
+
+
+def _lua_named_args(names: tuple[str, ...]) -> str:
+    """Lua that decodes the named arguments into ``A`` and sets ``FIELDS_AT``, the first field index."""
+    return f"""
+local A = {{}}
+local FIELDS_AT = 2 * tonumber(ARGV[1]) + 2
+for i = 2, FIELDS_AT - 1, 2 do A[ARGV[i]] = ARGV[i + 1] end
+if tonumber(ARGV[1]) ~= {len(names)} then
+  return redis.error_reply('gate: takes {len(names)} named arguments, got ' .. ARGV[1])
+end
+"""
+
+
+def named_args(named: dict[str, Any], fields: Iterable[tuple[str, Any]] = ()) -> list[Any]:
+    """ARGV for a gate script: the count of named pairs, the pairs, then the hash's field/value pairs."""
+    args: list[Any] = [len(named)]
+    for name, value in named.items():
+        args += [name, value]
+    for name, value in fields:
+        args += [name, value]
+    return args
+
+
+# The status table's knowledge the scripts need, written into them from jobs.status.
+_LUA_STATUSES = (
+    f"\nlocal STARTED = '{JobStatus.STARTED.value}'"
+    + "\nlocal RUNNING = {"
+    + ", ".join(f"['{status.value}'] = true" for status in sorted(RUNNING))
+    + "}"
+    + "\nlocal CONTROL_FIELDS = {"
+    + ", ".join(f"'{name}'" for name in (CONTROL, CONTROL_BY, CONTROL_AT, CONTROL_DEADLINE))
+    + "}\n"
+)
+
+# KEYS[1] job hash, KEYS[2] running set. Named arguments: SEED_ARGS.
 _SEED = (
     _ASSEMBLE
+    + _LUA_STATUSES
+    + _lua_named_args(SEED_ARGS)
     + """
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 1 then
   return {'exists', redis.call('HGET', key, '_doc')}
 end
-redis.call('HSET', key, unpack(ARGV, 3))
+redis.call('HSET', key, unpack(ARGV, FIELDS_AT))
 local doc = assemble(key)
 redis.call('HSET', key, '_doc', doc)
-local ttl = tonumber(ARGV[1])
+local ttl = tonumber(A.ttl)
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 local status = cjson.decode(redis.call('HGET', key, 'status'))
-if status == 'started' or status == 'paused' then redis.call('SADD', KEYS[2], ARGV[2]) end
+if RUNNING[status] then redis.call('SADD', KEYS[2], A.job_id) end
 return {'ok', doc}
 """
 )
 
 # KEYS[1] job hash, KEYS[2] journal stream, KEYS[3] job heartbeat, KEYS[4] running set.
-# ARGV: 1 new status ('*' keeps the current one: an annotation), 2 allowed current statuses
-# (comma separated), 3 expected attempt (0 = any), 4 open a new attempt (0/1), 5 event name,
-# 6 journal it (0/1), 7 ttl (0 = persist), 8 updated_at (JSON), 9 channel, 10 event data
-# (JSON or ''), 11 heartbeat ttl, 12 job id, 13.. field/value pairs.
+# Named arguments: TRANSITION_ARGS.
 # A started job's heartbeat is refreshed by each change; a job that leaves started/paused
 # loses it, leaves the running set, and loses any pending control request (`_ctl*`).
 # Replies {outcome, document, control request}.
 _TRANSITION = (
     _ASSEMBLE
+    + _LUA_STATUSES
+    + _lua_named_args(TRANSITION_ARGS)
     + """
 local key = KEYS[1]
 local cur = redis.call('HMGET', key, 'status', 'attempt')
 if not cur[1] then return {'missing', false, false} end
 local status = cjson.decode(cur[1])
-local keep = ARGV[1] == '*'
-local to = ARGV[1]
+local keep = A.to == '*'
+local to = A.to
 if keep then to = status end
-local expect = tonumber(ARGV[3])
+local expect = tonumber(A.expect_attempt)
 if expect > 0 and expect ~= tonumber(cur[2]) then
   return {'stale', redis.call('HGET', key, '_doc'), redis.call('HGET', key, '_ctl')}
 end
 local allowed = false
-for s in string.gmatch(ARGV[2], '[^,]+') do
+for s in string.gmatch(A.allowed, '[^,]+') do
   if s == status then allowed = true break end
 end
 if not allowed then
@@ -119,25 +175,25 @@ if not allowed then
   if (not keep) and status == to then outcome = 'noop' end
   return {outcome, redis.call('HGET', key, '_doc'), redis.call('HGET', key, '_ctl')}
 end
-if #ARGV > 12 then redis.call('HSET', key, unpack(ARGV, 13)) end
-redis.call('HSET', key, 'status', '"' .. to .. '"', 'updated_at', ARGV[8])
-if ARGV[4] == '1' then redis.call('HINCRBY', key, 'attempt', 1) end
+if #ARGV >= FIELDS_AT then redis.call('HSET', key, unpack(ARGV, FIELDS_AT)) end
+redis.call('HSET', key, 'status', '"' .. to .. '"', 'updated_at', A.updated_at)
+if A.new_attempt == '1' then redis.call('HINCRBY', key, 'attempt', 1) end
 redis.call('HINCRBY', key, 'seq', 1)
-local running = (to == 'started' or to == 'paused')
-if not running then redis.call('HDEL', key, '_ctl', '_ctl_by', '_ctl_at', '_ctl_deadline') end
+local running = RUNNING[to] == true
+if not running then redis.call('HDEL', key, unpack(CONTROL_FIELDS)) end
 local doc = assemble(key)
 redis.call('HSET', key, '_doc', doc)
-local ttl = tonumber(ARGV[7])
+local ttl = tonumber(A.ttl)
 if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
-if to == 'started' and not keep then
-  redis.call('SET', KEYS[3], redis.call('HGET', key, 'attempt'), 'EX', ARGV[11])
+if to == STARTED and not keep then
+  redis.call('SET', KEYS[3], redis.call('HGET', key, 'attempt'), 'EX', A.heartbeat_ttl)
 elseif not running then
   redis.call('DEL', KEYS[3])
 end
-if running then redis.call('SADD', KEYS[4], ARGV[12]) else redis.call('SREM', KEYS[4], ARGV[12]) end
-redis.call('PUBLISH', ARGV[9], doc)
-if ARGV[6] == '1' then
-  redis.call('XADD', KEYS[2], '*', 'event', ARGV[5], 'doc', doc, 'data', ARGV[10])
+if running then redis.call('SADD', KEYS[4], A.job_id) else redis.call('SREM', KEYS[4], A.job_id) end
+redis.call('PUBLISH', A.channel, doc)
+if A.journal == '1' then
+  redis.call('XADD', KEYS[2], '*', 'event', A.event, 'doc', doc, 'data', A.data)
 end
 return {'ok', doc, redis.call('HGET', key, '_ctl')}
 """
@@ -175,15 +231,30 @@ class LiveStore:
 
     def seed(self, fields: dict[str, str], *, tenant: str, owner: str | None = None) -> TransitionResult:
         """Create a job's hash unless it exists. ``fields`` are JSON-encoded public fields."""
-        status = JobStatus(json.loads(fields["status"]))
-        ttl = get_settings().snapshot_ttl if status.is_terminal else 0
-        args: list[Any] = [ttl, "tenant", tenant, "owner", owner or ""]
-        for name, value in fields.items():
-            args += [name, value]
-        job_id = json.loads(fields["job_id"])
-        args[1:1] = [job_id]
-        outcome, doc = self._seed(keys=[job_key(job_id), RUNNING_SET], args=args)
+        keys, args = self._seed_call(fields, tenant=tenant, owner=owner)
+        outcome, doc = self._seed(keys=keys, args=args)
         return TransitionResult("ok" if outcome == b"ok" else "noop", doc or None)
+
+    def seed_in(
+        self, pipeline: Pipeline, fields: dict[str, str], *, tenant: str, owner: str | None = None
+    ) -> None:
+        """Queue the seed on ``pipeline``, inside the transaction that enqueues the job in RQ.
+
+        It is sent as EVAL (the script text), not EVALSHA: inside MULTI a script Redis no longer
+        knows fails only at EXEC, after RQ's half of the transaction has run; and redis-py's way
+        round that costs a SCRIPT EXISTS round trip per submission.
+        """
+        keys, args = self._seed_call(fields, tenant=tenant, owner=owner)
+        pipeline.eval(_SEED, len(keys), *keys, *args)
+
+    @staticmethod
+    def _seed_call(fields: dict[str, str], *, tenant: str, owner: str | None) -> tuple[list[str], list[Any]]:
+        status = JobStatus(json.loads(fields["status"]))
+        job_id = json.loads(fields["job_id"])
+        ttl = get_settings().snapshot_ttl if status.is_terminal else 0
+        private = [("tenant", tenant), ("owner", owner or "")]
+        args = named_args({"ttl": ttl, "job_id": job_id}, [*private, *fields.items()])
+        return [job_key(job_id), RUNNING_SET], args
 
     def transition(
         self,
@@ -221,25 +292,22 @@ class LiveStore:
             sources = allowed_sources(to, new_attempt=new_attempt)
             if from_statuses is not None:
                 sources = sources & frozenset(from_statuses)
-        allowed = ",".join(sorted(sources))
-        args: list[Any] = [
-            "*" if to is None else to.value,
-            allowed,
-            expect_attempt,
-            1 if new_attempt else 0,
-            event,
-            1 if journal else 0,
-            settings.snapshot_ttl if to is not None and to.is_terminal else 0,
-            encode(utcnow()),
-            CHANNEL,
-            storable_json(data, separators=(",", ":"), default=str) if data else "",
-            settings.heartbeat_ttl,
-            job_id,
-        ]
-        for name, value in (patch or {}).items():
-            args += [name, encode(value)]
-        for name, raw in (private or {}).items():
-            args += [name, raw]
+        named = {
+            "to": "*" if to is None else to.value,
+            "allowed": ",".join(sorted(sources)),
+            "expect_attempt": expect_attempt,
+            "new_attempt": 1 if new_attempt else 0,
+            "event": event,
+            "journal": 1 if journal else 0,
+            "ttl": settings.snapshot_ttl if to is not None and to.is_terminal else 0,
+            "updated_at": encode(utcnow()),
+            "channel": CHANNEL,
+            "data": storable_json(data, separators=(",", ":"), default=str) if data else "",
+            "heartbeat_ttl": settings.heartbeat_ttl,
+            "job_id": job_id,
+        }
+        fields = [(name, encode(value)) for name, value in (patch or {}).items()]
+        args = named_args(named, [*fields, *(private or {}).items()])
         keys = [job_key(job_id), JOURNAL, heartbeat_key(job_id), RUNNING_SET]
         outcome, doc, control = self._transition(keys=keys, args=args)
         return TransitionResult(outcome.decode(), doc or None, control.decode() if control else None)

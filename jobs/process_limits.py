@@ -1,4 +1,4 @@
-"""The process's open-file limit, shared by the API (`conveyor api`, `api.main`) and the benchmarks.
+"""The process's open-file limit, shared by the API server and the benchmarks.
 
 Every stream, long poll and WebSocket holds a socket, and each socket is a file descriptor;
 with the common soft limit of 1,024 one busy client exhausts them long before memory or CPU

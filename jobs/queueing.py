@@ -33,20 +33,25 @@ from rq.worker import Worker as RQWorker
 from jobs.clock import isoformat, utcnow
 from jobs.models import Job
 from jobs.redaction import redact
+from jobs.rq_private import enqueue_without_dependency_check, execution_key
 from jobs.settings import get_settings
 from jobs.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
-RUNNER = "worker.runner.run_job"
-ON_STOPPED = "worker.runner.on_stopped"
+# The one place jobs/ names worker code: RQ stores a job's function as a dotted path and the
+# work-horse imports it, so the path must be a string here (jobs/ imports no worker module).
+# worker/runner.py defines both functions; tests/test_rq_private.py checks they resolve.
+RQ_FUNCTIONS_MODULE = "worker.runner"
+RUNNER = f"{RQ_FUNCTIONS_MODULE}.run_job"  # runs one attempt of any task
+ON_STOPPED = f"{RQ_FUNCTIONS_MODULE}.on_stopped"  # RQ's callback when a work-horse is stopped
 SERIALIZER = JSONSerializer
 
 # RQ statuses under which a job is waiting to run (what a waiting Conveyor job should have).
 RQ_WAITING = frozenset({RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED})
 
-# A field of the RQ worker hash: this worker keeps `last_heartbeat` fresh while a job runs (see
-# worker.main.ConveyorWorker), so a stale one means it is dead.
+# A field of the RQ worker hash: Conveyor's worker keeps `last_heartbeat` fresh while a job runs,
+# so a stale one means it is dead.
 HEARTBEAT_MARKER = "conveyor_heartbeat_interval"
 
 _queues: dict[tuple[int, str], Queue] = {}
@@ -258,9 +263,7 @@ def release_abandoned(rq_job: RQJob, connection: Redis, *, outcome: str, detail:
             rq_job.retry(queue, pipe)
         elif outcome in ("retry", "requeue"):
             pipe.lrem(queue.intermediate_queue.key, 0, rq_job.id)
-            # RQ's own path back into a queue (its retry and scheduler use it): no dependency check,
-            # which would WATCH inside this transaction; a job that ran had its dependencies met.
-            queue._enqueue_job(rq_job, pipeline=pipe, at_front=True)
+            enqueue_without_dependency_check(queue, rq_job, pipeline=pipe)
         elif outcome == "finished":
             rq_job.set_status(RQStatus.FINISHED, pipeline=pipe)
             queue.finished_job_registry.add(rq_job, ttl=settings.result_ttl, pipeline=pipe)
@@ -323,7 +326,7 @@ def in_flight(connection: Redis, queue_names: Iterable[str]) -> Iterator[InFligh
         for job_id in queue.intermediate_queue.get_job_ids():
             yield InFlight(job_id, name, None)
         for job_id, execution_id in queue.started_job_registry.get_job_and_execution_ids(cleanup=False):
-            worker = connection.hget(f"rq:execution:{job_id}:{execution_id}", "worker_name")
+            worker = connection.hget(execution_key(job_id, execution_id, connection), "worker_name")
             yield InFlight(job_id, name, worker.decode() if worker else "")
 
 

@@ -29,6 +29,7 @@ from rq import cron_job_registry
 from rq.cron import CronJob, CronScheduler, get_cron_job_history_key
 
 from jobs.clock import isoformat, utcnow
+from jobs.rq_private import add_cron_jobs
 from jobs.settings import get_settings
 from jobs.tasks import load_tasks, task_of
 
@@ -161,7 +162,7 @@ class CronRunner(CronScheduler):
 
     def __init__(self, connection: Redis, *, name: str, declared: list[Schedule]) -> None:
         super().__init__(connection=connection, name=name)
-        self._cron_jobs.extend(Firing(s) for s in declared)
+        add_cron_jobs(self, (Firing(s) for s in declared))
         self._last_beat = 0.0
         self.register_birth()
 

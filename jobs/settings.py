@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # The web UI's sign-in: how long a session cookie lasts (seconds).
     session_max_age: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
 
+    # The application's task modules (configuration, not a code tie: they depend on jobs/ only,
+    # see jobs/progress_protocol.py). The default is the example package beside the worker.
     task_modules: list[str] = ["worker.tasks"]
     default_queue: str = "default"
     queues: list[str] = ["default"]

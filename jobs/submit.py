@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.exceptions
 import sqlalchemy as sa
+from redis import Redis
 from sqlmodel import Session
 
 from jobs.clock import isoformat, utcnow
@@ -29,14 +30,15 @@ from jobs.errors import (
     InvalidRequest,
     ServiceUnavailable,
 )
-from jobs.live import job_key
+from jobs.lifecycle import record, write_through_or_log
+from jobs.live import job_key, live_store
 from jobs.models import Job, JobEvent
 from jobs.queueing import enqueue
 from jobs.redaction import redact, redact_text
 from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import assemble, doc_from_row, row_fields
-from jobs.status import JobStatus
+from jobs.status import WAITING, JobStatus
 from jobs.storable import Unstorable, find_unstorable
 from jobs.store import add_job, find_by_idempotency_key, get_job
 from jobs.tasks import TaskSpec, get_task
@@ -52,8 +54,6 @@ REDIS_REFUSED = (
     "Redis refused to enqueue the job ({reason}). It is recorded as failed (EnqueueFailed); "
     "submit it again once Redis accepts writes."
 )
-# The statuses a job is submitted in: only these are marked failed when enqueueing fails.
-WAITING = frozenset({JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value})
 
 MAX_AHEAD = timedelta(days=366)
 MAX_PARENTS = 20
@@ -255,11 +255,10 @@ def _enqueue_with_live_state(
     """
     fields = row_fields(job)
     doc = assemble(fields)
-    mapping: dict[str | bytes, bytes | float | int | str] = {"tenant": job.tenant, "owner": job.owner or ""}
-    mapping.update(fields)
-    mapping["_doc"] = doc
+    client: Redis | None = None
     try:
         client = get_redis()
+        store = live_store(client)
         for _ in range(5):
             try:
                 with client.pipeline(transaction=True) as pipe:
@@ -267,7 +266,7 @@ def _enqueue_with_live_state(
                     enqueue(
                         job, spec, clean, connection=client, pipeline=pipe, run_at=when, depends_on=unfinished
                     )
-                    pipe.hset(job_key(job.job_id), mapping=mapping)
+                    store.seed_in(pipe, fields, tenant=job.tenant, owner=job.owner or "")
                     pipe.execute()
                 break
             except redis.exceptions.WatchError:
@@ -276,18 +275,18 @@ def _enqueue_with_live_state(
             raise ServiceUnavailable("the jobs this one depends on kept changing while it was enqueued")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ServiceUnavailable) as exc:
         log.error("submit: could not enqueue job %s: %s", job.job_id, exc)
-        _mark_enqueue_failed(job, f"Redis was unavailable at submission: {exc}")
+        _mark_enqueue_failed(job, f"Redis was unavailable at submission: {exc}", client)
         raise ServiceUnavailable(REDIS_DOWN, job_id=job.job_id) from None
     except redis.exceptions.RedisError as exc:
         # Out of memory, a read-only replica, a missing script...: Redis answered but refused. The
         # transaction did not run, so nothing waits in RQ; marked failed, the reconciler leaves it.
         reason = _first_line(exc)
         log.error("submit: Redis refused to enqueue job %s: %s", job.job_id, reason)
-        _mark_enqueue_failed(job, f"Redis refused the job at submission: {reason}")
+        _mark_enqueue_failed(job, f"Redis refused the job at submission: {reason}", client)
         raise ServiceUnavailable(REDIS_REFUSED.format(reason=reason), job_id=job.job_id) from None
     except Exception as exc:
         # Whatever else went wrong, the row must not stay `queued` for the reconciler to run later.
-        _mark_enqueue_failed(job, f"the job could not be enqueued: {type(exc).__name__}")
+        _mark_enqueue_failed(job, f"the job could not be enqueued: {type(exc).__name__}", client)
         raise
     return doc
 
@@ -305,8 +304,54 @@ def _refuse_unstorable(task: str, problem: Unstorable | None) -> None:
     raise InvalidPayload(task, [problem.error()], message=f"`{where}`: {problem.msg}.")
 
 
-def _mark_enqueue_failed(job: Job, detail: str) -> None:
-    """Mark the row that could not be enqueued `failed` (EnqueueFailed), so nothing runs it later."""
+def _mark_enqueue_failed(job: Job, detail: str, client: Redis | None) -> None:
+    """Mark the job that could not be enqueued `failed` (EnqueueFailed), so nothing runs it later.
+
+    Through the gate like any change (the live state is seeded from the row, failed, journaled,
+    and written through to SQL), so a job whose transaction did reach Redis is refused to a worker.
+    """
+    error = {"type": "EnqueueFailed", "detail": redact_text(detail)}
+    data = {"error": error}
+    try:
+        result = record(
+            job.job_id,
+            JobStatus.FAILED,
+            event="failed",
+            from_statuses=WAITING,
+            patch={"error": error},
+            data=data,
+            client=client,
+        )
+    except redis.exceptions.RedisError as exc:
+        log.warning("submit: the gate could not run for job %s (%s): failing it in SQL only", job.job_id, exc)
+        _fail_in_sql_without_redis(job, error)
+        return
+    except sa.exc.SQLAlchemyError:  # reseeding reads the row: the caller's 503 must stand
+        log.exception("submit: could not mark job %s as failed after an enqueue failure", job.job_id)
+        return
+    if result.applied:
+        write_through_or_log(result, event="failed", data=data)
+        _release_idempotency_key(job)
+
+
+def _release_idempotency_key(job: Job) -> None:
+    """A 503 is not a stored outcome: the client's retry with the same key makes a new job."""
+    if job.idempotency_key is None:
+        return
+    try:
+        with session_scope() as session:
+            row = session.get(Job, job.job_id)
+            if row is not None:
+                row.idempotency_key = None
+    except sa.exc.SQLAlchemyError:
+        log.exception("submit: could not release the Idempotency-Key of job %s", job.job_id)
+
+
+def _fail_in_sql_without_redis(job: Job, error: dict[str, str]) -> None:
+    """The one status change made in SQL alone, when the gate cannot run (Redis unreachable or
+    refusing writes). Nothing of the job reached Redis (its transaction did not run), so there
+    is no live state to disagree with; the row must not stay waiting for the reconciler to run it.
+    """
     now = utcnow()
     try:
         with session_scope() as session:
@@ -315,8 +360,8 @@ def _mark_enqueue_failed(job: Job, detail: str) -> None:
                 return
             row.status = JobStatus.FAILED.value
             row.idempotency_key = None  # a 503 is not a stored outcome: the client's retry makes a new job
-            row.error_type = "EnqueueFailed"
-            row.error_detail = redact_text(detail)
+            row.error_type = error["type"]
+            row.error_detail = error["detail"]
             row.ended_at = row.failed_at = row.updated_at = now
             row.seq += 1
             session.add(
@@ -326,7 +371,7 @@ def _mark_enqueue_failed(job: Job, detail: str) -> None:
                     event="failed",
                     status=row.status,
                     attempt=row.attempt,
-                    data={"error": {"type": row.error_type, "detail": row.error_detail}},
+                    data={"error": error},
                     created_at=now,
                 )
             )

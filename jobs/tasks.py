@@ -5,12 +5,14 @@
         width: int = Field(800, ge=1)
 
     @task(queue="default", timeout=300, retries=2)
-    def resize(payload: ResizePayload, progress: Progress) -> dict:
+    def resize(payload: ResizePayload, progress: ProgressReporter) -> dict:
         ...
 
 The payload model comes from the first parameter's annotation; submissions
 are validated against it. Task modules are imported by name
-(`CONVEYOR_TASK_MODULES`), so the API knows tasks without importing worker code.
+(`CONVEYOR_TASK_MODULES`), so the API knows tasks without importing worker code; a task
+annotates its progress with `jobs.progress_protocol.ProgressReporter`, so importing it pulls
+in none of the worker either.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ import time
 
 from pydantic import BaseModel, Field
 
+from jobs.progress_protocol import ProgressReporter
 from jobs.redis_conn import get_redis
 from jobs.tasks import task
-from worker.progress import Progress
 
 DONE_PREFIX = "cv:test:done:"  # a counter per job: how many attempts ran to completion
 
@@ -34,7 +34,7 @@ class StepsPayload(BaseModel):
 
 
 @task(queue="control", timeout=600)
-def steps(payload: StepsPayload, progress: Progress) -> dict[str, int]:
+def steps(payload: StepsPayload, progress: ProgressReporter) -> dict[str, int]:
     """A cooperative loop: checkpoints (or progress updates) between short steps."""
     for i in range(payload.steps):
         time.sleep(payload.step)
@@ -66,13 +66,13 @@ def overruns(payload: SleepPayload) -> None:
 
 
 @task(queue="control", timeout=600)
-def sleeper(payload: SleepPayload, progress: Progress) -> dict[str, float]:
+def sleeper(payload: SleepPayload, progress: ProgressReporter) -> dict[str, float]:
     """Sleeps in short steps with checkpoints; counts its completions."""
     return _sleep(payload, progress)
 
 
 @task(queue="control", timeout=600, retries=1, retry_intervals=[0])
-def retrying_sleeper(payload: SleepPayload, progress: Progress) -> dict[str, float]:
+def retrying_sleeper(payload: SleepPayload, progress: ProgressReporter) -> dict[str, float]:
     """`sleeper`, retried once at once if its attempt is lost."""
     return _sleep(payload, progress)
 
@@ -82,14 +82,14 @@ class ChaosPayload(BaseModel):
 
 
 @task(queue="control", timeout=60, retries=3, retry_intervals=[0])
-def chaos_step(payload: ChaosPayload, progress: Progress) -> dict[str, float]:
+def chaos_step(payload: ChaosPayload, progress: ProgressReporter) -> dict[str, float]:
     """A short job for the chaos test: sleeps, reports, and counts its completions."""
     progress.update(50, message="half way")
     time.sleep(payload.seconds)
     return _done(payload.seconds)
 
 
-def _sleep(payload: SleepPayload, progress: Progress) -> dict[str, float]:
+def _sleep(payload: SleepPayload, progress: ProgressReporter) -> dict[str, float]:
     end = time.monotonic() + payload.seconds
     while time.monotonic() < end:
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))

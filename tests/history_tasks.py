@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jobs.progress_protocol import ProgressReporter
 from jobs.tasks import task
-from worker.progress import Progress
 
 
 class FailPayload(BaseModel):
@@ -35,7 +35,7 @@ class LeakyPayload(BaseModel):
 
 
 @task(queue="default", timeout=30)
-def leaky(payload: LeakyPayload, progress: Progress) -> dict[str, Any]:
+def leaky(payload: LeakyPayload, progress: ProgressReporter) -> dict[str, Any]:
     """Put secrets everywhere a payload can surface: result, progress message, error."""
     progress.update(50, message="connecting with password=hunter2")
     progress.flush()
@@ -49,7 +49,7 @@ class NulPayload(BaseModel):
 
 
 @task(queue="default", timeout=30)
-def nul_bytes(payload: NulPayload, progress: Progress) -> dict[str, Any]:
+def nul_bytes(payload: NulPayload, progress: ProgressReporter) -> dict[str, Any]:
     """Put NUL characters (binary data, C-library messages) everywhere a task's output surfaces."""
     progress.update(50, message="read\x00half")
     progress.flush()
@@ -74,7 +74,7 @@ class ChattyPayload(BaseModel):
 
 
 @task(queue="default", timeout=30)
-def chatty(payload: ChattyPayload, progress: Progress) -> dict[str, Any]:
+def chatty(payload: ChattyPayload, progress: ProgressReporter) -> dict[str, Any]:
     """Let secrets slip into ordinary text: a message field, a progress message, an exception."""
     s = FREE_TEXT_SECRETS
     progress.update(50, message=f"calling with Bearer {s['jwt']} as {s['aws']}")

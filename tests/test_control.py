@@ -329,3 +329,30 @@ def test_the_cli_and_the_client_steer_jobs(env: Backend, live_server: ServerProc
         assert refused.value.status_code == 409
         done = conveyor("restart", job.job_id, "--json", *common)
         assert done.returncode == 0 and json.loads(done.stdout)["attempt"] == 3
+
+
+def test_allowed_actions_are_derived_from_the_status_table(monkeypatch: Any) -> None:
+    from jobs import status as status_table
+    from jobs.control import allowed_actions
+
+    S = status_table.JobStatus
+    expected = {
+        (S.QUEUED, None): ["cancel"],
+        (S.SCHEDULED, None): ["cancel"],
+        (S.DEFERRED, None): ["cancel"],
+        (S.STARTED, None): ["cancel", "pause"],
+        (S.STARTED, ""): ["cancel", "pause"],
+        (S.STARTED, "pause"): ["cancel", "resume"],
+        (S.STARTED, "cancel"): ["cancel"],
+        (S.PAUSED, None): ["cancel", "resume"],
+        (S.PAUSED, "pause"): ["cancel", "resume"],
+        (S.PAUSED, "cancel"): ["cancel"],
+        (S.FINISHED, None): [],
+        (S.FAILED, None): ["restart"],
+        (S.CANCELED, None): ["restart"],
+    }
+    for (status, control), actions in expected.items():
+        assert allowed_actions(status, control) == actions, (status, control)
+    # A table where a paused job could only be canceled offers no resume: no second table to edit.
+    monkeypatch.setitem(status_table.TRANSITIONS, S.PAUSED, frozenset({S.CANCELED, S.FAILED}))
+    assert allowed_actions(S.PAUSED) == ["cancel"]

@@ -138,3 +138,44 @@ def test_an_annotation_names_live_statuses_only(env: Backend):
     job_id = seed_job()
     with pytest.raises(ValueError):
         annotate(job_id, event="x", when=(S.FINISHED,))
+
+
+def test_the_gate_scripts_read_exactly_the_named_arguments_they_declare():
+    import re
+
+    from jobs import live
+
+    for script, names in ((live._TRANSITION, live.TRANSITION_ARGS), (live._SEED, live.SEED_ARGS)):
+        assert set(re.findall(r"\bA\.(\w+)", script)) == set(names)
+    # The status table's knowledge comes from jobs.status, not from the script's text.
+    assert "'started' or" not in live._TRANSITION and "== 'paused'" not in live._SEED
+
+
+def test_the_gate_sends_every_declared_name_and_refuses_another_count(env: Backend, redis_client: Any):
+    import pytest
+    import redis.exceptions
+
+    from jobs import live
+
+    store = live_store(redis_client)
+    sent: list[list[Any]] = []
+    script = store._transition
+
+    def capture(*, keys: list[str], args: list[Any]) -> Any:
+        sent.append(args)
+        return script(keys=keys, args=args)
+
+    job_id = seed_job()
+    store._transition = capture  # type: ignore[assignment]
+    try:
+        assert record(job_id, S.STARTED, event="started", client=redis_client).applied
+    finally:
+        store._transition = script
+    count = sent[0][0]
+    assert count == len(live.TRANSITION_ARGS)
+    assert sent[0][1 : 2 * count + 1 : 2] == list(live.TRANSITION_ARGS)
+
+    short = live.named_args({"to": "finished"})
+    keys = [job_key(job_id), JOURNAL, live.heartbeat_key(job_id), live.RUNNING_SET]
+    with pytest.raises(redis.exceptions.ResponseError, match="named arguments"):
+        script(keys=keys, args=short)

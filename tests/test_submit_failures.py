@@ -130,3 +130,54 @@ def test_a_redis_that_refuses_the_enqueue_is_503_and_the_job_never_runs(
     with session_scope() as session:
         row = session.get(Job, job_id)
         assert row is not None and row.status == "failed"
+
+
+def test_an_enqueue_that_fails_with_redis_up_is_failed_through_the_gate(
+    env: Backend, redis_client: Any, monkeypatch: Any
+):
+    """Redis is reachable, so the failure passes the gate: live state, journal and SQL all say failed."""
+    import json
+
+    from sqlmodel import select
+
+    from jobs import submit as submit_module
+    from jobs.live import job_key
+    from jobs.models import JobEvent
+
+    real_enqueue = submit_module.enqueue
+
+    def enqueue_then_break(*args: Any, **kwargs: Any) -> None:
+        real_enqueue(*args, **kwargs)
+        raise RuntimeError("a bug after RQ queued its half")
+
+    monkeypatch.setattr(submit_module, "enqueue", enqueue_then_break)
+    job_ids: list[str] = []
+    real_fail = submit_module._mark_enqueue_failed
+    monkeypatch.setattr(
+        submit_module,
+        "_mark_enqueue_failed",
+        lambda job, *a: (job_ids.append(job.job_id), real_fail(job, *a)),
+    )
+    with pytest.raises(RuntimeError):
+        submit_module.submit_job(
+            tenant="t-gate",
+            owner=None,
+            task="long_task",
+            payload={"n": 1},
+            queue="other",
+            idempotency_key="gate-key",
+        )
+    (job_id,) = job_ids
+    doc = json.loads(redis_client.hget(job_key(job_id), "_doc"))
+    assert doc["status"] == "failed" and doc["error"]["type"] == "EnqueueFailed"
+    assert doc["seq"] == 2  # seeded from the row, then failed: one versioned change
+    with session_scope() as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        assert (row.status, row.error_type, row.seq) == ("failed", "EnqueueFailed", 2)
+        assert row.idempotency_key is None  # the client's retry makes a new job
+        events = session.exec(select(JobEvent).where(JobEvent.job_id == job_id)).all()
+        assert [e.event for e in events][-1] == "failed"
+    from jobs.queueing import discard
+
+    discard(job_id, redis_client)  # RQ's half was queued on purpose: leave no job for a later test

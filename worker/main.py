@@ -44,6 +44,12 @@ from jobs.queueing import HEARTBEAT_MARKER, SERIALIZER, get_queue, retry_in
 from jobs.recorder import Recorder, record_end_now
 from jobs.redaction import install_log_redaction, redact_text
 from jobs.redis_conn import redis_url, use_redis
+from jobs.rq_private import (
+    enqueue_without_dependency_check,
+    first_shutdown_signal_at,
+    forget_work_horse,
+    shutdown_requested_at,
+)
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
 from jobs.tasks import load_tasks
@@ -149,8 +155,9 @@ class ConveyorWorker(RedactedFailures, Worker):
         else:
             self._attempt = int(attempt or 0)
             self._track_pause(JobStatus(status.decode().strip('"')) == JobStatus.PAUSED)
-        if self._stop_requested and self._shutdown_requested_date is not None:
-            waited = (utcnow() - self._shutdown_requested_date).total_seconds()
+        asked = shutdown_requested_at(self)
+        if asked is not None:
+            waited = (utcnow() - asked).total_seconds()
             if waited >= get_settings().shutdown_grace:
                 self.requeue_current_job(job, reason=f"worker shutdown: still running after {waited:.0f}s")
 
@@ -213,12 +220,12 @@ class ConveyorWorker(RedactedFailures, Worker):
             pipe.multi()
             self.cleanup_execution(job, pipeline=pipe)
             job.started_at = job.ended_at = None
-            queue._enqueue_job(job, pipeline=pipe, at_front=True)  # as RQ's retry does: no WATCH in MULTI
+            enqueue_without_dependency_check(queue, job, pipeline=pipe)  # as RQ's retry: no WATCH in MULTI
             pipe.execute()
 
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
         """A second SIGTERM/SIGINT: requeue the running job at once instead of abandoning it."""
-        since = self._shutdown_requested_date
+        since = first_shutdown_signal_at(self)
         if since is not None and (utcnow() - since).total_seconds() < 1:
             return  # the same shutdown signal delivered twice (RQ ignores it too)
         job = self.get_current_job() if self.horse_pid else None
@@ -226,7 +233,7 @@ class ConveyorWorker(RedactedFailures, Worker):
             with contextlib.suppress(OSError):
                 self.wait_for_horse()
             self.handle_job_failure(job, get_queue(job.origin, self.connection))
-            self._horse_pid = 0
+            forget_work_horse(self)
         super().request_force_stop(signum, frame)
 
     def handle_exception(self, job: RQJob, *exc_info: Any) -> None:
@@ -282,9 +289,14 @@ def children_die_with_the_worker() -> None:
     os.register_at_fork(after_in_child=marked)
 
 
+# The recorder child runs this module's main() (worker/recorder.py). It cannot be imported here
+# for its name (it imports this module); tests/test_seams.py checks the name resolves.
+RECORDER_ENTRY = "worker.recorder"
+
+
 def start_recorder_process(name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "recorder", "--name", name],
+        [sys.executable, "-m", RECORDER_ENTRY, "--name", name],
         preexec_fn=_die_with_parent,
     )
 

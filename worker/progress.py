@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from redis import Redis
 
@@ -40,6 +41,7 @@ from jobs.attempts import lost_our_start, reannounce_start
 from jobs.clock import utcnow
 from jobs.lifecycle import record
 from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, TransitionResult, heartbeat_key, job_key
+from jobs.progress_protocol import ProgressReporter
 from jobs.redaction import redact_text
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
@@ -157,7 +159,10 @@ class CoalescingWriter:
 
 
 class Progress:
-    """Progress reporting for one attempt of one job (created by the runner)."""
+    """Progress reporting for one attempt of one job (created by the runner).
+
+    Tasks see it as `jobs.progress_protocol.ProgressReporter` (checked below for mypy).
+    """
 
     def __init__(self, *, job_id: str, attempt: int, started_at: datetime, client: Redis) -> None:
         settings = get_settings()
@@ -334,3 +339,9 @@ class Progress:
     def close(self) -> None:
         """Write any pending value and stop the background thread."""
         self._writer.close()
+
+
+if TYPE_CHECKING:
+
+    def _reports_progress(progress: Progress) -> ProgressReporter:
+        return progress  # mypy: Progress keeps the protocol tasks are written against

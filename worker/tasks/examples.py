@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jobs.progress_protocol import ProgressReporter
 from jobs.tasks import task
-from worker.progress import Progress
 
 
 class LongTaskPayload(BaseModel):
@@ -22,7 +22,7 @@ class LongTaskResult(BaseModel):
 
 
 @task(queue="default", timeout=3600)
-def long_task(payload: LongTaskPayload, progress: Progress) -> LongTaskResult:
+def long_task(payload: LongTaskPayload, progress: ProgressReporter) -> LongTaskResult:
     """Add up 0..n-1 one step at a time, reporting progress after each step."""
     acc = 0
     for i in range(payload.n):
