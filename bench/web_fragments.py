@@ -67,7 +67,7 @@ def timed(render: Any) -> list[float]:
 
 
 def main() -> None:
-    session = new_session(key_id="k1", tenant="acme", role="member")
+    session = new_session(key_id="k1", tenant="acme", role="member", binding="bench")
     base = {"base": "", "session": session, "path": "/", "request": None, "notice": None}
     live_doc = snapshot("started", 42.0, 23)
     rows_docs = [snapshot("started" if i % 3 else "finished", float(i * 4 % 100), i + 1) for i in range(25)]
