@@ -12,7 +12,7 @@ from jobs.embedded import free_port
 from jobs.models import Job
 from jobs.redis_conn import reset_redis
 from jobs.settings import get_settings
-from tests.conftest import Backend, Tenant
+from tests.conftest import Backend, PrivateWorld, Tenant
 
 
 def test_redis_down_at_submit_is_503_and_the_row_is_marked_failed(app: Any, tenant: Tenant, monkeypatch: Any):
@@ -85,15 +85,20 @@ def test_database_down_at_submit_is_503_and_nothing_is_enqueued(
 )
 def test_a_redis_that_refuses_the_enqueue_is_503_and_the_job_never_runs(
     app: Any,
-    tenant: Tenant,
-    redis_client: Any,
+    private_world: PrivateWorld,
     monkeypatch: Any,
     setup: list[tuple[str, str]],
     refusal: str,
 ):
-    """Not only a lost connection: any refusal is a 503 and a `failed` row, so no retry runs twice."""
+    """Not only a lost connection: any refusal is a 503 and a `failed` row, so no retry runs twice.
+    On a Redis of its own: a replica's refusal unblocks the shared workers' BLPOP with an error."""
+    from redis import Redis
+
     from jobs.queueing import fetch, get_queue
     from jobs.reconciler import Reconciler
+
+    redis_client = Redis.from_url(private_world.redis_url)
+    tenant = private_world.tenant
 
     saved = {name: redis_client.config_get(name)[name] for name, _ in setup}
     with TestClient(app, headers=tenant.headers) as client:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import redis.exceptions
 from redis import Redis
 
 from jobs.attempts import lost_our_start, reannounce_start
@@ -44,7 +45,7 @@ from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, TransitionResult, heartbe
 from jobs.progress_protocol import ProgressReporter
 from jobs.redaction import redact_text
 from jobs.settings import get_settings
-from jobs.status import RUNNING, JobStatus
+from jobs.status import RUNNING, WAITING, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +220,22 @@ class Progress:
         now = time.monotonic()
         if now - self._control_seen < self._poll:
             return self._control
-        status, attempt, control = self._client.hmget(job_key(self.job_id), ["status", "attempt", CONTROL])
+        try:
+            status, attempt, control = self._client.hmget(
+                job_key(self.job_id), ["status", "attempt", CONTROL]
+            )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            log.warning("progress: Redis unreachable; job %s goes on and asks again later", self.job_id)
+            self._control_seen = now
+            return self._control  # a Redis blip is no reason to stop the task
         self._control_seen = now
         self._control = control.decode() if control else None
         if refresh_status and status is not None:
             current = JobStatus(status.decode().strip('"'))
+            lost = current in WAITING and int(attempt or 0) == self.attempt
+            worker = os.environ.get("RQ_WORKER_ID", "")
+            if lost and reannounce_start(self.job_id, self.attempt, self._started_at, worker=worker):
+                return self._control
             if current not in RUNNING or int(attempt or 0) != self.attempt:
                 self.interrupted_by = current
                 raise JobInterrupted(

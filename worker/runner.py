@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
+import redis.exceptions
 from pydantic import BaseModel
 from rq import get_current_job
 from rq.job import Job as RQJob
@@ -125,7 +128,7 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
             client=client,
         )
 
-    finished = finish()
+    finished = _through_a_blip(finish)
     if lost_our_start(finished) and reannounce_start(
         job_id, attempt, started_at, worker=worker_name, client=client
     ):
@@ -134,6 +137,20 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         discard_blob(job_id, attempt, client)
     # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
     return fields["result"] if fields["result_ref"] is None else fields["result_ref"]
+
+
+def _through_a_blip(write: Callable[[], TransitionResult], *, patience: float = 15.0) -> TransitionResult:
+    """Record an attempt's end even if Redis is unreachable for a moment (a restart, a failover):
+    the work is done, and giving up here would only make the job run again."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return write()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("Redis unreachable while recording the end of a job; trying again")
+            time.sleep(0.5)
 
 
 def _no_retry(rq_job: RQJob) -> None:
