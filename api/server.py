@@ -71,29 +71,36 @@ class HeaderDeadline:
         transport.close()
 
 
-class H11HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a header deadline."""
+class _DeadlineWiring:
+    """What both protocols share: arm the deadline on connect and between requests, drop it on
+    close. Each protocol says for itself when the headers are in."""
+
+    deadline: HeaderDeadline
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deadline = HeaderDeadline(self)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self.deadline.arm()
 
     def data_received(self, data: bytes) -> None:
         self.deadline.arm_if_between_requests()
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.deadline.disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class H11HeaderDeadline(_DeadlineWiring, H11Protocol):
+    """uvicorn's h11 protocol with a header deadline."""
 
     def handle_events(self) -> None:
         super().handle_events()
         if not self.deadline.between_requests() or self.transport.get_protocol() is not self:
             self.deadline.disarm()  # the headers are in (a request is being served, or upgraded)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.deadline.disarm()
-        super().connection_lost(exc)
 
 
 HeaderDeadlineProtocol: type[asyncio.Protocol]
@@ -104,28 +111,12 @@ except ImportError:  # httptools is optional in uvicorn; h11 always comes with i
     HeaderDeadlineProtocol = H11HeaderDeadline
 else:
 
-    class HttpToolsHeaderDeadline(HttpToolsProtocol):
+    class HttpToolsHeaderDeadline(_DeadlineWiring, HttpToolsProtocol):
         """uvicorn's httptools protocol (its default when httptools is installed) with a header deadline."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.deadline = HeaderDeadline(self)
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self.deadline.arm()
-
-        def data_received(self, data: bytes) -> None:
-            self.deadline.arm_if_between_requests()
-            super().data_received(data)
 
         def on_headers_complete(self) -> None:
             self.deadline.disarm()
             super().on_headers_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.deadline.disarm()
-            super().connection_lost(exc)
 
     HeaderDeadlineProtocol = HttpToolsHeaderDeadline
 
