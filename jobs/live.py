@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from jobs.clock import utcnow
 from jobs.settings import get_settings
 from jobs.snapshot import PUBLIC_FIELDS, JobSnapshot, encode
-from jobs.status import RUNNING, JobStatus, allowed_sources
+from jobs.status import RUNNING, TERMINAL, JobStatus, allowed_sources
 from jobs.storable import storable_json
 
 if TYPE_CHECKING:  # the API declares routes with this module: no Redis client import at that time
@@ -119,6 +119,9 @@ _LUA_STATUSES = (
     + "\nlocal RUNNING = {"
     + ", ".join(f"['{status.value}'] = true" for status in sorted(RUNNING))
     + "}"
+    + "\nlocal TERMINAL = {"
+    + ", ".join(f"['{status.value}'] = true" for status in sorted(TERMINAL))
+    + "}"
     + "\nlocal CONTROL_FIELDS = {"
     + ", ".join(f"'{name}'" for name in (CONTROL, CONTROL_BY, CONTROL_AT, CONTROL_DEADLINE))
     + "}\n"
@@ -145,58 +148,115 @@ return {'ok', doc}
 """
 )
 
-# KEYS[1] job hash, KEYS[2] journal stream, KEYS[3] job heartbeat, KEYS[4] running set.
-# Named arguments: TRANSITION_ARGS.
-# A started job's heartbeat is refreshed by each change; a job that leaves started/paused
-# loses it, leaves the running set, and loses any pending control request (`_ctl*`).
-# Replies {outcome, document, control request}.
-_TRANSITION = (
-    _ASSEMBLE
-    + _LUA_STATUSES
-    + _lua_named_args(TRANSITION_ARGS)
+# The gate as a Lua function, so that the worker's claim and finish scripts (jobs/rq_engine.py)
+# make the very same change in the same script as RQ's bookkeeping. ``argv[first..last]`` are
+# the field/value pairs to store; ``A`` the named arguments (TRANSITION_ARGS).
+# It reads the hash once and writes it once: the new document is assembled from what it read
+# with the change laid over it. A started job's heartbeat is set by its start; a job that leaves
+# started/paused loses it, leaves the running set, and loses any pending control request (`_ctl*`).
+# Returns {outcome, document, control request, journal entry id}.
+GATE_LUA = (
+    _LUA_STATUSES
+    + "\nlocal FIELDS = {"
+    + _FIELDS
+    + "}"
     + """
-local key = KEYS[1]
-local cur = redis.call('HMGET', key, 'status', 'attempt')
-if not cur[1] then return {'missing', false, false} end
-local status = cjson.decode(cur[1])
-local keep = A.to == '*'
-local to = A.to
-if keep then to = status end
-local expect = tonumber(A.expect_attempt)
-if expect > 0 and expect ~= tonumber(cur[2]) then
-  return {'stale', redis.call('HGET', key, '_doc'), redis.call('HGET', key, '_ctl')}
+local FIELD_AT = {}
+for i, name in ipairs(FIELDS) do FIELD_AT[name] = i end
+local NF = #FIELDS
+
+local function doc_of(vals)
+  local parts = {}
+  for i, name in ipairs(FIELDS) do
+    local v = vals[i]
+    if not v or v == '' then v = 'null' end
+    parts[i] = '"' .. name .. '":' .. v
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
 end
-local allowed = false
-for s in string.gmatch(A.allowed, '[^,]+') do
-  if s == status then allowed = true break end
+
+local function gate(key, journal, hb, running_set, A, argv, first, last)
+  local read = redis.call('HMGET', key, '_ctl', unpack(FIELDS))
+  local ctl = read[1]
+  local cur = {}
+  for i = 1, NF do cur[i] = read[i + 1] end
+  if not cur[FIELD_AT.status] then return {'missing', false, false, false} end
+  local status = cjson.decode(cur[FIELD_AT.status])
+  local attempt = tonumber(cur[FIELD_AT.attempt]) or 0
+  local keep = A.to == '*'
+  local to = A.to
+  if keep then to = status end
+  local expect = tonumber(A.expect_attempt)
+  if expect > 0 and expect ~= attempt then return {'stale', doc_of(cur), ctl, false} end
+  local allowed = false
+  for s in string.gmatch(A.allowed, '[^,]+') do
+    if s == status then allowed = true break end
+  end
+  if not allowed then
+    local outcome = 'refused'
+    if (not keep) and status == to then outcome = 'noop' end
+    return {outcome, doc_of(cur), ctl, false}
+  end
+  local set = {}
+  for i = first, last, 2 do
+    local name, value = argv[i], argv[i + 1]
+    set[#set + 1] = name
+    set[#set + 1] = value
+    local at = FIELD_AT[name]
+    if at then cur[at] = value end
+    if name == '_ctl' then ctl = value end
+  end
+  if A.new_attempt == '1' then attempt = attempt + 1 end
+  cur[FIELD_AT.status] = '"' .. to .. '"'
+  cur[FIELD_AT.updated_at] = A.updated_at
+  cur[FIELD_AT.attempt] = tostring(attempt)
+  cur[FIELD_AT.seq] = tostring((tonumber(cur[FIELD_AT.seq]) or 0) + 1)
+  local doc = doc_of(cur)
+  for _, name in ipairs({'status', 'updated_at', 'attempt', 'seq'}) do
+    set[#set + 1] = name
+    set[#set + 1] = cur[FIELD_AT[name]]
+  end
+  set[#set + 1] = '_doc'
+  set[#set + 1] = doc
+  redis.call('HSET', key, unpack(set))
+  local was_running = RUNNING[status] == true
+  local running = RUNNING[to] == true
+  if not running and ctl then
+    redis.call('HDEL', key, unpack(CONTROL_FIELDS))
+    ctl = false
+  end
+  local ttl = tonumber(A.ttl)
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  elseif TERMINAL[status] then
+    redis.call('PERSIST', key)
+  end
+  if to == STARTED and not keep then
+    redis.call('SET', hb, tostring(attempt), 'EX', A.heartbeat_ttl)
+  elseif was_running and not running then
+    redis.call('DEL', hb)
+  end
+  if running and not was_running then
+    redis.call('SADD', running_set, A.job_id)
+  elseif was_running and not running then
+    redis.call('SREM', running_set, A.job_id)
+  end
+  redis.call('PUBLISH', A.channel, doc)
+  local entry = false
+  if A.journal == '1' then
+    entry = redis.call('XADD', journal, '*', 'event', A.event, 'doc', doc, 'data', A.data)
+  end
+  return {'ok', doc, ctl, entry}
 end
-if not allowed then
-  local outcome = 'refused'
-  if (not keep) and status == to then outcome = 'noop' end
-  return {outcome, redis.call('HGET', key, '_doc'), redis.call('HGET', key, '_ctl')}
-end
-if #ARGV >= FIELDS_AT then redis.call('HSET', key, unpack(ARGV, FIELDS_AT)) end
-redis.call('HSET', key, 'status', '"' .. to .. '"', 'updated_at', A.updated_at)
-if A.new_attempt == '1' then redis.call('HINCRBY', key, 'attempt', 1) end
-redis.call('HINCRBY', key, 'seq', 1)
-local running = RUNNING[to] == true
-if not running then redis.call('HDEL', key, unpack(CONTROL_FIELDS)) end
-local doc = assemble(key)
-redis.call('HSET', key, '_doc', doc)
-local ttl = tonumber(A.ttl)
-if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
-if to == STARTED and not keep then
-  redis.call('SET', KEYS[3], redis.call('HGET', key, 'attempt'), 'EX', A.heartbeat_ttl)
-elseif not running then
-  redis.call('DEL', KEYS[3])
-end
-if running then redis.call('SADD', KEYS[4], A.job_id) else redis.call('SREM', KEYS[4], A.job_id) end
-redis.call('PUBLISH', A.channel, doc)
-if A.journal == '1' then
-  redis.call('XADD', KEYS[2], '*', 'event', A.event, 'doc', doc, 'data', A.data)
-end
-return {'ok', doc, redis.call('HGET', key, '_ctl')}
 """
+)
+
+# KEYS[1] job hash, KEYS[2] journal stream, KEYS[3] job heartbeat, KEYS[4] running set.
+# Named arguments: TRANSITION_ARGS. Replies as `gate` does.
+_TRANSITION = (
+    GATE_LUA
+    + _lua_named_args(TRANSITION_ARGS)
+    + "\nreturn gate(KEYS[1], KEYS[2], KEYS[3], KEYS[4], A, ARGV, FIELDS_AT, #ARGV)\n"
 )
 
 
@@ -207,6 +267,7 @@ class TransitionResult:
     outcome: Outcome
     doc: bytes | None
     control: str | None = None  # a pending control request for a running job ("cancel", "pause")
+    entry_id: bytes | None = None  # the change's journal entry, when it was journaled
 
     @property
     def applied(self) -> bool:
@@ -219,6 +280,12 @@ class TransitionResult:
     @cached_property
     def current_status(self) -> JobStatus | None:
         return self.snapshot.status if self.snapshot else None
+
+
+def decode_gate_reply(reply: list[Any]) -> TransitionResult:
+    """The gate's {outcome, document, control request, journal entry id} as a TransitionResult."""
+    outcome, doc, control, entry_id = reply
+    return TransitionResult(outcome.decode(), doc or None, control.decode() if control else None, entry_id or None)
 
 
 class LiveStore:
@@ -309,8 +376,7 @@ class LiveStore:
         fields = [(name, encode(value)) for name, value in (patch or {}).items()]
         args = named_args(named, [*fields, *(private or {}).items()])
         keys = [job_key(job_id), JOURNAL, heartbeat_key(job_id), RUNNING_SET]
-        outcome, doc, control = self._transition(keys=keys, args=args)
-        return TransitionResult(outcome.decode(), doc or None, control.decode() if control else None)
+        return decode_gate_reply(self._transition(keys=keys, args=args))
 
     def read(self, job_id: str) -> tuple[str, bytes] | None:
         """(tenant, snapshot document) of a job, or None when Redis has no live state for it."""
