@@ -46,7 +46,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    run_worker(queues, burst=args.burst, simple=args.simple, name=args.name, recorder=not args.no_recorder)
+    run_worker(
+        queues,
+        burst=args.burst,
+        concurrency=args.concurrency,
+        name=args.name,
+        recorder=not args.no_recorder,
+    )
     return 0
 
 
@@ -125,6 +131,17 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
             return _fail(f"no key with id {args.key_id!r}")
     print(f"revoked key {args.key_id}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _duration(text: str) -> Any:
@@ -368,10 +385,15 @@ def _add_process_commands(sub: Commands) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("worker", help="run an RQ worker with the recorder")
+    p = sub.add_parser("worker", help="run a pool of RQ workers with the recorder")
     p.add_argument("--queues", help="comma-separated queue names (default: CONVEYOR_QUEUES)")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    p.add_argument("--simple", action="store_true", help="run jobs in-process (no fork; trusted, fast jobs)")
+    p.add_argument(
+        "--concurrency",
+        type=positive_int,
+        help="jobs run at once, one per child process "
+        "(default: CONVEYOR_WORKER_CONCURRENCY, else one per core)",
+    )
     p.add_argument("--name", help="worker name (default: host.random)")
     p.add_argument(
         "--no-recorder",

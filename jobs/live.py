@@ -91,7 +91,7 @@ TRANSITION_ARGS = (
 )
 
 
-def _lua_named_args(names: tuple[str, ...]) -> str:
+def lua_named_args(names: tuple[str, ...]) -> str:
     """Lua that decodes the named arguments into ``A`` and sets ``FIELDS_AT``, the first field index."""
     return f"""
 local A = {{}}
@@ -131,7 +131,7 @@ _LUA_STATUSES = (
 _SEED = (
     _ASSEMBLE
     + _LUA_STATUSES
-    + _lua_named_args(SEED_ARGS)
+    + lua_named_args(SEED_ARGS)
     + """
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 1 then
@@ -255,7 +255,7 @@ end
 # Named arguments: TRANSITION_ARGS. Replies as `gate` does.
 _TRANSITION = (
     GATE_LUA
-    + _lua_named_args(TRANSITION_ARGS)
+    + lua_named_args(TRANSITION_ARGS)
     + "\nreturn gate(KEYS[1], KEYS[2], KEYS[3], KEYS[4], A, ARGV, FIELDS_AT, #ARGV)\n"
 )
 
@@ -282,10 +282,22 @@ class TransitionResult:
         return self.snapshot.status if self.snapshot else None
 
 
+def read_status_in(pipeline: Pipeline, job_id: str) -> None:
+    """Queue a read of a job's status on ``pipeline``; its reply decodes with `decode_status`."""
+    pipeline.hget(job_key(job_id), "status")
+
+
+def decode_status(raw: bytes | None) -> JobStatus | None:
+    """A status as the hash stores it (JSON text), or None when Redis has no live state."""
+    return JobStatus(json.loads(raw)) if raw else None
+
+
 def decode_gate_reply(reply: list[Any]) -> TransitionResult:
     """The gate's {outcome, document, control request, journal entry id} as a TransitionResult."""
     outcome, doc, control, entry_id = reply
-    return TransitionResult(outcome.decode(), doc or None, control.decode() if control else None, entry_id or None)
+    return TransitionResult(
+        outcome.decode(), doc or None, control.decode() if control else None, entry_id or None
+    )
 
 
 class LiveStore:

@@ -153,6 +153,17 @@ class Settings(BaseSettings):
     # (or from connecting); past it the server closes the connection.
     header_timeout: float = Field(default=5.0, gt=0, le=300)
 
+    # --- The worker pool (issue 17: no fork per job). ---
+    # Children per `conveyor worker`, each running one job at a time (0: one per CPU core).
+    worker_concurrency: int = Field(default=0, ge=0, le=1024)
+    # A child makes way for a fresh one after this many jobs, or past this resident memory
+    # (MiB), like Celery's max_tasks_per_child / max_memory_per_child (0: never).
+    child_max_jobs: int = Field(default=0, ge=0)
+    child_max_memory_mb: int = Field(default=0, ge=0)
+    # Seconds past a job's timeout after which the pool kills its child, when the job did not
+    # stop at its timeout (a task stuck in C code never sees the alarm); RQ's worker waits 60.
+    hard_stop_after: float = Field(default=10.0, ge=1, le=3600)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if not self.secret_key:

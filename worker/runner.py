@@ -17,10 +17,13 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
 import redis.exceptions
 from pydantic import BaseModel
+from redis import Redis
 from rq import get_current_job
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_DETAIL = 8192
 
+T = TypeVar("T")
+
 
 def jsonable(value: Any) -> Any:
     """A task's return value as JSON data (pydantic models are dumped)."""
@@ -60,8 +65,67 @@ def error_info(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "detail": detail}
 
 
+@dataclass(frozen=True)
+class Success:
+    """A task's successful attempt: the end's public fields, and what RQ keeps as its result."""
+
+    patch: dict[str, Any]
+    rq_value: Any
+
+    @property
+    def result_ref(self) -> str | None:
+        ref: str | None = self.patch.get("result_ref")
+        return ref
+
+
+def perform(
+    task: str,
+    payload: dict[str, Any],
+    *,
+    job_id: str,
+    attempt: int,
+    started_at: datetime,
+    client: Redis,
+    rq_job: Callable[[], RQJob | None],
+    no_retry: Callable[[], None],
+) -> Success:
+    """Run one started attempt of a task with its `Progress`; return its end, or raise.
+
+    A cancel, an interruption and a failure are recorded here before they are raised,
+    and ``no_retry`` is called when RQ must not retry the attempt (``rq_job`` loads RQ's
+    record of the job, for its retry policy, only when one is needed).
+    Both the RQ entry point (`run_job`) and the worker's own loop (worker/child.py) use it.
+    """
+    progress = Progress(job_id=job_id, attempt=attempt, started_at=started_at, client=client)
+    try:
+        spec = get_task(task)
+        model = spec.validate(payload)
+        value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
+        fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
+    except JobCanceled as exc:
+        progress.close()
+        record_canceled(job_id, by=exc.by, requested_at=exc.requested_at, attempt=attempt, client=client)
+        no_retry()
+        raise
+    except JobInterrupted:
+        progress.close()
+        no_retry()
+        raise
+    except BaseException as exc:
+        progress.close()
+        if _record_failure(job_id, rq_job(), exc, attempt, client) == "canceled":
+            no_retry()
+        raise
+    progress.close()
+    # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
+    rq_value = fields["result"] if fields["result_ref"] is None else fields["result_ref"]
+    patch = {**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None}
+    return Success(patch, rq_value)
+
+
 def run_job(task: str, payload: dict[str, Any]) -> Any:
-    """Run one attempt of a job (RQ calls this inside the work-horse)."""
+    """Run one attempt of a job: what RQ calls when its own code runs the job (RQ's workers, and
+    the jobs the worker's fast path leaves to RQ's code; see jobs/rq_engine.py)."""
     rq_job = get_current_job()
     if rq_job is None:
         raise RuntimeError("run_job must run inside an RQ worker")
@@ -94,52 +158,45 @@ def run_job(task: str, payload: dict[str, Any]) -> Any:
         # retry it nor release the jobs that depend on it, so it ends as an RQ failure.
         _no_retry(rq_job)
         raise JobInterrupted(f"job {job_id} was not started: it is {started.current_status}")
-    # The attempt number, read without validating the whole snapshot: this runs for every job.
-    attempt = int(json.loads(started.doc)["attempt"])
-
-    progress = Progress(job_id=job_id, attempt=attempt, started_at=started_at, client=client)
-    try:
-        spec = get_task(task)
-        model = spec.validate(payload)
-        value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
-        fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
-    except JobCanceled as exc:
-        progress.close()
-        record_canceled(job_id, by=exc.by, requested_at=exc.requested_at, attempt=attempt, client=client)
-        _no_retry(rq_job)
-        raise
-    except JobInterrupted:
-        progress.close()
-        _no_retry(rq_job)
-        raise
-    except BaseException as exc:
-        progress.close()
-        _record_failure(rq_job, exc, attempt)
-        raise
-    progress.close()
+    attempt = attempt_of(started)
+    success = perform(
+        task,
+        payload,
+        job_id=job_id,
+        attempt=attempt,
+        started_at=started_at,
+        client=client,
+        rq_job=lambda: rq_job,
+        no_retry=lambda: _no_retry(rq_job),
+    )
 
     def finish() -> TransitionResult:
         return record(
             job_id,
             JobStatus.FINISHED,
             event="finished",
-            patch={**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None},
+            patch=success.patch,
             expect_attempt=attempt,
             client=client,
         )
 
-    finished = _through_a_blip(finish)
+    finished = through_a_blip(finish)
     if lost_our_start(finished) and reannounce_start(
         job_id, attempt, started_at, worker=worker_name, client=client
     ):
         finished = finish()
-    if fields["result_ref"] is not None and not finished.applied:
+    if success.result_ref is not None and not finished.applied:
         discard_blob(job_id, attempt, client)
-    # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
-    return fields["result"] if fields["result_ref"] is None else fields["result_ref"]
+    return success.rq_value
 
 
-def _through_a_blip(write: Callable[[], TransitionResult], *, patience: float = 15.0) -> TransitionResult:
+def attempt_of(started: TransitionResult) -> int:
+    """The attempt number of a start, read without validating the whole snapshot (every job)."""
+    assert started.doc is not None
+    return int(json.loads(started.doc)["attempt"])
+
+
+def through_a_blip(write: Callable[[], T], *, patience: float = 15.0) -> T:
     """Record an attempt's end even if Redis is unreachable for a moment (a restart, a failover):
     the work is done, and giving up here would only make the job run again."""
     deadline = time.monotonic() + patience
@@ -158,15 +215,20 @@ def _no_retry(rq_job: RQJob) -> None:
     rq_job.retries_left = 0
 
 
-def _record_failure(rq_job: RQJob, exc: BaseException, attempt: int) -> None:
+def _record_failure(
+    job_id: str, rq_job: RQJob | None, exc: BaseException, attempt: int, client: Redis
+) -> str:
+    """Record a failed attempt (retried as RQ will retry it); returns the outcome recorded."""
     error = error_info(exc)
     data = {"traceback": redact_text(traceback.format_exc(limit=30))}
-    ended = end_failed_attempt(rq_job.id, error, attempt=attempt, retry_in=retry_in(rq_job), data=data)
+    delay = retry_in(rq_job) if rq_job is not None else None
+    ended = end_failed_attempt(job_id, error, attempt=attempt, retry_in=delay, data=data, client=client)
     worker = os.environ.get("RQ_WORKER_ID", "")
-    if lost_our_start(ended.result) and reannounce_start(rq_job.id, attempt, utcnow(), worker=worker):
-        ended = end_failed_attempt(rq_job.id, error, attempt=attempt, retry_in=retry_in(rq_job), data=data)
-    if ended.outcome == "canceled":
-        _no_retry(rq_job)
+    if lost_our_start(ended.result) and reannounce_start(
+        job_id, attempt, utcnow(), worker=worker, client=client
+    ):
+        ended = end_failed_attempt(job_id, error, attempt=attempt, retry_in=delay, data=data, client=client)
+    return ended.outcome
 
 
 def on_stopped(job: RQJob, connection: Any) -> None:

@@ -1,0 +1,415 @@
+"""The worker: a supervisor process and ``--concurrency`` long-lived children that run the jobs.
+
+RQ's forking worker forks a work-horse per job, which is what let it stop a
+job by force, and is also most of what a job cost (the fork, its copy-on-write
+and its reaping: ~15 of 18 ms per no-op job). Here the fork happens once per
+child, and a job is stopped by force by killing its child and starting a
+fresh one. The supervisor (this module):
+
+- forks the children (each an RQ worker of its own, see worker/child.py) after
+  loading the tasks, so a fresh child starts warm in milliseconds;
+- keeps each running job's heartbeat and each child's RQ heartbeat, in one
+  pipeline per tick, and leaves paused time out of a job's hard deadline;
+- listens on the children's RQ command channels: ``stop-job`` (a forced
+  cancel, sent by `conveyor`'s control path after the cancel grace) kills that
+  child and records the job canceled; ``kill-horse`` kills it and records a
+  failed attempt; ``shutdown`` stops the pool;
+- kills a child whose job ran past its timeout plus ``hard_stop_after`` (a
+  task stuck in C code never sees its alarm) and records the timeout;
+- notices a child that died (OOM killer, kill -9) and ends its job's attempt
+  at once (retried if its task retries), instead of waiting for the reconciler;
+- replaces a child that exited (after ``child_max_jobs`` jobs, past
+  ``child_max_memory_mb``, or dead);
+- on SIGTERM lets running jobs finish for ``shutdown_grace`` seconds, then
+  requeues what still runs as a new attempt and stops its child; a second
+  SIGTERM does that at once.
+
+Only the job concerned is stopped: each child runs one job at a time.
+If the supervisor itself is killed, its children die with it (PDEATHSIG), the
+heartbeats stop, and the reconciler retries their jobs within seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import redis.exceptions
+from redis import Redis
+from rq.command import PUBSUB_CHANNEL_TEMPLATE
+from rq.utils import utcformat
+from rq.worker import Worker
+
+from jobs.attempts import end_failed_attempt, pending_cancel, record_canceled
+from jobs.clock import utcnow
+from jobs.lifecycle import record
+from jobs.live import decode_status, heartbeat_key, live_store, read_status_in
+from jobs.queueing import SERIALIZER, fetch, get_queue, release_abandoned, retry_in
+from jobs.redis_conn import redis_url, use_redis
+from jobs.settings import get_settings
+from jobs.status import RUNNING, JobStatus
+from worker.child import ChildLimits, ConveyorChild
+from worker.slots import Slots
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+TICK = 0.1  # seconds between the supervisor's looks at its children
+WORKER_TTL = 480  # seconds a child's RQ worker hash outlives its last heartbeat (RQ's 420 + 60)
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> None:
+    """In a child: get ``sig`` if the parent dies (Linux), so no orphan runs a job unwatched."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, sig)
+
+
+@dataclass
+class _Child:
+    index: int
+    pid: int
+    name: str
+    generation: int = -1  # the slot generation the pause bookkeeping below belongs to
+    paused_for: float = 0.0  # seconds the current job has been paused (added to its deadline)
+
+
+@dataclass
+class _Stopping:
+    until: float  # when jobs still running are requeued and their children stopped
+    requeued: set[int] = field(default_factory=set)
+
+
+class Pool:
+    """A supervisor and its children. :meth:`run` returns when the pool has stopped."""
+
+    def __init__(
+        self,
+        queues: list[str],
+        *,
+        name: str,
+        concurrency: int,
+        burst: bool = False,
+        limits: ChildLimits | None = None,
+    ) -> None:
+        self.queues = queues
+        self.name = name
+        self.concurrency = concurrency
+        self.burst = burst
+        self.limits = limits or ChildLimits()
+        self.slots = Slots(concurrency)
+        self.children: dict[int, _Child] = {}  # by index
+        self.client = Redis.from_url(redis_url())
+        self.stopping: _Stopping | None = None
+        self._generations = [0] * concurrency
+        self._next_beat = 0.0
+        self._worked = False
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Run until stopped (or, in burst mode, until every child found the queues empty)."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        use_redis(self.client)
+        live_store(self.client)
+        gc.collect()
+        gc.freeze()  # the children share the supervisor's objects; their GC must not copy them
+        for index in range(self.concurrency):
+            self._spawn(index)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(PUBSUB_CHANNEL_TEMPLATE % f"{self.name}.*")
+        try:
+            while self.children or (not self.burst and self.stopping is None):
+                self._listen(pubsub)
+                self._reap()
+                now = time.monotonic()
+                if now >= self._next_beat:
+                    self._beat()
+                    self._next_beat = now + get_settings().heartbeat_interval
+                self._enforce_deadlines(now)
+                if self.stopping is not None:
+                    self._shut_down(now)
+                elif not self.burst:
+                    for index in range(self.concurrency):
+                        if index not in self.children:
+                            self._spawn(index)
+        finally:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                pubsub.close()
+            for child in list(self.children.values()):
+                self._kill(child)
+        return self._worked
+
+    def _listen(self, pubsub: Any) -> None:
+        try:
+            message = pubsub.get_message(timeout=TICK)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            time.sleep(TICK)  # Redis away for a moment: the children wait on it too
+            return
+        if message is None:
+            return
+        channel = message["channel"].decode()
+        child = next((c for c in self.children.values() if channel.endswith(f":{c.name}")), None)
+        try:
+            payload = json.loads(message["data"])
+        except (TypeError, ValueError):
+            return
+        command = payload.get("command")
+        if command == "shutdown":
+            self._on_stop_signal(signal.SIGTERM, None)
+        elif child is not None and command in ("stop-job", "kill-horse"):
+            view = self.slots.read(child.index)
+            wanted = payload.get("job_id")
+            if view.job_id is not None and (wanted is None or wanted == view.job_id):
+                log.warning(
+                    "pool %s: %s for job %s: stopping child %s", self.name, command, view.job_id, child.name
+                )
+                self._kill(child)
+                self._settle(view.job_id, view.attempt, "canceled" if command == "stop-job" else "killed")
+
+    # --- children ----------------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> None:
+        self._generations[index] += 1
+        name = f"{self.name}.{index}.{self._generations[index]}"
+        self.slots.end(index)
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                die_with_parent()
+                os.setpgid(0, 0)  # killing a child takes its own subprocesses with it
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                code = _child_main(index, name, self.queues, self.slots, self.limits, self.burst)
+            except BaseException:
+                log.exception("child %s failed", name)
+            finally:
+                os._exit(code)
+        self.children[index] = _Child(index, pid, name)
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = next((c for c in self.children.values() if c.pid == pid), None)
+            if child is None:
+                continue
+            del self.children[child.index]
+            self._worked = True
+            view = self.slots.read(child.index)
+            code = os.waitstatus_to_exitcode(status)
+            if view.job_id is not None:  # it died in the middle of a job
+                log.error(
+                    "pool %s: child %s died (status %s) running job %s",
+                    self.name,
+                    child.name,
+                    code,
+                    view.job_id,
+                )
+                self._settle(view.job_id, view.attempt, "died", code=code)
+                self._register_death(child)
+            elif code not in (0, -signal.SIGTERM):
+                log.warning("pool %s: child %s exited with status %s", self.name, child.name, code)
+                self._register_death(child)
+
+    def _kill(self, child: _Child) -> None:
+        """Stop a child now, with its subprocesses; its RQ worker record says it died."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, 0)
+        self.children.pop(child.index, None)
+        self._register_death(child)
+
+    def _register_death(self, child: _Child) -> None:
+        """What a dead child could not say itself: RQ lists it as a worker no more."""
+        key = Worker.redis_worker_namespace_prefix + child.name
+        with contextlib.suppress(redis.exceptions.RedisError):
+            worker = Worker.find_by_key(key, connection=self.client, serializer=SERIALIZER)
+            if worker is not None:
+                worker.register_death()
+
+    # --- jobs whose child is gone -----------------------------------------------------------------
+
+    def _settle(self, job_id: str, attempt: int, cause: str, *, code: int | None = None) -> None:
+        """Record how the attempt of a job whose child was stopped (or died) ended, in Conveyor's
+        record and RQ's."""
+        try:
+            self._settle_now(job_id, attempt, cause, code)
+        except redis.exceptions.RedisError:
+            log.exception(
+                "pool %s: could not record the end of job %s; the reconciler will", self.name, job_id
+            )
+
+    def _settle_now(self, job_id: str, attempt: int, cause: str, code: int | None) -> None:
+        rq_job = fetch(job_id, self.client)
+        if cause == "canceled":
+            cancel = pending_cancel(job_id, self.client)
+            by, at = cancel if cancel is not None else (None, None)
+            result = record_canceled(
+                job_id, by=by, requested_at=at, attempt=attempt, forced=True, client=self.client
+            )
+            if rq_job is not None and result.applied:
+                release_abandoned(rq_job, self.client, outcome="canceled")
+            return
+        if cause == "timeout":
+            error = {
+                "type": "JobTimeout",
+                "detail": "The job ran past its timeout and did not stop; its process was killed.",
+            }
+        elif cause == "killed":
+            error = {"type": "WorkHorseKilled", "detail": "The job's process was killed on request."}
+        else:
+            error = {
+                "type": "WorkHorseKilled",
+                "detail": f"The process running the job died unexpectedly (status {code}).",
+            }
+        delay = retry_in(rq_job) if rq_job is not None else None
+        ended = end_failed_attempt(job_id, error, attempt=attempt, retry_in=delay, client=self.client)
+        if rq_job is not None and ended.applied:
+            release_abandoned(rq_job, self.client, outcome=ended.outcome, detail=error["detail"])
+
+    # --- heartbeats and deadlines -----------------------------------------------------------------
+
+    def _beat(self) -> None:
+        """Every running job's heartbeat and every child's RQ heartbeat, in one round trip; notes
+        which jobs are paused (their pause does not count against their deadline)."""
+        settings = get_settings()
+        now_rq = utcformat(utcnow())
+        running = []
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for child in self.children.values():
+                    key = Worker.redis_worker_namespace_prefix + child.name
+                    pipe.hset(key, "last_heartbeat", now_rq)
+                    pipe.expire(key, WORKER_TTL)
+                    view = self.slots.read(child.index)
+                    if view.job_id is not None:
+                        running.append((child, view))
+                for _, view in running:
+                    assert view.job_id is not None
+                    hb = heartbeat_key(view.job_id)
+                    pipe.set(hb, max(view.attempt, 1), ex=settings.heartbeat_ttl, xx=True)
+                    read_status_in(pipe, view.job_id)
+                replies = pipe.execute()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("pool %s: Redis unreachable for the heartbeats (%s); next tick", self.name, exc)
+            return
+        answers = replies[2 * len(self.children) :]
+        for (child, view), beat, status in zip(running, answers[::2], answers[1::2], strict=True):
+            current = decode_status(status)
+            if current is None and not beat:  # Redis lost its data while the job runs: say it is alive
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.client.set(heartbeat_key(view.job_id or ""), 1, ex=settings.heartbeat_ttl)
+            if child.generation != view.generation:
+                child.generation, child.paused_for = view.generation, 0.0
+            if current == JobStatus.PAUSED:
+                child.paused_for += settings.heartbeat_interval
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for child in list(self.children.values()):
+            view = self.slots.read(child.index)
+            if view.job_id is None or not view.deadline:
+                continue
+            paused = child.paused_for if child.generation == view.generation else 0.0
+            if now > view.deadline + paused:
+                log.error(
+                    "pool %s: job %s ran past its timeout; stopping child %s",
+                    self.name,
+                    view.job_id,
+                    child.name,
+                )
+                self._kill(child)
+                self._settle(view.job_id, view.attempt, "timeout")
+
+    # --- stopping ---------------------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if self.stopping is None:
+            grace = get_settings().shutdown_grace
+            log.info("pool %s: stopping; running jobs get %.0fs to finish", self.name, grace)
+            self.stopping = _Stopping(until=now + grace)
+            for child in self.children.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+        else:
+            log.warning("pool %s: stopping now; running jobs go back to their queue", self.name)
+            self.stopping.until = now
+
+    def _shut_down(self, now: float) -> None:
+        assert self.stopping is not None
+        if now < self.stopping.until:
+            return
+        for child in list(self.children.values()):
+            view = self.slots.read(child.index)
+            if view.job_id is not None and child.index not in self.stopping.requeued:
+                self.stopping.requeued.add(child.index)
+                self._requeue(child, view.job_id, view.attempt)
+            else:
+                self._kill(child)
+
+    def _requeue(self, child: _Child, job_id: str, attempt: int) -> None:
+        """Give a job still running at shutdown back to its queue as a new attempt, then stop its
+        child. The new attempt is recorded first, so the old one's last writes are refused as stale;
+        it does not use up a retry."""
+        waited = get_settings().shutdown_grace
+        reason = f"worker shutdown: still running after {waited:.0f}s"
+        requeued = record(
+            job_id,
+            JobStatus.QUEUED,
+            event="requeued",
+            new_attempt=True,
+            from_statuses=RUNNING,
+            expect_attempt=attempt,
+            patch={"enqueued_at": utcnow(), "eta_seconds": None, "message": "requeued: " + reason},
+            data={"reason": reason, "worker": child.name},
+            client=self.client,
+        )
+        self._kill(child)
+        if requeued.applied:
+            log.warning("pool %s: requeued job %s (%s)", self.name, job_id, reason)
+            rq_job = fetch(job_id, self.client)
+            if rq_job is not None:
+                release_abandoned(rq_job, self.client, outcome="requeue")
+
+
+def _child_main(
+    index: int, name: str, queues: list[str], slots: Slots, limits: ChildLimits, burst: bool
+) -> int:
+    """A child's life: its own Redis connection, its worker, until it stops. (The objects it
+    inherited stay frozen: its collections leave their pages shared with the supervisor.)"""
+    connection = Redis.from_url(redis_url())
+    use_redis(connection)
+    live_store(connection)
+    settings = get_settings()
+    child = ConveyorChild(
+        [get_queue(q, connection) for q in queues],
+        connection=connection,
+        serializer=SERIALIZER,
+        name=name,
+        index=index,
+        slots=slots,
+        limits=limits,
+        job_monitoring_interval=max(1, int(settings.heartbeat_interval)),
+    )
+    child.run(burst=burst)
+    return 0
+
+
+def default_concurrency() -> int:
+    """One child per CPU core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
