@@ -10,8 +10,8 @@ worker writes (so ``rq info``, rq-dashboard, RQ's registries, results,
 retries and dependencies read it as theirs) together with the gate's change
 (``jobs.live.GATE_LUA``), atomically. About 36 commands per job in all.
 
-Only the common case takes this path: a Conveyor job with no success callback
-and no repeat. Anything else, and every failure, goes through RQ's own Python
+Only the common case takes this path: a Conveyor job with no success callback,
+no repeat and no webhook. Anything else, and every failure, goes through RQ's own Python
 code (the child is an RQ worker too), which is slower and exactly RQ.
 
 What the scripts write mirrors rq 2.12.0 (``jobs.rq_private.CHECKED_AGAINST``):
@@ -127,9 +127,9 @@ end
 if not id then return {'empty'} end
 local rqkey = RQ_JOB .. id
 local job = redis.call('HMGET', rqkey, 'data', 'timeout', 'meta', 'result_ttl', 'dependency_ids',
-  'success_callback_name', 'repeats_left')
+  'success_callback_name', 'repeats_left', 'webhooks')
 if not job[1] then return {'gone', id, qname} end
-if job[6] or job[7] then
+if (job[6] and job[6] ~= '') or job[7] or job[8] then
   redis.call('RPUSH', RQ_QUEUE .. qname .. ':intermediate', id)
   return {'rq', id, qname}
 end

@@ -301,8 +301,9 @@ class WorkerProcess:
         from rq import Worker
 
         connection = Redis.from_url(env.get("REDIS_URL", self.backend.redis_url))
-        wait_until(
-            lambda: self.name in {w.name for w in Worker.all(connection=connection)} or self._died(),
+        wait_until(  # the pool's children register as `<name>.<index>.<generation>`
+            lambda: any(w.name.startswith(f"{self.name}.") for w in Worker.all(connection=connection))
+            or self._died(),
             timeout=30,
             message=f"worker {self.name} to register",
         )

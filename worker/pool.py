@@ -66,6 +66,17 @@ PR_SET_PDEATHSIG = 1
 TICK = 0.1  # seconds between the supervisor's looks at its children
 WORKER_TTL = 480  # seconds a child's RQ worker hash outlives its last heartbeat (RQ's 420 + 60)
 
+# KEYS: the children's RQ worker hashes; ARGV[1] the heartbeat time, ARGV[2] the hashes' TTL.
+# Only a hash that exists is refreshed: a child registers its own (RQ refuses a name in use).
+_WORKER_BEATS = """
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'last_heartbeat', ARGV[1])
+    redis.call('EXPIRE', key, ARGV[2])
+  end
+end
+"""
+
 
 def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> None:
     """In a child: get ``sig`` if the parent dies (Linux), so no orphan runs a job unwatched."""
@@ -292,10 +303,9 @@ class Pool:
         running = []
         try:
             with self.client.pipeline(transaction=False) as pipe:
+                keys = [Worker.redis_worker_namespace_prefix + child.name for child in self.children.values()]
+                pipe.eval(_WORKER_BEATS, len(keys), *keys, now_rq, WORKER_TTL)
                 for child in self.children.values():
-                    key = Worker.redis_worker_namespace_prefix + child.name
-                    pipe.hset(key, "last_heartbeat", now_rq)
-                    pipe.expire(key, WORKER_TTL)
                     view = self.slots.read(child.index)
                     if view.job_id is not None:
                         running.append((child, view))
@@ -308,7 +318,7 @@ class Pool:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("pool %s: Redis unreachable for the heartbeats (%s); next tick", self.name, exc)
             return
-        answers = replies[2 * len(self.children) :]
+        answers = replies[1:]
         for (child, view), beat, status in zip(running, answers[::2], answers[1::2], strict=True):
             current = decode_status(status)
             if current is None and not beat:  # Redis lost its data while the job runs: say it is alive
