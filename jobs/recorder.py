@@ -312,3 +312,17 @@ def record_end_now(client: Redis, job_id: str, *, tail: int = 50) -> bool:
     with session_scope() as session:
         apply_journal(session, [JournalEntry(event=doc["status"], doc=doc, data={})], events=False)
     return True
+
+
+def record_ends_now(client: Redis, ended: list[list[JournalEntry]]) -> int:
+    """Apply, in one transaction, the start and end entries of jobs that just ended (each list is
+    one job's, as its worker saw them written); returns how many rows moved forward.
+
+    The same idempotent write the recorders make later (they also count the metrics), done by
+    the worker as soon as the jobs end, so that SQL holds their ends even if Redis loses the
+    journal before a recorder reads it (see `record_end_now`).
+    """
+    entries = [entry for entries in ended for entry in entries]
+    blobs = fetch_blobs(client, [pair for e in entries if (pair := _referenced_result(e))])
+    with session_scope() as session:
+        return apply_journal(session, entries, blobs=blobs)

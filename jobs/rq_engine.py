@@ -289,6 +289,7 @@ class Engine:
         self.worker = worker_name
         self._claim: Script = client.register_script(_CLAIM)
         self._finish: Script = client.register_script(_FINISH)
+        self.start_data = storable_json({"worker": worker_name}, separators=(",", ":"))
 
     def claim(
         self, queues: list[str], *, popped: tuple[str, str] | None = None, intermediate: bool = False
@@ -317,8 +318,9 @@ class Engine:
                 allowed=allowed_sources(JobStatus.STARTED) & WAITING,
                 expect_attempt=0,
                 ttl=0,
-                data={"worker": self.worker},
+                data=None,
             ),
+            "data": self.start_data,
         }
         started = encode(started_at)
         fields = [("started_at", started), *((name, "null") for name in START_PATCH), ("worker", self.worker)]

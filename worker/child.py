@@ -45,6 +45,7 @@ from jobs.results import discard_blob
 from jobs.rq_engine import Claimed, Engine, Finished, Passed
 from jobs.settings import get_settings
 from jobs.tracing import current_trace_id
+from worker.ends import EndNotes
 from worker.progress import JobInterrupted
 from worker.runner import attempt_of, perform, through_a_blip
 from worker.slots import Slots
@@ -93,10 +94,12 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         index: int,
         slots: Slots,
         limits: ChildLimits,
+        notes: EndNotes | None = None,
         wait_timeout: int = 10,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, **kwargs)
+        self.notes = notes
         self.index = index
         self.slots = slots
         self.limits = limits
@@ -202,14 +205,19 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
     def _run(self, job: Claimed | Passed) -> None:
         if isinstance(job, Passed):
             self._run_rq_way(job)
+            if job.job_id is not None and self.notes is not None:
+                self.notes.ended(job.job_id)
             return
         timeout = job.timeout or get_settings().job_timeout
         self.slots.begin(self.index, job.job_id, timeout=timeout + get_settings().hard_stop_after)
+        entries = None
         try:
-            self._run_claimed(job, timeout)
+            entries = self._run_claimed(job, timeout)
         finally:
             self.slots.end(self.index)
             current_trace_id.set(None)
+            if self.notes is not None:
+                self.notes.ended(job.job_id, entries)
 
     def _run_rq_way(self, passed: Passed) -> None:
         """RQ's own path, for a job the fast path does not take (see the module docstring)."""
@@ -225,10 +233,12 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         finally:
             self.slots.end(self.index)
 
-    def _run_claimed(self, claimed: Claimed, timeout: int) -> None:
+    def _run_claimed(self, claimed: Claimed, timeout: int) -> list[tuple[str, bytes, str]] | None:
+        """Run a claimed job; returns the journal entries of its start and end when it finished
+        here (None: its end was recorded another way, see worker/ends.py)."""
         if claimed.func_name != RUNNER:  # a job another app put on this queue, under Conveyor's id
             self._fail_rq_way(claimed, None, f"not a Conveyor job: {claimed.func_name}", no_retry=True)
-            return
+            return None
         attempt = attempt_of(claimed.started)
         self.slots.started(self.index, attempt)
         current_trace_id.set(claimed.meta.get("trace_id"))
@@ -261,19 +271,23 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         except JobInterrupted as exc:
             self.log.info("Worker %s: job %s stopped: %s", self.name, claimed.job_id, exc)
             self._fail_rq_way(claimed, rq_job(), f"{type(exc).__name__}: {exc}", no_retry=True)
-            return
+            return None
         except BaseException as exc:  # the runner recorded it; RQ's record follows RQ's own rules
             self.log.error("Worker %s: job %s failed", self.name, claimed.job_id, exc_info=exc)
             text = "".join(traceback.format_exception(exc))
             self._fail_rq_way(claimed, rq_job(), text, no_retry=no_retry)
             if not isinstance(exc, Exception):
                 raise  # SystemExit and the like end this child; the pool starts a fresh one
-            return
+            return None
         finished = self._finish(claimed, attempt, success.patch, success.rq_value)
         if success.result_ref is not None and not finished.result.applied:
             discard_blob(claimed.job_id, attempt, self.connection)
         if finished.has_dependents:
             self._release_dependents(claimed)
+        start, end = claimed.started, finished.result
+        if not (end.applied and start.doc and end.doc):
+            return None
+        return [("started", start.doc, self.engine.start_data), ("finished", end.doc, "")]
 
     def _finish(self, claimed: Claimed, attempt: int, patch: dict[str, Any], rq_value: Any) -> Finished:
         def finish() -> Finished:

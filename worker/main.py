@@ -119,20 +119,24 @@ def run_worker(
             stop_process(recorder_proc)  # it drains what is left before exiting
 
 
-def run_recorder(name: str | None = None, *, maintenance: bool = True) -> None:
-    """Replay the journal into SQL until SIGTERM/SIGINT; then drain what is left and exit.
+def run_recorder(
+    name: str | None = None, *, maintenance: bool = True, stop: threading.Event | None = None
+) -> None:
+    """Replay the journal into SQL until SIGTERM/SIGINT (or ``stop``); then drain what is left.
 
     Beside it, a thread runs the maintenance loop: the reconciler and the
     recurring (cron) jobs, both of which need SQL, which the pool's processes never open.
     """
     configure_logging()
-    stop = threading.Event()
+    if stop is None:
+        stop = threading.Event()
 
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
+        def on_signal(signum: int, frame: Any) -> None:
+            assert stop is not None
+            stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     settings = get_settings()
     consumer = name or f"{worker_name()}.recorder"
     client = Redis.from_url(redis_url(), socket_timeout=30)

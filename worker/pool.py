@@ -58,6 +58,7 @@ from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
 from worker.child import ChildLimits, ConveyorChild
+from worker.ends import EndNotes, EndWriter, new_pipe
 from worker.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ class _Child:
 
 @dataclass
 class _Stopping:
+    since: float  # when the first stop signal came
     until: float  # when jobs still running are requeued and their children stopped
+    forced: bool = False  # a second signal: requeue now
     requeued: set[int] = field(default_factory=set)
 
 
@@ -123,6 +126,7 @@ class Pool:
         self._generations = [0] * concurrency
         self._next_beat = 0.0
         self._worked = False
+        self.ends = EndWriter(self.client, name)
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -134,6 +138,7 @@ class Pool:
         live_store(self.client)
         gc.collect()
         gc.freeze()  # the children share the supervisor's objects; their GC must not copy them
+        self.ends.start()
         for index in range(self.concurrency):
             self._spawn(index)
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -158,6 +163,7 @@ class Pool:
                 pubsub.close()
             for child in list(self.children.values()):
                 self._kill(child)
+            self.ends.stop()
         return self._worked
 
     def _listen(self, pubsub: Any) -> None:
@@ -193,18 +199,24 @@ class Pool:
         self._generations[index] += 1
         name = f"{self.name}.{index}.{self._generations[index]}"
         self.slots.end(index)
+        read, write = new_pipe()
         pid = os.fork()
-        if pid == 0:  # the child
+        if pid == 0:  # the child: it must never return into the supervisor's code
             code = 1
             try:
                 die_with_parent()
                 os.setpgid(0, 0)  # killing a child takes its own subprocesses with it
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = _child_main(index, name, self.queues, self.slots, self.limits, self.burst)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                os.close(read)
+                notes = EndNotes(write)
+                code = _child_main(index, name, self.queues, self.slots, self.limits, self.burst, notes)
             except BaseException:
                 log.exception("child %s failed", name)
             finally:
                 os._exit(code)
+        os.close(write)  # the child holds the only write end: its exit closes the pipe
+        self.ends.add(read)
         self.children[index] = _Child(index, pid, name)
 
     def _reap(self) -> None:
@@ -352,13 +364,13 @@ class Pool:
         if self.stopping is None:
             grace = get_settings().shutdown_grace
             log.info("pool %s: stopping; running jobs get %.0fs to finish", self.name, grace)
-            self.stopping = _Stopping(until=now + grace)
+            self.stopping = _Stopping(since=now, until=now + grace)
             for child in self.children.values():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGTERM)
-        else:
+        elif now - self.stopping.since >= 1:  # within a second: the same signal delivered twice
             log.warning("pool %s: stopping now; running jobs go back to their queue", self.name)
-            self.stopping.until = now
+            self.stopping.until, self.stopping.forced = now, True
 
     def _shut_down(self, now: float) -> None:
         assert self.stopping is not None
@@ -376,8 +388,11 @@ class Pool:
         """Give a job still running at shutdown back to its queue as a new attempt, then stop its
         child. The new attempt is recorded first, so the old one's last writes are refused as stale;
         it does not use up a retry."""
-        waited = get_settings().shutdown_grace
-        reason = f"worker shutdown: still running after {waited:.0f}s"
+        assert self.stopping is not None
+        if self.stopping.forced:
+            reason = "worker shutdown (forced)"
+        else:
+            reason = f"worker shutdown: still running after {get_settings().shutdown_grace:.0f}s"
         requeued = record(
             job_id,
             JobStatus.QUEUED,
@@ -398,7 +413,7 @@ class Pool:
 
 
 def _child_main(
-    index: int, name: str, queues: list[str], slots: Slots, limits: ChildLimits, burst: bool
+    index: int, name: str, queues: list[str], slots: Slots, limits: ChildLimits, burst: bool, notes: EndNotes
 ) -> int:
     """A child's life: its own Redis connection, its worker, until it stops. (The objects it
     inherited stay frozen: its collections leave their pages shared with the supervisor.)"""
@@ -414,6 +429,7 @@ def _child_main(
         index=index,
         slots=slots,
         limits=limits,
+        notes=notes,
         job_monitoring_interval=max(1, int(settings.heartbeat_interval)),
     )
     child.run(burst=burst)

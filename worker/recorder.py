@@ -4,15 +4,34 @@ The worker starts its recorder (and maintenance loop) as a child process of
 this module, rather than through the CLI, so the worker does not depend on
 `cli/` and the child imports only what the recorder needs. `conveyor recorder`
 runs the same function for a recorder of its own.
+
+The stop signal is caught before anything heavy is imported: a worker that is
+stopped while its recorder is still starting (the pool starts in a fraction of
+the recorder's start-up) must still get what the journal holds drained to SQL,
+not a recorder killed by SIGTERM's default action.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
+import signal
+import threading
+from typing import Any
 
-from worker.main import run_recorder
+STOP = threading.Event()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    STOP.set()
+
+
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGINT, _on_signal)
+
+import argparse  # noqa: E402  (after the handlers, on purpose: see the docstring)
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from worker.main import run_recorder  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--name", help="consumer name (default: host.random.recorder)")
     args = parser.parse_args(argv)
-    run_recorder(args.name)
+    run_recorder(args.name, stop=STOP)
     return 0
 
 
