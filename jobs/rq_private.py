@@ -9,7 +9,8 @@ read RQ's changelog for these names, then update ``CHECKED_AGAINST``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -66,3 +67,16 @@ def first_shutdown_signal_at(worker: BaseWorker) -> datetime | None:
 def forget_work_horse(worker: BaseWorker) -> None:
     """Tell RQ the work-horse is gone (`_horse_pid`), after Conveyor waited for it itself."""
     worker._horse_pid = 0
+
+
+@contextmanager
+def current_job(rq_job: RQJob) -> Iterator[None]:
+    """Make ``rq_job`` what `rq.get_current_job()` returns while a task runs outside `Job.perform`
+    (the worker's fast path): RQ keeps it on `rq.job._job_stack`, which `perform` pushes."""
+    from rq.job import _job_stack
+
+    _job_stack.push(rq_job)
+    try:
+        yield
+    finally:
+        _job_stack.pop()

@@ -39,10 +39,11 @@ from rq.worker import WorkerStatus
 
 from jobs.attempts import lost_our_start, reannounce_start
 from jobs.clock import utcnow
-from jobs.queueing import HEARTBEAT_MARKER, RUNNER, fetch, get_queue
+from jobs.queueing import HEARTBEAT_MARKER, RUNNER, SERIALIZER, fetch, get_queue
 from jobs.redaction import redact_text
 from jobs.results import discard_blob
 from jobs.rq_engine import Claimed, Engine, Finished, Passed
+from jobs.rq_private import current_job
 from jobs.settings import get_settings
 from jobs.tracing import current_trace_id
 from worker.ends import EndNotes
@@ -256,8 +257,16 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
             return loaded[0]
 
         task, payload = claimed.kwargs["task"], claimed.kwargs["payload"]
+        # What a task sees of RQ's record through `rq.get_current_job()`, built without a fetch.
+        context = RQJob(
+            id=claimed.job_id, connection=self.connection, serializer=SERIALIZER, origin=claimed.queue
+        )
+        context.meta, context.timeout = claimed.meta, timeout
         try:
-            with UnixSignalDeathPenalty(timeout, JobTimeoutException, job_id=claimed.job_id):
+            with (
+                current_job(context),
+                UnixSignalDeathPenalty(timeout, JobTimeoutException, job_id=claimed.job_id),
+            ):
                 success = perform(
                     task,
                     payload,
