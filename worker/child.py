@@ -211,14 +211,13 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
             return
         timeout = job.timeout or get_settings().job_timeout
         self.slots.begin(self.index, job.job_id, timeout=timeout + get_settings().hard_stop_after)
-        entries = None
-        try:
-            entries = self._run_claimed(job, timeout)
-        finally:
-            self.slots.end(self.index)
-            current_trace_id.set(None)
-            if self.notes is not None:
-                self.notes.ended(job.job_id, entries)
+        # Raises only when this child must end (a fault in its own code, SystemExit from a task):
+        # the slot then still names the job, and the pool records the attempt's end as it reaps.
+        entries = self._run_claimed(job, timeout)
+        self.slots.end(self.index)
+        current_trace_id.set(None)
+        if self.notes is not None:
+            self.notes.ended(job.job_id, entries)
 
     def _run_rq_way(self, passed: Passed) -> None:
         """RQ's own path, for a job the fast path does not take (see the module docstring)."""
@@ -258,10 +257,8 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
 
         task, payload = claimed.kwargs["task"], claimed.kwargs["payload"]
         # What a task sees of RQ's record through `rq.get_current_job()`, built without a fetch.
-        context = RQJob(
-            id=claimed.job_id, connection=self.connection, serializer=SERIALIZER, origin=claimed.queue
-        )
-        context.meta, context.timeout = claimed.meta, timeout
+        context = RQJob(id=claimed.job_id, connection=self.connection, serializer=SERIALIZER)
+        context.origin, context.meta, context.timeout = claimed.queue, claimed.meta, timeout
         try:
             with (
                 current_job(context),
