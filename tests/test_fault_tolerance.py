@@ -331,8 +331,11 @@ def test_a_lost_job_whose_task_is_gone_fails_and_the_sweep_goes_on(env: Backend,
 def test_a_rolling_restart_loses_nothing(
     api: TestClient, env: Backend, tmp_path: Path, workers: list[WorkerProcess], redis_client: Redis
 ):
-    # First worker: SIGTERM while a short job runs; it finishes the job, then exits.
-    first = start_worker(env, tmp_path, "first", **FAST_ENV, CONVEYOR_SHUTDOWN_GRACE="10")
+    # First worker: SIGTERM while a short job runs; it finishes the job, then exits, taking no
+    # other job. One child, so that the jobs queued behind the short one wait for the SIGTERM.
+    first = start_worker(
+        env, tmp_path, "first", **FAST_ENV, CONVEYOR_SHUTDOWN_GRACE="10", CONVEYOR_WORKER_CONCURRENCY="1"
+    )
     workers.append(first)
     short = submit(api, "sleeper", {"seconds": 1.5}, queue=QUEUE)["job_id"]
     wait_status(api, short, {"started"})
