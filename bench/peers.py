@@ -558,7 +558,7 @@ def _pings(client: Redis) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=500, help="jobs per drain (500: the run fits 10 min)")
+    parser.add_argument("--jobs", type=int, default=300, help="jobs per drain (300: the run fits 10 min)")
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--only", default="", help=f"comma-separated, of: {','.join(SYSTEMS)}")
     parser.add_argument("--skip", default="")
@@ -595,13 +595,17 @@ def main() -> None:
             except Exception as exc:  # not installed, or its client would not start
                 print(f"{name}: skipped: {type(exc).__name__}: {exc}")
                 continue
-            print(f"{name}: {system.concurrency}; keeps: {system.per_job}", flush=True)
+            print(
+                f"{name} (load {os.getloadavg()[0]:.2f}): {system.concurrency}; keeps: {system.per_job}",
+                flush=True,
+            )
             try:
                 results[name] = run_leg(system, redis, args.jobs, args.latency_jobs, tmp)
             except Exception as exc:
                 print(f"{name}: skipped: {type(exc).__name__}: {exc}", flush=True)
             finally:
                 system.teardown()
+    print(f"load at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     table(results)
     if args.headline not in results:
         raise SystemExit(f"no {args.headline} result: nothing to judge")
