@@ -361,7 +361,7 @@ def workers(system: System, kind: str, mark_file: Path) -> Iterator[list[int]]:
 def check_alive(procs: list[int]) -> None:
     for pid in procs:
         if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            raise RuntimeError(f"a worker process (pid {pid}) exited: see the .log beside the marks")
+            raise RuntimeError(f"a worker process (pid {pid}) exited")
 
 
 def drain(
@@ -602,7 +602,7 @@ def main() -> None:
             try:
                 results[name] = run_leg(system, redis, args.jobs, args.latency_jobs, tmp)
             except Exception as exc:
-                print(f"{name}: skipped: {type(exc).__name__}: {exc}", flush=True)
+                print(f"{name}: skipped: {type(exc).__name__}: {exc} (worker logs in {tmp})", flush=True)
             finally:
                 system.teardown()
     print(f"load at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
