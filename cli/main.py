@@ -60,12 +60,13 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     import time
 
+    from jobs.db import open_session
     from jobs.reconciler import Reconciler
     from jobs.redis_conn import get_redis
     from jobs.tasks import load_tasks
 
     load_tasks()
-    reconciler = Reconciler(get_redis(), name=args.name)
+    reconciler = Reconciler(get_redis(), sessions=open_session, name=args.name)
     while True:
         report = reconciler.run_pass(sweep=True if args.every is None else None)
         print(json.dumps(report.as_dict()), flush=True)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from jobs import lazy
 from jobs.errors import InvalidPayload
 from web.payload_form import FormField, attach_errors, fields_for, read_form
 from web.rendering import PageRoute, page
@@ -73,15 +74,16 @@ def task_form(request: Request, task: str, session: CurrentSession) -> Response:
 
 
 def _submit(session: WebSession, task: str, payload: dict[str, Any], idempotency_key: str | None) -> str:
-    from jobs.submit import submit_job
-
-    submission = submit_job(
-        tenant=session.tenant,
-        owner=session.key_id,
-        task=task,
-        payload=payload,
-        idempotency_key=idempotency_key,
-    )
+    with lazy.open_session() as db:  # the edge (run in the thread pool): SQL stays off the event loop
+        submission = lazy.submit_job(
+            session=db,
+            client=lazy.get_redis(),
+            tenant=session.tenant,
+            owner=session.key_id,
+            task=task,
+            payload=payload,
+            idempotency_key=idempotency_key,
+        )
     return submission.job_id
 
 

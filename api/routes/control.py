@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentPrincipal
+from api.deps import CurrentPrincipal, RedisDep, SessionDep
+from jobs import lazy
 from jobs.snapshot import JobSnapshot
 
 if TYPE_CHECKING:
     from jobs.control import ControlOutcome
-
-# The SQL and Redis layers load inside the routes that use them (Lambda cold start).
 
 router = APIRouter(prefix="/api/v1", tags=["control"])
 
@@ -47,35 +46,53 @@ def _answer(outcome: ControlOutcome) -> Response:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobSnapshot, responses=RESPONSES)
-def cancel(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
+def cancel(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep, body: OptionalBody = None
+) -> Response:
     """Cancel a job. A waiting job is canceled at once (200); a running one is asked to stop (202)
     and is stopped by force if it has not within the grace period."""
-    from jobs.control import cancel_job
-
     reason = body.reason if body else None
-    return _answer(cancel_job(job_id=job_id, tenant=principal.scope, by=principal.key_id, reason=reason))
+    outcome = lazy.cancel_job(
+        session=session,
+        client=redis,
+        job_id=job_id,
+        tenant=principal.scope,
+        by=principal.key_id,
+        reason=reason,
+    )
+    return _answer(outcome)
 
 
 @router.post("/jobs/{job_id}/pause", response_model=JobSnapshot, responses=RESPONSES)
-def pause(job_id: str, principal: CurrentPrincipal) -> Response:
+def pause(job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep) -> Response:
     """Ask a running job to hold at its next checkpoint (it shows `paused` once it does)."""
-    from jobs.control import pause_job
-
-    return _answer(pause_job(job_id=job_id, tenant=principal.scope, by=principal.key_id))
+    outcome = lazy.pause_job(
+        session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id
+    )
+    return _answer(outcome)
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobSnapshot, responses=RESPONSES)
-def resume(job_id: str, principal: CurrentPrincipal) -> Response:
+def resume(job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep) -> Response:
     """Let a paused job continue (202), or withdraw a pause it has not reached yet (200)."""
-    from jobs.control import resume_job
-
-    return _answer(resume_job(job_id=job_id, tenant=principal.scope, by=principal.key_id))
+    outcome = lazy.resume_job(
+        session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id
+    )
+    return _answer(outcome)
 
 
 @router.post("/jobs/{job_id}/restart", response_model=JobSnapshot, responses=RESPONSES)
-def restart(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
+def restart(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep, body: OptionalBody = None
+) -> Response:
     """Run a failed or canceled job again under the same id, as attempt + 1."""
     reason = body.reason if body else None
-    from jobs.control import restart_job
-
-    return _answer(restart_job(job_id=job_id, tenant=principal.scope, by=principal.key_id, reason=reason))
+    outcome = lazy.restart_job(
+        session=session,
+        client=redis,
+        job_id=job_id,
+        tenant=principal.scope,
+        by=principal.key_id,
+        reason=reason,
+    )
+    return _answer(outcome)
