@@ -28,12 +28,9 @@ if TYPE_CHECKING:
     from jobs.metrics import read_counters as read_counters
     from jobs.queue_stats import queue_stats as queue_stats
     from jobs.redis_conn import get_redis as get_redis
-    from jobs.reports import BUCKETS as BUCKETS
     from jobs.set_aside import held as held
     from jobs.set_aside import listing as listing
     from jobs.submit import submit_job as submit_job
-    from jobs.tasks import get_task as get_task
-    from jobs.tasks import load_tasks as load_tasks
 
 # Where each name lives (the imports above are what mypy reads; this is what runs).
 HOMES: dict[str, str] = {
@@ -48,12 +45,9 @@ HOMES: dict[str, str] = {
     "read_counters": "jobs.metrics",
     "queue_stats": "jobs.queue_stats",
     "get_redis": "jobs.redis_conn",
-    "BUCKETS": "jobs.reports",
     "held": "jobs.set_aside",
     "listing": "jobs.set_aside",
     "submit_job": "jobs.submit",
-    "get_task": "jobs.tasks",
-    "load_tasks": "jobs.tasks",
 }
 
 

@@ -11,6 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from jobs import lazy
 from jobs.errors import InvalidPayload
+from jobs.settings import get_settings
+from jobs.tasks import get_task, load_tasks  # load_tasks imports the task modules on its first call
 from web.payload_form import FormField, attach_errors, fields_for, read_form
 from web.rendering import PageRoute, page
 from web.session import ChangingSession, CurrentSession, WebSession
@@ -21,9 +23,6 @@ FORM_KEY = "idempotency_key"
 
 
 def _tasks() -> list[dict[str, Any]]:
-    from jobs.settings import get_settings
-    from jobs.tasks import load_tasks  # imports the task modules: on first use only
-
     settings = get_settings()
     return [
         {
@@ -46,8 +45,6 @@ def _form_page(
     idempotency_key: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    from jobs.tasks import get_task
-
     spec = get_task(task)  # UnknownTask: 404 naming the known tasks
     context = {
         "task": spec.name,
@@ -68,8 +65,6 @@ def choose_task(request: Request, session: CurrentSession) -> Response:
 @router.get("/jobs/new/{task}")
 def task_form(request: Request, task: str, session: CurrentSession) -> Response:
     """The task's form, generated from its payload schema."""
-    from jobs.tasks import get_task
-
     return _form_page(request, task, fields_for(get_task(task).schema()))
 
 
@@ -94,8 +89,6 @@ async def submit(request: Request, task: str, session: ChangingSession) -> Respo
     The form carries an idempotency key, so a double click or a resubmitted
     form returns the job the first one created.
     """
-    from jobs.tasks import get_task
-
     spec = await run_in_threadpool(get_task, task)
     form = await request.form()
     values = {name: value for name, value in form.items() if isinstance(value, str)}
