@@ -118,14 +118,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     client = None
     if not args.dry_run and settings.redis_url:
         client = get_redis()
-    report = prune(
-        older_than=older_than,
-        compact_events_older_than=compact or None,
-        batch_size=args.batch_size,
-        pause=args.pause,
-        dry_run=args.dry_run,
-        client=client,
-    )
+    with open_session() as session:
+        report = prune(
+            session=session,
+            older_than=older_than,
+            compact_events_older_than=compact or None,
+            batch_size=args.batch_size,
+            pause=args.pause,
+            dry_run=args.dry_run,
+            client=client,
+        )
     verb = "would delete" if report.dry_run else "deleted"
     events_note = (
         f"; {verb} {report.compacted_events} progress events before {report.events_cutoff:%Y-%m-%d %H:%M}Z"
