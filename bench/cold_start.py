@@ -136,7 +136,7 @@ def main() -> None:
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "CONVEYOR_ENVIRONMENT": "production",
-        "CONVEYOR_SECRET_KEY": "bench-secret-not-for-production",
+        "CONVEYOR_SECRET_KEY": "bench-secret-not-for-production-use",
         "AWS_LAMBDA_FUNCTION_NAME": "conveyor-bench",
         "REDIS_URL": "redis://127.0.0.1:1/0",  # /healthz touches neither Redis nor SQL
         "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
