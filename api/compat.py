@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, WebSocket
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentPrincipal, StreamPrincipal
+from api.deps import CurrentPrincipal, RedisDep, SessionDep, StreamPrincipal
 from api.event_stream import EventStream, sse_event
 from api.lambda_limits import LAMBDA_MAX_WAIT, under_lambda
 from api.routes.jobs import read_snapshot
@@ -64,13 +64,20 @@ class SeedJobPayload(BaseModel):
 
 
 @router.post("/submit-job")
-def submit_job_seed004(body: SeedJobPayload, principal: CurrentPrincipal) -> dict[str, Any]:
+def submit_job_seed004(
+    body: SeedJobPayload, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> dict[str, Any]:
     """Seed 004: enqueue a whitelisted task; an unknown task is 400 `Unknown task: <name>`."""
     from jobs.submit import submit_job
 
     try:
         submission = submit_job(
-            tenant=principal.tenant, owner=principal.key_id, task=body.task, payload=body.payload
+            session=session,
+            client=redis,
+            tenant=principal.tenant,
+            owner=principal.key_id,
+            task=body.task,
+            payload=body.payload,
         )
     except UnknownTask:
         raise HTTPException(status_code=400, detail=f"Unknown task: {body.task}") from None
@@ -186,11 +193,15 @@ class WorkflowRun(BaseModel):
 
 
 @router.post("/workflow/run")
-def workflow_run_seed001(body: WorkflowRun, principal: CurrentPrincipal) -> dict[str, str]:
+def workflow_run_seed001(
+    body: WorkflowRun, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> dict[str, str]:
     """Seed 001: start its n-step workflow, which is `long_task` (messages "step i/n")."""
     from jobs.submit import submit_job
 
     submission = submit_job(
+        session=session,
+        client=redis,
         tenant=principal.tenant,
         owner=principal.key_id,
         task="long_task",
@@ -364,22 +375,28 @@ def queue_stats_seed002(principal: CurrentPrincipal) -> dict[str, Any]:
 @router.post(
     "/api/v1/jobs/cancel/{job_id}", responses={202: {"description": "A running job was asked to stop."}}
 )
-def cancel_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
+def cancel_seed002(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> Response:
     """Seed 002: cancel a running or pending job (409 for a job that already ended)."""
     from jobs.control import cancel_job
 
-    outcome = cancel_job(job_id=job_id, tenant=principal.scope, by=principal.key_id)
+    outcome = cancel_job(
+        session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id
+    )
     if outcome.done:
         return _message(200, f"Job {job_id} cancelled successfully")
     return _message(202, f"Job {job_id} cancellation requested: it stops at its next checkpoint")
 
 
 @router.post("/api/v1/jobs/restart/{job_id}")
-def restart_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
+def restart_seed002(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> Response:
     """Seed 002: restart a failed or cancelled job (409 for any other status)."""
     from jobs.control import restart_job
 
-    restart_job(job_id=job_id, tenant=principal.scope, by=principal.key_id)
+    restart_job(session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id)
     return _message(200, f"Job {job_id} restarted successfully")
 
 

@@ -48,12 +48,13 @@ from rq.job import JobStatus as RQStatus
 
 from jobs.attempts import WORKER_LOST, AttemptEnd, end_failed_attempt
 from jobs.clock import isoformat, utcnow
-from jobs.db import session_scope
+from jobs.db import SessionFactory
 from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
 from jobs.live import (
     CONTROL,
     CONTROL_DEADLINE,
     RUNNING_SET,
+    TransitionResult,
     heartbeat_key,
     job_key,
 )
@@ -117,10 +118,13 @@ class PassReport:
 
 
 class Reconciler:
-    """Reconciler passes over one Redis client (the SQL engine is the process's)."""
+    """Reconciler passes over one Redis client; each unit of SQL work opens a session from ``sessions``."""
 
-    def __init__(self, client: Redis, *, name: str | None = None, use_lock: bool = True) -> None:
+    def __init__(
+        self, client: Redis, *, sessions: SessionFactory, name: str | None = None, use_lock: bool = True
+    ) -> None:
         self.client = client
+        self.sessions = sessions
         self.name = name or f"reconciler-{uuid.uuid4().hex[:8]}"
         self.use_lock = use_lock
         self._last_sweep = -float("inf")
@@ -143,7 +147,7 @@ class Reconciler:
             report = PassReport(swept=sweep)
             candidates = {m.decode() for m in self.client.smembers(RUNNING_SET)}
             if sweep:
-                with session_scope() as session:
+                with self.sessions() as session:
                     sql_running = set(running_job_ids(session))
                 candidates |= sql_running
             self._check_running(sorted(candidates), report)
@@ -152,7 +156,7 @@ class Reconciler:
             self._reconcile_in_flight(queues, report)
             if sweep or recent:
                 window = None if sweep else utcnow() - timedelta(seconds=settings.reconcile_recent_window)
-                lost = requeue_lost(self.client, by=self.name, touched_after=window)
+                lost = requeue_lost(self.client, sessions=self.sessions, by=self.name, touched_after=window)
                 report.requeued, report.reseeded, report.unrecoverable = (
                     lost.requeued,
                     report.reseeded + lost.reseeded,
@@ -259,7 +263,7 @@ class Reconciler:
             ended = self._take_over_without_rq(job_id, attempt, error, data)
         if ended is None or not ended.applied:
             return
-        write_through_or_log(ended.result, event=ended.event, data=ended.data)
+        self._write_through(ended.result, event=ended.event, data=ended.data)
         log.warning("reconciler: job %s abandoned by %s: %s", job_id, worker_name or "?", ended.outcome)
         if ended.outcome == "retry":
             report.retried += 1
@@ -272,7 +276,7 @@ class Reconciler:
         self, job_id: str, attempt: int, error: dict[str, str], data: dict[str, Any]
     ) -> AttemptEnd | None:
         """RQ's record is gone too (Redis lost it): decide from SQL, and enqueue a retry afresh."""
-        with session_scope() as session:
+        with self.sessions() as session:
             row = get_job(session, job_id=job_id)
         if row is None:
             return None
@@ -305,13 +309,17 @@ class Reconciler:
             client=self.client,
         )
         if result.applied:
-            write_through_or_log(result, event="finished", data={"recovered_by": self.name})
+            self._write_through(result, event="finished", data={"recovered_by": self.name})
             report.recovered += 1
+
+    def _write_through(self, result: TransitionResult, *, event: str, data: dict[str, Any] | None) -> None:
+        with self.sessions() as session:
+            write_through_or_log(result, session=session, event=event, data=data)
 
     # --- 2. jobs whose parents failed -------------------------------------------------------------
 
     def _fail_orphans(self, report: PassReport) -> None:
-        with session_scope() as session:
+        with self.sessions() as session:
             rows = deferred_jobs(session, limit=PAGE)
             known = statuses_of(session, [p for row in rows for p in dependency_ids(row)])
         for row in rows:
@@ -336,7 +344,7 @@ class Reconciler:
             )
             if result.applied:
                 cancel_waiting(row.job_id, self.client)
-                write_through_or_log(result, event="failed", data=data)
+                self._write_through(result, event="failed", data=data)
                 report.dependency_failed += 1
 
     # --- 4. what RQ holds in flight ---------------------------------------------------------------

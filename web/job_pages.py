@@ -259,7 +259,7 @@ async def job_result(job_id: str, session: CurrentSession) -> Response:
 
 
 def _act(action: Action, job_id: str, session: WebSession) -> None:
-    from jobs import control
+    from jobs import control, lazy
 
     steer = {
         "cancel": control.cancel_job,
@@ -267,7 +267,8 @@ def _act(action: Action, job_id: str, session: WebSession) -> None:
         "resume": control.resume_job,
         "restart": control.restart_job,
     }[action]
-    steer(job_id=job_id, tenant=session.scope, by=session.key_id)
+    with lazy.open_session() as db:  # the edge: the page opens what the domain is handed
+        steer(session=db, client=lazy.get_redis(), job_id=job_id, tenant=session.scope, by=session.key_id)
 
 
 @router.post("/jobs/{job_id}/{action}")

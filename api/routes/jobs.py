@@ -11,8 +11,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
+from api.deps import CurrentPrincipal, RedisDep, SessionDep, TenantParam, readable_tenant, tenant_scope
 from api.outages import live_state_unavailable, redis_unreachable
+from jobs import lazy
 from jobs.auth import may_reach
 from jobs.errors import JobNotFound
 from jobs.lazy_model import LazyModel
@@ -152,6 +153,8 @@ def submit(
     body: SubmitRequest,
     principal: CurrentPrincipal,
     request: Request,
+    session: SessionDep,
+    redis: RedisDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     traceparent: Annotated[str | None, Header(max_length=128)] = None,
     x_trace_id: Annotated[str | None, Header(max_length=128)] = None,
@@ -162,9 +165,9 @@ def submit(
     The job's trace id comes from `traceparent` (W3C), else `X-Trace-Id` / `X-Request-Id`,
     else a new one; it is stored with the job and tagged on the worker's log lines.
     """
-    from jobs.submit import submit_job
-
-    submission = submit_job(
+    submission = lazy.submit_job(
+        session=session,
+        client=redis,
         tenant=principal.tenant,
         owner=principal.key_id,
         task=body.task,
