@@ -103,6 +103,11 @@ def _text(raw: bytes) -> str:
     return raw.decode(errors="replace")
 
 
+def _request(raw: bytes) -> str | None:
+    """A control request; withdrawing one (a resume) stores it empty."""
+    return raw.decode() or None
+
+
 # Each field's name in the hash and how its stored bytes decode (public snapshot fields are JSON).
 _HASH_FIELDS: dict[str, tuple[str, Callable[[bytes], Any]]] = {
     "tenant": ("tenant", _text),
@@ -110,7 +115,7 @@ _HASH_FIELDS: dict[str, tuple[str, Callable[[bytes], Any]]] = {
     "attempt": ("attempt", int),
     "worker": ("worker", _text),
     "task": ("task", json.loads),
-    "control": (CONTROL, _text),
+    "control": (CONTROL, _request),
     "control_by": (CONTROL_BY, _text),
     "control_at": (CONTROL_AT, _text),
     "control_deadline": (CONTROL_DEADLINE, float),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from jobs.control import pause_job
+from jobs.control import pause_job, resume_job
 from jobs.db import session_scope
 from jobs.errors import JobNotFound
 from jobs.lifecycle import record
@@ -53,6 +53,8 @@ def test_a_read_with_the_control_request_sees_a_pending_pause(env: Backend):
     pause_job(job_id=job_id, tenant="t-reads-a", by="k-1")
     read = asyncio.run(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD))
     assert read.control == "pause" and _status(read.doc) == "started"
+    resume_job(job_id=job_id, tenant="t-reads-a", by="k-1")  # withdraws the request: stored empty
+    assert asyncio.run(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD)).control is None
 
 
 def test_an_action_decides_by_the_live_state_then_sql(env: Backend, redis_client: Any):
