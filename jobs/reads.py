@@ -151,7 +151,7 @@ async def snapshot_for(
         unavailable = False
     if live is not None:
         return live
-    from starlette.concurrency import run_in_threadpool
+    from starlette.concurrency import run_in_threadpool  # the pool the routes' sync code runs in
 
     doc, seq = await run_in_threadpool(_snapshot_from_sql, job_id, tenant)
     return JobRead(doc, seq, live_unavailable=unavailable)
