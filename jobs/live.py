@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from jobs.clock import utcnow
 from jobs.settings import get_settings
@@ -73,12 +73,13 @@ HeadField = Literal[
 ]
 
 
-@dataclass(frozen=True)
-class JobHead:
+class JobHead(NamedTuple):
     """The fields of one job's hash that callers read, decoded.
 
     A field is None when the hash lacks it, or when the read did not ask for it: a
     caller names the fields it needs (one HMGET either way), and reads only those.
+    A named tuple rather than a frozen dataclass: it is as immutable and builds in a
+    third of the time, which the snapshot read (about 16 µs a request) notices.
     """
 
     tenant: str | None = None
@@ -99,53 +100,66 @@ def decode_status(raw: bytes) -> JobStatus:
     return JobStatus(raw.decode().strip('"'))
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode(errors="replace")
-
-
 def _request(raw: bytes) -> str | None:
     """A control request; withdrawing one (a resume) stores it empty."""
     return raw.decode() or None
 
 
 # Each field's name in the hash and how its stored bytes decode (public snapshot fields are JSON).
+# Built-ins where they do (`bytes.decode`, `int`): the snapshot read decodes on every request.
 _HASH_FIELDS: dict[str, tuple[str, Callable[[bytes], Any]]] = {
-    "tenant": ("tenant", _text),
+    "tenant": ("tenant", bytes.decode),
     "status": ("status", decode_status),
     "attempt": ("attempt", int),
-    "worker": ("worker", _text),
+    "worker": ("worker", bytes.decode),
     "task": ("task", json.loads),
     "control": (CONTROL, _request),
-    "control_by": (CONTROL_BY, _text),
-    "control_at": (CONTROL_AT, _text),
+    "control_by": (CONTROL_BY, bytes.decode),
+    "control_at": (CONTROL_AT, bytes.decode),
     "control_deadline": (CONTROL_DEADLINE, float),
     "doc": ("_doc", bytes),
     "seq": ("seq", int),
 }
 
 
-def _hash_names(fields: Sequence[HeadField]) -> list[str]:
-    return [_HASH_FIELDS[name][0] for name in fields]
+_SLOTS = {name: slot for slot, name in enumerate(JobHead._fields)}
+_WIDTH = len(_SLOTS)
+_new_head = tuple.__new__
 
 
-def decode_head(fields: Sequence[HeadField], reply: Sequence[bytes | None]) -> JobHead:
+@lru_cache(maxsize=64)  # keep: a pure function of the callers' constant field tuples
+def _plan(fields: tuple[HeadField, ...]) -> tuple[list[str], list[tuple[int, Callable[[bytes], Any]]]]:
+    """The hash names to ask for, and where each reply lands in a JobHead with its decoder."""
+    return [_HASH_FIELDS[name][0] for name in fields], [
+        (_SLOTS[name], _HASH_FIELDS[name][1]) for name in fields
+    ]
+
+
+def _hash_names(fields: tuple[HeadField, ...]) -> list[str]:
+    return _plan(fields)[0]
+
+
+def decode_head(fields: tuple[HeadField, ...], reply: Sequence[bytes | None]) -> JobHead:
     """The JobHead of an HMGET reply for ``fields`` (one queued by :func:`read_head_in`)."""
-    pairs = zip(fields, reply, strict=True)
-    return JobHead(**{name: _HASH_FIELDS[name][1](raw) for name, raw in pairs if raw is not None})
+    values: list[Any] = [None] * _WIDTH
+    for (slot, decode), raw in zip(_plan(fields)[1], reply, strict=True):
+        if raw is not None:
+            values[slot] = decode(raw)
+    return _new_head(JobHead, values)  # JobHead._make without its length check: values has every slot
 
 
-def read_head(client: Redis, job_id: str, fields: Sequence[HeadField]) -> JobHead:
+def read_head(client: Redis, job_id: str, fields: tuple[HeadField, ...]) -> JobHead:
     """Those fields of one job's hash (one round trip)."""
     return decode_head(fields, client.hmget(job_key(job_id), _hash_names(fields)))
 
 
-def read_head_in(pipeline: Pipeline, job_id: str, fields: Sequence[HeadField]) -> None:
+def read_head_in(pipeline: Pipeline, job_id: str, fields: tuple[HeadField, ...]) -> None:
     """Queue the read on ``pipeline`` beside the caller's other commands; :func:`decode_head`
     decodes its reply."""
     pipeline.hmget(job_key(job_id), _hash_names(fields))
 
 
-def read_heads(client: Redis, job_ids: Sequence[str], fields: Sequence[HeadField]) -> list[JobHead]:
+def read_heads(client: Redis, job_ids: Sequence[str], fields: tuple[HeadField, ...]) -> list[JobHead]:
     """Those fields of each job's hash, in order, in one round trip."""
     if not job_ids:
         return []
@@ -156,7 +170,7 @@ def read_heads(client: Redis, job_ids: Sequence[str], fields: Sequence[HeadField
     return [decode_head(fields, reply) for reply in replies]
 
 
-async def read_head_async(reader: PipelinedRedis, job_id: str, fields: Sequence[HeadField]) -> JobHead:
+async def read_head_async(reader: PipelinedRedis, job_id: str, fields: tuple[HeadField, ...]) -> JobHead:
     """Those fields of one job's hash through the event loop's pipelined connection."""
     return decode_head(fields, await reader.command("HMGET", job_key(job_id), *_hash_names(fields)))
 

@@ -120,7 +120,7 @@ def redis_unreachable(exc: BaseException) -> bool:
 
 
 async def live_snapshot_for(
-    job_id: str, tenant: str | None, *, fields: Sequence[HeadField] = SNAPSHOT_HEAD
+    job_id: str, tenant: str | None, *, fields: tuple[HeadField, ...] = SNAPSHOT_HEAD
 ) -> JobRead | None:
     """The tenant's job (any tenant's for None) from Redis alone; None when Redis has no live
     state for it. JobNotFound for another tenant's job. ``job_id`` must be valid."""
@@ -135,7 +135,7 @@ async def live_snapshot_for(
 
 
 async def snapshot_for(
-    job_id: str, tenant: str | None, *, fields: Sequence[HeadField] = SNAPSHOT_HEAD
+    job_id: str, tenant: str | None, *, fields: tuple[HeadField, ...] = SNAPSHOT_HEAD
 ) -> JobRead:
     """The tenant's job (any tenant's for None): Redis first, SQL after the live state expired or
     while Redis cannot be reached. JobNotFound for a malformed id, another tenant's job, or none."""
