@@ -27,9 +27,10 @@ from pydantic import BaseModel, Field
 from api.deps import CurrentPrincipal, RedisDep, SessionDep, StreamPrincipal
 from api.event_stream import EventStream, sse_event
 from api.lambda_limits import LAMBDA_MAX_WAIT, under_lambda
-from api.routes.jobs import read_snapshot
+from api.outages import noting_outage
 from api.routes.live import PollTimeout, poll_seconds, resume_point, serve_websocket
 from jobs.errors import JobNotFound, UnknownTask
+from jobs.reads import snapshot_for, with_live_overlay
 from jobs.status import JobStatus
 
 if TYPE_CHECKING:
@@ -89,18 +90,15 @@ def submit_job_seed004(
 def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 004: RQ's view of a job (status, meta, timestamps, result, exc_info); 404 if unknown."""
     from jobs.db import session_scope
-    from jobs.live import live_store
     from jobs.redaction import redact, redact_text
     from jobs.redis_conn import get_redis
-    from jobs.snapshot import doc_from_row
     from jobs.store import get_job, list_events
 
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=principal.scope)
         if job is None:
             raise HTTPException(status_code=404, detail="Job not found")
-        live = live_store(get_redis()).read(job_id)
-        snap = json.loads(live[1] if live else doc_from_row(job))
+        snap = json.loads(noting_outage(with_live_overlay([job], client=get_redis())).docs[0])
         exc_info = None
         if snap["status"] == S.FAILED:
             failures = [e for e in list_events(session, job_id=job_id) if e.event == "failed" and e.data]
@@ -174,10 +172,10 @@ def _seed001_text(delivery: Delivery) -> str:
 async def status_seed000(job_id: str, principal: CurrentPrincipal) -> Response:
     """Seeds 000/001: the job's status; 200 with status `unknown` for an id this tenant does not have."""
     try:
-        doc, _ = await read_snapshot(job_id, principal.scope)
+        read = noting_outage(await snapshot_for(job_id, principal.scope))
     except JobNotFound:
         return Response(_json(unknown_seed001(job_id)), media_type="application/json")
-    return Response(_json(status_seed001(json.loads(doc))), media_type="application/json")
+    return Response(_json(status_seed001(json.loads(read.doc))), media_type="application/json")
 
 
 @router.websocket("/ws/{job_id}")
@@ -261,8 +259,8 @@ def _seed002_event(delivery: Delivery) -> bytes:
 @router.get("/api/v1/jobs/status/{job_id}")
 async def status_seed002_route(job_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 002: the job's status (pending/running/completed/failed/cancelled); 404 if unknown."""
-    doc, _ = await read_snapshot(job_id, principal.scope)
-    return status_seed002(json.loads(doc))
+    read = noting_outage(await snapshot_for(job_id, principal.scope))
+    return status_seed002(json.loads(read.doc))
 
 
 @router.get("/api/v1/jobs/status/{job_id}/poll")

@@ -18,22 +18,20 @@ with a session and a client in hand and no server.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
 from sqlmodel import Session
 
-from jobs.auth import may_reach
 from jobs.clock import isoformat, utcnow
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.lifecycle import annotate, record, write_through
-from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, CONTROL_DEADLINE, TransitionResult, job_key
+from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, CONTROL_DEADLINE, TransitionResult
 from jobs.queueing import cancel_waiting
+from jobs.reads import JobState, state_for
 from jobs.requeue import BLOCKING, enqueue_again, parents_of, payload_for
 from jobs.settings import get_settings
-from jobs.snapshot import doc_from_row
 from jobs.status import LIVE, NEW_ATTEMPT_FROM, RUNNING, TRANSITIONS, WAITING, JobStatus
 from jobs.store import get_job, statuses_of
 from jobs.tasks import get_task
@@ -47,20 +45,6 @@ class ControlOutcome:
 
     doc: bytes
     done: bool
-
-
-@dataclass(frozen=True)
-class _Current:
-    status: JobStatus
-    control: str | None
-    doc: bytes
-
-
-def valid_job_id(job_id: str) -> bool:
-    try:
-        return str(uuid.UUID(job_id)) == job_id
-    except ValueError:
-        return False
 
 
 # What each action asks for, and of which jobs: cancel ends any live job, pause and resume steer
@@ -92,7 +76,7 @@ def allowed_actions(status: JobStatus, control: str | None = None) -> list[str]:
     return actions
 
 
-def _refuse(job_id: str, action: str, current: _Current, why: str) -> IllegalTransition:
+def _refuse(job_id: str, action: str, current: JobState, why: str) -> IllegalTransition:
     allowed = allowed_actions(current.status, current.control)
     return IllegalTransition(
         f"Cannot {action} job {job_id}: it is {current.status.value}{why}. "
@@ -102,19 +86,9 @@ def _refuse(job_id: str, action: str, current: _Current, why: str) -> IllegalTra
     )
 
 
-def _current(job_id: str, tenant: str | None, *, session: Session, client: Redis) -> _Current:
+def _current(job_id: str, tenant: str | None, *, session: Session, client: Redis) -> JobState:
     """The job's status and pending request: Redis first, SQL when Redis no longer has it."""
-    if not valid_job_id(job_id):
-        raise JobNotFound(job_id)
-    owner, status, control, doc = client.hmget(job_key(job_id), ["tenant", "status", CONTROL, "_doc"])
-    if doc is not None and status is not None:
-        if not may_reach(tenant, (owner or b"").decode()):
-            raise JobNotFound(job_id)
-        return _Current(JobStatus(status.decode().strip('"')), control.decode() if control else None, doc)
-    row = get_job(session, job_id=job_id, tenant=tenant)
-    if row is None:
-        raise JobNotFound(job_id)
-    return _Current(JobStatus(row.status), None, doc_from_row(row))
+    return state_for(job_id, tenant, client=client, session=session)
 
 
 def _applied(result: TransitionResult, *, session: Session, event: str, data: dict[str, Any]) -> bytes:

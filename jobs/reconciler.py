@@ -51,12 +51,14 @@ from jobs.clock import isoformat, utcnow
 from jobs.db import SessionFactory
 from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
 from jobs.live import (
-    CONTROL,
-    CONTROL_DEADLINE,
     RUNNING_SET,
+    HeadField,
     TransitionResult,
+    decode_head,
     heartbeat_key,
-    job_key,
+    read_head,
+    read_head_in,
+    read_heads,
 )
 from jobs.queueing import (
     cancel_waiting,
@@ -92,6 +94,8 @@ EPOCH_KEY = "cv:epoch"  # gone after Redis lost its data: the next pass sweeps S
 RECOVERING_KEY = "cv:recovering"  # set when a loss is seen: each pass sweeps recent jobs until it expires
 DEQUEUED_AT = "cv:dequeued:"  # when the reconciler first saw a job in RQ's intermediate list
 PAGE = 500
+# What the running-jobs check reads of each job, beside its heartbeat, in one pipeline.
+_RUNNING_HEAD: tuple[HeadField, ...] = ("status", "attempt", "worker", "control", "control_deadline")
 
 
 @dataclass
@@ -210,32 +214,31 @@ class Reconciler:
     # --- 1. running jobs ------------------------------------------------------------------------
 
     def _check_running(self, job_ids: list[str], report: PassReport) -> None:
-        fields = ["status", "attempt", "worker", CONTROL, CONTROL_DEADLINE]
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(job_key(job_id), fields)
+                read_head_in(pipe, job_id, _RUNNING_HEAD)
                 pipe.exists(heartbeat_key(job_id))
             replies = pipe.execute()
         now = time.time()
         for i, job_id in enumerate(job_ids):
-            (status, attempt, worker, control, deadline), beating = replies[2 * i], replies[2 * i + 1]
-            if status is None and reseed_from_sql(job_id, self.client) is not None:
+            head, beating = decode_head(_RUNNING_HEAD, replies[2 * i]), replies[2 * i + 1]
+            if head.status is None and reseed_from_sql(job_id, self.client) is not None:
                 report.reseeded += 1  # Redis lost it while it ran: judge it by its heartbeat like any other
-                status, attempt, worker = self.client.hmget(job_key(job_id), ["status", "attempt", "worker"])
-            current = JobStatus(status.decode().strip('"')) if status else None
-            if current not in RUNNING:
+                head = read_head(self.client, job_id, ("status", "attempt", "worker"))
+            if head.status not in RUNNING:
                 self.client.srem(RUNNING_SET, job_id)
                 continue
-            worker_name = worker.decode() if worker else ""
+            worker_name = head.worker or ""
             if beating:
-                overdue = control == b"cancel" and deadline and now > float(deadline)
+                deadline = head.control_deadline
+                overdue = head.control == "cancel" and deadline and now > deadline
                 if overdue and stop_running(job_id, self.client, worker_name):
                     report.stops_sent += 1
                 continue
             if self._worker_alive(worker_name, job_id):
-                self.client.set(heartbeat_key(job_id), int(attempt or 0), ex=get_settings().heartbeat_ttl)
+                self.client.set(heartbeat_key(job_id), head.attempt or 0, ex=get_settings().heartbeat_ttl)
                 continue
-            self._take_over(job_id, int(attempt or 0), worker_name, report)
+            self._take_over(job_id, head.attempt or 0, worker_name, report)
 
     def _worker_alive(self, worker_name: str, job_id: str | None) -> bool:
         return worker_alive(self.client, worker_name, job_id, stale_after=get_settings().heartbeat_ttl)
@@ -353,13 +356,10 @@ class Reconciler:
         entries = list(in_flight(self.client, queues))
         if not entries:
             return
-        with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.hget(job_key(entry.job_id), "status")
-            live = pipe.execute()
+        live = read_heads(self.client, [entry.job_id for entry in entries], ("status",))
         started = {(e.job_id, e.queue) for e in entries if e.worker is not None}
-        for entry, raw in zip(entries, live, strict=True):
-            status = JobStatus(raw.decode().strip('"')) if raw else None
+        for entry, head in zip(entries, live, strict=True):
+            status = head.status
             if status is None or status in RUNNING:
                 continue  # unknown to us, or running: the heartbeat decides (step 1)
             if entry.worker is None:

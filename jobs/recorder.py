@@ -30,7 +30,7 @@ from redis import Redis
 
 from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
-from jobs.live import JOURNAL, job_key, live_store
+from jobs.live import JOURNAL, live_store, read_heads
 from jobs.metrics import METRICS_KEY, Tally
 from jobs.redaction import redact_text
 from jobs.results import blob_key, fetch_blobs
@@ -233,11 +233,8 @@ class Recorder:
 
     def _tenants(self, job_ids: list[str | None]) -> list[str]:
         """The tenant of each job, from its live state (empty when Redis no longer has it)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(job_key(job_id or "-"), "tenant")
-            raw = pipe.execute()
-        return [(value or b"").decode(errors="replace") for value in raw]
+        heads = read_heads(self.client, [job_id or "-" for job_id in job_ids], ("tenant",))
+        return [head.tenant or "" for head in heads]
 
     def _claim_abandoned(self) -> int:
         now = time.monotonic()

@@ -20,7 +20,7 @@ from redis import Redis
 from jobs.clock import utcnow
 from jobs.db import SessionFactory
 from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
-from jobs.live import heartbeat_key, job_key
+from jobs.live import decode_head, heartbeat_key, read_head_in
 from jobs.models import Job
 from jobs.queueing import RQ_WAITING, discard, enqueue, statuses, stored_payload
 from jobs.redaction import REDACTED
@@ -152,11 +152,11 @@ def requeue_lost(
         rq = statuses(ids, client)
         with client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(job_key(job_id), "status")
+                read_head_in(pipe, job_id, ("status",))
                 pipe.exists(heartbeat_key(job_id))
             replies = pipe.execute()
         for row, live_status, beating in zip(page, replies[::2], replies[1::2], strict=True):
-            current = JobStatus(live_status.decode().strip('"')) if live_status else None
+            current = decode_head(("status",), live_status).status
             if current is not None and current not in WAITING:
                 continue  # it moved on; SQL has not caught up yet
             if beating:

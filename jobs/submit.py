@@ -34,9 +34,10 @@ from jobs.errors import (
     ServiceUnavailable,
 )
 from jobs.lifecycle import record, write_through_or_log
-from jobs.live import job_key, live_store
+from jobs.live import live_store, read_head
 from jobs.models import Job, JobEvent
 from jobs.queueing import enqueue
+from jobs.reads import valid_job_id
 from jobs.redaction import redact, redact_text
 from jobs.settings import get_settings
 from jobs.snapshot import assemble, doc_from_row, row_fields
@@ -97,7 +98,7 @@ def _parents(session: Session, tenant: str, depends_on: Sequence[str]) -> tuple[
         raise InvalidRequest(f"depends_on may name at most {MAX_PARENTS} jobs.")
     unfinished = []
     for parent_id in ids:
-        row = get_job(session, job_id=parent_id, tenant=tenant) if _is_uuid(parent_id) else None
+        row = get_job(session, job_id=parent_id, tenant=tenant) if valid_job_id(parent_id) else None
         if row is None:
             raise InvalidRequest(f"depends_on: there is no job {parent_id!r}.", unknown_job=parent_id)
         if row.status in (JobStatus.FAILED.value, JobStatus.CANCELED.value):
@@ -111,13 +112,6 @@ def _parents(session: Session, tenant: str, depends_on: Sequence[str]) -> tuple[
     return ids, unfinished
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 def _replay(job: Job, digest: str, client: Redis) -> Submission:
     if job.request_hash != digest:
         raise IdempotencyConflict(
@@ -125,7 +119,7 @@ def _replay(job: Job, digest: str, client: Redis) -> Submission:
             "Use a new key for a new request."
         )
     try:
-        live = client.hget(job_key(job.job_id), "_doc")
+        live = read_head(client, job.job_id, ("doc",)).doc
     except redis.exceptions.RedisError:
         live = None
     return Submission(job_id=job.job_id, doc=live or doc_from_row(job), created=False)

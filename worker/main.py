@@ -38,7 +38,7 @@ from rq.queue import Queue
 from jobs.attempts import end_failed_attempt
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import heartbeat_key, job_key, live_store
+from jobs.live import decode_head, heartbeat_key, live_store, read_head_in
 from jobs.maintenance import Maintenance
 from jobs.queueing import HEARTBEAT_MARKER, SERIALIZER, get_queue, retry_in
 from jobs.recorder import Recorder, record_end_now
@@ -148,13 +148,14 @@ class ConveyorWorker(RedactedFailures, Worker):
         ttl = get_settings().heartbeat_ttl
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.set(heartbeat_key(job.id), 1, ex=ttl, xx=True)
-            pipe.hmget(job_key(job.id), ["status", "attempt"])
-            _, (status, attempt) = pipe.execute()
-        if status is None:  # Redis lost its data while the job runs: say again that it is alive
+            read_head_in(pipe, job.id, ("status", "attempt"))
+            _, reply = pipe.execute()
+        head = decode_head(("status", "attempt"), reply)
+        if head.status is None:  # Redis lost its data while the job runs: say again that it is alive
             self.connection.set(heartbeat_key(job.id), 1, ex=ttl)
         else:
-            self._attempt = int(attempt or 0)
-            self._track_pause(JobStatus(status.decode().strip('"')) == JobStatus.PAUSED)
+            self._attempt = head.attempt or 0
+            self._track_pause(head.status == JobStatus.PAUSED)
         asked = shutdown_requested_at(self)
         if asked is not None:
             waited = (utcnow() - asked).total_seconds()
