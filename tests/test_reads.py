@@ -47,13 +47,15 @@ def test_a_job_redis_forgot_is_read_from_sql_with_the_same_tenant_check(env: Bac
         asyncio.run(snapshot_for(job_id, "t-reads-b"))
 
 
-def test_a_read_with_the_control_request_sees_a_pending_pause(env: Backend):
+def test_a_read_with_the_control_request_sees_a_pending_pause(env: Backend, redis_client: Redis):
     job_id = seed_job(tenant="t-reads-a")
     record(job_id, S.STARTED, event="started")
-    pause_job(job_id=job_id, tenant="t-reads-a", by="k-1")
+    with session_scope() as session:
+        pause_job(session=session, client=redis_client, job_id=job_id, tenant="t-reads-a", by="k-1")
     read = asyncio.run(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD))
     assert read.control == "pause" and _status(read.doc) == "started"
-    resume_job(job_id=job_id, tenant="t-reads-a", by="k-1")  # withdraws the request: stored empty
+    with session_scope() as session:  # withdraws the request: stored empty
+        resume_job(session=session, client=redis_client, job_id=job_id, tenant="t-reads-a", by="k-1")
     assert asyncio.run(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD)).control is None
 
 
