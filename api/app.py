@@ -55,7 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     hub = sys.modules.get("api.live_hub")
     if hub is not None:
         await hub.close_hub()
-    pipelined = sys.modules.get("api.pipelined_redis")
+    pipelined = sys.modules.get("jobs.pipelined_redis")
     if pipelined is not None:
         pipelined.close_pipelined_redis()
 

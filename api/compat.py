@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, WebSocket
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentPrincipal, StreamPrincipal
+from api.deps import CurrentPrincipal, RedisDep, SessionDep, StreamPrincipal
 from api.event_stream import EventStream, sse_event
 from api.lambda_limits import LAMBDA_MAX_WAIT, under_lambda
-from api.routes.jobs import read_snapshot
+from api.outages import noting_outage
 from api.routes.live import PollTimeout, poll_seconds, resume_point, serve_websocket
 from jobs.errors import JobNotFound, UnknownTask
+from jobs.reads import snapshot_for, with_live_overlay
 from jobs.status import JobStatus
 
 if TYPE_CHECKING:
@@ -64,13 +65,20 @@ class SeedJobPayload(BaseModel):
 
 
 @router.post("/submit-job")
-def submit_job_seed004(body: SeedJobPayload, principal: CurrentPrincipal) -> dict[str, Any]:
+def submit_job_seed004(
+    body: SeedJobPayload, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> dict[str, Any]:
     """Seed 004: enqueue a whitelisted task; an unknown task is 400 `Unknown task: <name>`."""
     from jobs.submit import submit_job
 
     try:
         submission = submit_job(
-            tenant=principal.tenant, owner=principal.key_id, task=body.task, payload=body.payload
+            session=session,
+            client=redis,
+            tenant=principal.tenant,
+            owner=principal.key_id,
+            task=body.task,
+            payload=body.payload,
         )
     except UnknownTask:
         raise HTTPException(status_code=400, detail=f"Unknown task: {body.task}") from None
@@ -82,18 +90,15 @@ def submit_job_seed004(body: SeedJobPayload, principal: CurrentPrincipal) -> dic
 def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 004: RQ's view of a job (status, meta, timestamps, result, exc_info); 404 if unknown."""
     from jobs.db import session_scope
-    from jobs.live import live_store
     from jobs.redaction import redact, redact_text
     from jobs.redis_conn import get_redis
-    from jobs.snapshot import doc_from_row
     from jobs.store import get_job, list_events
 
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=principal.scope)
         if job is None:
             raise HTTPException(status_code=404, detail="Job not found")
-        live = live_store(get_redis()).read(job_id)
-        snap = json.loads(live[1] if live else doc_from_row(job))
+        snap = json.loads(noting_outage(with_live_overlay([job], client=get_redis())).docs[0])
         exc_info = None
         if snap["status"] == S.FAILED:
             failures = [e for e in list_events(session, job_id=job_id) if e.event == "failed" and e.data]
@@ -167,10 +172,10 @@ def _seed001_text(delivery: Delivery) -> str:
 async def status_seed000(job_id: str, principal: CurrentPrincipal) -> Response:
     """Seeds 000/001: the job's status; 200 with status `unknown` for an id this tenant does not have."""
     try:
-        doc, _ = await read_snapshot(job_id, principal.scope)
+        read = noting_outage(await snapshot_for(job_id, principal.scope))
     except JobNotFound:
         return Response(_json(unknown_seed001(job_id)), media_type="application/json")
-    return Response(_json(status_seed001(json.loads(doc))), media_type="application/json")
+    return Response(_json(status_seed001(json.loads(read.doc))), media_type="application/json")
 
 
 @router.websocket("/ws/{job_id}")
@@ -186,11 +191,15 @@ class WorkflowRun(BaseModel):
 
 
 @router.post("/workflow/run")
-def workflow_run_seed001(body: WorkflowRun, principal: CurrentPrincipal) -> dict[str, str]:
+def workflow_run_seed001(
+    body: WorkflowRun, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> dict[str, str]:
     """Seed 001: start its n-step workflow, which is `long_task` (messages "step i/n")."""
     from jobs.submit import submit_job
 
     submission = submit_job(
+        session=session,
+        client=redis,
         tenant=principal.tenant,
         owner=principal.key_id,
         task="long_task",
@@ -250,8 +259,8 @@ def _seed002_event(delivery: Delivery) -> bytes:
 @router.get("/api/v1/jobs/status/{job_id}")
 async def status_seed002_route(job_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 002: the job's status (pending/running/completed/failed/cancelled); 404 if unknown."""
-    doc, _ = await read_snapshot(job_id, principal.scope)
-    return status_seed002(json.loads(doc))
+    read = noting_outage(await snapshot_for(job_id, principal.scope))
+    return status_seed002(json.loads(read.doc))
 
 
 @router.get("/api/v1/jobs/status/{job_id}/poll")
@@ -364,22 +373,28 @@ def queue_stats_seed002(principal: CurrentPrincipal) -> dict[str, Any]:
 @router.post(
     "/api/v1/jobs/cancel/{job_id}", responses={202: {"description": "A running job was asked to stop."}}
 )
-def cancel_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
+def cancel_seed002(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> Response:
     """Seed 002: cancel a running or pending job (409 for a job that already ended)."""
     from jobs.control import cancel_job
 
-    outcome = cancel_job(job_id=job_id, tenant=principal.scope, by=principal.key_id)
+    outcome = cancel_job(
+        session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id
+    )
     if outcome.done:
         return _message(200, f"Job {job_id} cancelled successfully")
     return _message(202, f"Job {job_id} cancellation requested: it stops at its next checkpoint")
 
 
 @router.post("/api/v1/jobs/restart/{job_id}")
-def restart_seed002(job_id: str, principal: CurrentPrincipal) -> Response:
+def restart_seed002(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
+) -> Response:
     """Seed 002: restart a failed or cancelled job (409 for any other status)."""
     from jobs.control import restart_job
 
-    restart_job(job_id=job_id, tenant=principal.scope, by=principal.key_id)
+    restart_job(session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id)
     return _message(200, f"Job {job_id} restarted successfully")
 
 

@@ -1,4 +1,11 @@
-"""Request dependencies: who is calling, as `Annotated` aliases routes can declare, and what they may see.
+"""Request dependencies: who is calling, what they may see, and the stores a route passes on.
+
+`SessionDep` and `RedisDep` open the collaborators the job domain takes as keyword
+arguments (``submit_job(session=..., redis=...)``): the route is the edge that opens them.
+Both come from `jobs.lazy`, so declaring them imports no store client before a request
+needs one (the Lambda cold start). The session is a sync dependency: FastAPI opens and
+closes it in its thread pool, and the sync routes (or `run_in_threadpool`) that use it keep
+SQL off the event loop.
 
 Every route takes `Authorization: Bearer <key>`. Streams (SSE, WebSocket) also
 take `?access_token=<key>`, because a browser's EventSource and WebSocket
@@ -7,14 +14,20 @@ cannot set headers; see docs/decisions.md for what that costs (URLs get logged).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket
 
+from jobs import lazy
 from jobs.auth import Principal, authenticate, cached_principal
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from sqlmodel import Session
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
@@ -117,3 +130,18 @@ def readable_tenant(principal: Principal) -> str | None:
 
 
 StreamPrincipal = Annotated[Principal, Depends(stream_principal)]
+
+
+def db_session() -> Iterator[Session]:
+    """A session for the request, closed (uncommitted work rolled back) when it is done."""
+    with lazy.open_session() as session:
+        yield session
+
+
+async def redis_client() -> Redis:
+    """The process's Redis client (creating it connects nothing, so no thread is needed)."""
+    return lazy.get_redis()
+
+
+SessionDep = Annotated["Session", Depends(db_session)]
+RedisDep = Annotated["Redis", Depends(redis_client)]

@@ -24,8 +24,9 @@ import sqlalchemy as sa
 from starlette.types import Receive
 
 from api.live_hub import Delivery, Listener, SnapshotHub, get_hub
-from api.routes.jobs import read_snapshot
+from api.outages import noting_outage
 from api.stream_limits import KeyRevoked, StreamSlot, stream_slots
+from jobs.reads import snapshot_for
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,7 @@ class JobFeed:
                 slot.release()
             raise
         try:
-            doc, _ = await read_snapshot(job_id, tenant)
-            current = Delivery.of(doc)
+            current = Delivery.of(noting_outage(await snapshot_for(job_id, tenant)).doc)
             if current is None:
                 raise RuntimeError(f"job {job_id}: stored snapshot is malformed")
         except BaseException:
@@ -89,7 +89,7 @@ class JobFeed:
     async def reread(self) -> Delivery | None:
         """The current snapshot, read again (None when the stores cannot answer right now)."""
         try:
-            doc, _ = await read_snapshot(self.job_id, self.tenant)
+            doc = (await snapshot_for(self.job_id, self.tenant)).doc
         except (redis.exceptions.RedisError, sa.exc.SQLAlchemyError, OSError) as exc:
             log.warning("live feed: could not re-read job %s: %s", self.job_id, exc)
             return None

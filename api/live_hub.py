@@ -26,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from jobs.auth import revoked_among
 from jobs.live import CHANNEL
 from jobs.redis_conn import get_async_redis
 from jobs.settings import get_settings
@@ -291,8 +292,6 @@ class SnapshotHub:
 
         A database that cannot answer revokes nothing: streams go on, and the next check asks again.
         """
-        from jobs.auth import revoked_among
-
         keys = {listener.key_id for group in self._listeners.values() for listener in group}
         keys.discard("")
         if not keys:

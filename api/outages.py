@@ -1,9 +1,10 @@
 """A database or Redis outage answers 503 with a clear message, never a 500.
 
-Reads SQL can answer do not fail with Redis: a route that served a job from
-SQL because Redis was unreachable calls `live_state_unavailable()`, and its
-response carries `X-Conveyor-Live: unavailable` (the snapshot may trail the
-running job; control actions and submits still answer 503).
+Reads SQL can answer do not fail with Redis: `jobs.reads` answers them from
+SQL and says so (`live_unavailable`), the route passes the answer through
+`noting_outage()`, and its response carries `X-Conveyor-Live: unavailable`
+(the snapshot may trail the running job; control actions and submits still
+answer 503).
 
 A pure ASGI middleware rather than exception handlers registered by class:
 registering `sqlalchemy.exc.OperationalError` would import SQLAlchemy when the
@@ -18,8 +19,11 @@ import json
 import logging
 import sys
 from contextvars import ContextVar
+from typing import Protocol, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobs.reads import redis_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,19 @@ def live_state_unavailable() -> None:
     log.warning("Redis unavailable: answering from SQL")
 
 
-def redis_unreachable(exc: BaseException) -> bool:
-    return outage_of(exc) == "redis"
+class FromSql(Protocol):
+    @property
+    def live_unavailable(self) -> bool: ...
+
+
+Read = TypeVar("Read", bound=FromSql)
+
+
+def noting_outage(read: Read) -> Read:
+    """``read`` (one of `jobs.reads`' answers), its response marked when SQL answered for Redis."""
+    if read.live_unavailable:
+        live_state_unavailable()
+    return read
 
 
 def outage_of(exc: BaseException) -> str | None:
@@ -54,18 +69,7 @@ def outage_of(exc: BaseException) -> str | None:
     sa_exc = sys.modules.get("sqlalchemy.exc")
     if sa_exc is not None and isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
         return "database"
-    redis_exc = sys.modules.get("redis.exceptions")
-    if redis_exc is not None and isinstance(
-        exc,
-        redis_exc.ConnectionError
-        | redis_exc.TimeoutError
-        # Reachable but refusing writes: out of memory, a read-only replica, a failover under way.
-        | redis_exc.OutOfMemoryError
-        | redis_exc.ReadOnlyError
-        | redis_exc.ClusterDownError,
-    ):
-        return "redis"
-    return None
+    return "redis" if redis_unreachable(exc) else None
 
 
 class DependencyOutages:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.routes.jobs import JSON, etag_matches, etag_of, read_live_snapshot, valid_id
+from api.routes.jobs import JSON, etag_matches, etag_of
 from jobs.auth import cached_principal
+from jobs.reads import live_snapshot_for, valid_job_id
 
 PREFIX = "/api/v1/jobs/"
 ID_LENGTH = 36
@@ -47,16 +48,16 @@ class SnapshotFastPath:
             elif name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
         principal = cached_principal(key) if key else None
-        if principal is None or not valid_id(job_id):
+        if principal is None or not valid_job_id(job_id):
             return False
         try:
-            live = await read_live_snapshot(job_id, principal.scope)
+            live = await live_snapshot_for(job_id, principal.scope)
         except Exception:  # another tenant's job, Redis down: the route answers properly
             return False
         if live is None:
             return False
-        doc, seq = live
-        etag = etag_of(seq).encode()
+        doc = live.doc
+        etag = etag_of(live.seq).encode()
         if etag_matches(etag.decode(), if_none_match):
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", etag)]})
             await send({"type": "http.response.body", "body": b""})

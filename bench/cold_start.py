@@ -107,12 +107,21 @@ def prepare_real(env: dict[str, str], tmp: Path) -> object:
     from jobs.auth import create_key
     from jobs.db import session_scope
     from jobs.migrate import upgrade
+    from jobs.redis_conn import get_redis
     from jobs.submit import submit_job
 
     upgrade()
     with session_scope() as session:
         _, key = create_key(session, tenant="bench", role="member")
-    job = submit_job(tenant="bench", owner=None, task="long_task", payload={"n": 1}, queue="default")
+        job = submit_job(
+            session=session,
+            client=get_redis(),
+            tenant="bench",
+            owner=None,
+            task="long_task",
+            payload={"n": 1},
+            queue="default",
+        )
     env["BENCH_JOB_ID"], env["BENCH_KEY"] = job.job_id, key
     return server
 
@@ -127,7 +136,7 @@ def main() -> None:
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "CONVEYOR_ENVIRONMENT": "production",
-        "CONVEYOR_SECRET_KEY": "bench-secret-not-for-production",
+        "CONVEYOR_SECRET_KEY": "bench-secret-not-for-production-use",
         "AWS_LAMBDA_FUNCTION_NAME": "conveyor-bench",
         "REDIS_URL": "redis://127.0.0.1:1/0",  # /healthz touches neither Redis nor SQL
         "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",

@@ -78,9 +78,16 @@ def conveyor_round(env: dict[str, str], n: int) -> float:
 
     victim = worker(env, "bench", f"victim-{n}-{os.getpid()}")
     try:
-        job_id = submit_job(
-            tenant="bench", owner=None, task="hold", payload={"seconds": 600}, queue="bench"
-        ).job_id
+        with session_scope() as session:
+            job_id = submit_job(
+                session=session,
+                client=get_redis(),
+                tenant="bench",
+                owner=None,
+                task="hold",
+                payload={"seconds": 600},
+                queue="bench",
+            ).job_id
         wait_for(lambda: get_redis().hget(f"cv:job:{job_id}", "status") == b'"started"', 60)
         time.sleep(3)  # well into the job: its heartbeat has been refreshed by the worker
     finally:

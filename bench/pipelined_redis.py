@@ -7,7 +7,7 @@ on a hash seeded like a running job's (a ~700-byte snapshot document). ``--tasks
 in this process (uvloop, as under uvicorn) each issue it in a loop, as concurrent requests do.
 Clients:
 
-- ours: `api.pipelined_redis.PipelinedRedis` (one auto-pipelined connection per loop);
+- ours: `jobs.pipelined_redis.PipelinedRedis` (one auto-pipelined connection per loop);
 - redis-py: `redis.asyncio.Redis` on a blocking pool of 100 connections, as `jobs.redis_conn` sets
   up the API's, with hiredis's parser when installed (the line says which);
 - valkey-glide: `glide.GlideClient` (one multiplexed connection, Rust core), when installed.
@@ -101,7 +101,7 @@ async def drive(command: Command, keys: list[str], tasks: int, seconds: float) -
 async def ours(url: str) -> tuple[Command, Callable[[], Awaitable[None]]]:
     import redis.exceptions
 
-    from api.pipelined_redis import PipelinedRedis
+    from jobs.pipelined_redis import PipelinedRedis
 
     client = PipelinedRedis(url)
 

@@ -237,7 +237,7 @@ class Soak:
         from sqlmodel import col, select
 
         from jobs.db import session_scope
-        from jobs.live import job_key
+        from jobs.live import read_heads
         from jobs.models import Job
 
         ids = list(self.tally.accepted)
@@ -259,12 +259,9 @@ class Soak:
             found: dict[str, str] = {}
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                with redis.pipeline(transaction=False) as pipe:
-                    for job_id in chunk:
-                        pipe.hget(job_key(job_id), "status")
-                    for job_id, status in zip(chunk, pipe.execute(), strict=True):
-                        if status is not None:
-                            found[job_id] = status.decode().strip('"')
+                for job_id, head in zip(chunk, read_heads(redis, chunk, ("status",)), strict=True):
+                    if head.status is not None:
+                        found[job_id] = head.status.value
             return found
 
         deadline = time.monotonic() + self.args.settle

@@ -7,6 +7,7 @@ import time
 
 from pydantic import BaseModel
 
+from bench import peer_mark
 from jobs.redis_conn import get_redis
 from jobs.tasks import task
 from worker.progress import Progress
@@ -79,3 +80,16 @@ def soak_step(payload: SoakPayload, progress: Progress) -> float:
         finally:
             os.close(fd)
     return payload.seconds
+
+
+@task(queue="bench")
+def peer_noop(payload: NoPayload) -> None:
+    """bench/peers.py's no-op: the shared mark (bench/peer_mark.py) is its only line."""
+    peer_mark.noop()
+
+
+@task(queue="bench")
+def peer_sleep(payload: NoPayload) -> None:
+    """bench/peers.py's 10 ms job, sync while Conveyor runs sync tasks (`--conveyor-sleep-task`
+    picks another, e.g. an async one once the worker runs those)."""
+    peer_mark.sleep()

@@ -42,10 +42,20 @@ def fill(mode: str, jobs: int, tenant: str) -> None:
                 queue.enqueue_call("bench.bare_tasks.bare_noop", result_ttl=500, pipeline=pipe)
             pipe.execute()
         return
+    from jobs.db import session_scope
     from jobs.submit import submit_job
 
-    for _ in range(jobs):
-        submit_job(tenant=tenant, owner=None, task="noop", payload={}, queue="bench-conveyor")
+    with session_scope() as session:
+        for _ in range(jobs):
+            submit_job(
+                session=session,
+                client=get_redis(),
+                tenant=tenant,
+                owner=None,
+                task="noop",
+                payload={},
+                queue="bench-conveyor",
+            )
 
 
 def child(mode: str, jobs: int, tenant: str) -> None:

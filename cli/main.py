@@ -14,123 +14,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
+import httpx
 
-
-def _fail(message: str, code: int = 1) -> int:
-    print(f"conveyor: {message}", file=sys.stderr)
-    return code
-
+from cli.dev import dev_key_path
+from cli.exits import EXIT_USAGE, fail
+from cli.watch import exit_code, follow, timed_out
+from conveyor_client import Client, ConveyorAPIError
+from jobs.clock import parse_duration
 
 # --- server-side commands -----------------------------------------------------------------------
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
-    from cli.dev import run_dev
+def run_server_side(args: argparse.Namespace) -> int:
+    """Run a server-side command (`cli.ops`): the CLI's one deferred import.
 
-    return run_dev(host=args.host, port=args.port)
+    Those commands need SQL, Redis, RQ and the worker, about three times the import time of
+    the client commands below, which talk HTTP only and should start at once.
+    """
+    from cli import ops
 
-
-def cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from api.server import uvicorn_options
-    from jobs.process_limits import raise_fd_limit
-
-    raise_fd_limit()  # before uvicorn starts: its worker processes inherit the limit
-    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, **uvicorn_options())
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.main import run_worker
-
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    run_worker(
-        queues,
-        burst=args.burst,
-        concurrency=args.concurrency,
-        name=args.name,
-        recorder=not args.no_recorder,
-    )
-    return 0
-
-
-def cmd_recorder(args: argparse.Namespace) -> int:
-    from worker.main import run_recorder
-
-    run_recorder(args.name)
-    return 0
-
-
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    import time
-
-    from jobs.reconciler import Reconciler
-    from jobs.redis_conn import get_redis
-    from jobs.tasks import load_tasks
-
-    load_tasks()
-    reconciler = Reconciler(get_redis(), name=args.name)
-    while True:
-        report = reconciler.run_pass(sweep=True if args.every is None else None)
-        print(json.dumps(report.as_dict()), flush=True)
-        if args.every is None:
-            return 0
-        time.sleep(args.every)
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from jobs.migrate import upgrade
-
-    upgrade(revision=args.revision)
-    print(f"database migrated to {args.revision}")
-    return 0
-
-
-def cmd_journal_replay(args: argparse.Namespace) -> int:
-    """Move the journal entries the recorder set aside back into the journal (after a fix)."""
-    from jobs.redis_conn import get_redis
-    from jobs.set_aside import replay
-
-    print(f"{replay(get_redis())} set-aside journal entries put back into the journal")
-    return 0
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    """Exit 0 when the database and Redis answer (container health checks use this)."""
-    from api.routes.health import check_dependencies
-
-    checks = check_dependencies()
-    for name, state in checks.items():
-        print(f"{name}: {state}")
-    return 0 if all(state == "ok" for state in checks.values()) else 1
-
-
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    from jobs.auth import create_key
-    from jobs.db import session_scope
-    from jobs.errors import ConveyorError
-
-    try:
-        with session_scope() as session:
-            row, plaintext = create_key(session, tenant=args.tenant, role=args.role, name=args.name or "")
-    except ConveyorError as exc:
-        return _fail(exc.message, EXIT_USAGE)
-    print(f"created {row.role} key {row.id} for tenant {row.tenant!r}; it is shown once:", file=sys.stderr)
-    print(plaintext)
-    return 0
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from jobs.auth import revoke_key
-    from jobs.db import session_scope
-
-    with session_scope() as session:
-        if not revoke_key(session, key_id=args.key_id):
-            return _fail(f"no key with id {args.key_id!r}")
-    print(f"revoked key {args.key_id}")
-    return 0
+    return ops.COMMANDS[args.op](args)
 
 
 def positive_int(text: str) -> int:
@@ -145,53 +48,10 @@ def positive_int(text: str) -> int:
 
 
 def _duration(text: str) -> Any:
-    from jobs.clock import parse_duration
-
     try:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from datetime import timedelta
-
-    from jobs.redis_conn import get_redis
-    from jobs.retention import prune
-    from jobs.settings import get_settings
-
-    settings = get_settings()
-    older_than = args.older_than or timedelta(days=settings.retention_days)
-    compact = args.compact_events_older_than
-    if compact is None and settings.event_compact_days:
-        compact = timedelta(days=settings.event_compact_days)
-    if older_than < timedelta(hours=1):
-        return _fail("--older-than must be at least 1h (this deletes history)", EXIT_USAGE)
-    if args.batch_size < 1:
-        return _fail("--batch-size must be at least 1", EXIT_USAGE)
-    client = None
-    if not args.dry_run and settings.redis_url:
-        client = get_redis()
-    report = prune(
-        older_than=older_than,
-        compact_events_older_than=compact or None,
-        batch_size=args.batch_size,
-        pause=args.pause,
-        dry_run=args.dry_run,
-        client=client,
-    )
-    verb = "would delete" if report.dry_run else "deleted"
-    events_note = (
-        f"; {verb} {report.compacted_events} progress events before {report.events_cutoff:%Y-%m-%d %H:%M}Z"
-        if report.events_cutoff
-        else ""
-    )
-    print(
-        f"{verb} {report.jobs} jobs that ended before {report.cutoff:%Y-%m-%d %H:%M}Z "
-        f"({report.events} events, {report.results} stored results){events_note}; "
-        f"{report.batches} batches in {report.seconds:.2f}s, longest {report.longest_batch_s * 1000:.0f} ms"
-    )
-    return 0
 
 
 # --- client-side commands (over HTTP) -----------------------------------------------------------
@@ -202,19 +62,15 @@ def default_api_key() -> str | None:
     key = os.environ.get("CONVEYOR_API_KEY")
     if key:
         return key
-    from cli.dev import dev_key_path
-
     path = dev_key_path()
     return path.read_text().strip() if path.exists() else None
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from conveyor_client import Client
-
     key = args.key or default_api_key()
     if not key:
         raise SystemExit(
-            _fail("no API key: pass --key, set CONVEYOR_API_KEY, or run `conveyor dev` first", EXIT_USAGE)
+            fail("no API key: pass --key, set CONVEYOR_API_KEY, or run `conveyor dev` first", EXIT_USAGE)
         )
     return Client(args.url, key)
 
@@ -226,13 +82,13 @@ def _parse_payload(args: argparse.Namespace) -> dict[str, Any]:
         try:
             payload = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SystemExit(_fail(f"--payload is not valid JSON: {exc}", EXIT_USAGE)) from None
+            raise SystemExit(fail(f"--payload is not valid JSON: {exc}", EXIT_USAGE)) from None
         if not isinstance(payload, dict):
-            raise SystemExit(_fail("--payload must be a JSON object", EXIT_USAGE))
+            raise SystemExit(fail("--payload must be a JSON object", EXIT_USAGE))
     for item in args.param or []:
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(_fail(f"-p expects name=value, got {item!r}", EXIT_USAGE))
+            raise SystemExit(fail(f"-p expects name=value, got {item!r}", EXIT_USAGE))
         try:
             payload[name] = json.loads(value)
         except json.JSONDecodeError:
@@ -253,17 +109,13 @@ def _print_snapshot(snap: Any, as_json: bool) -> None:
 
 
 def _api_call(fn: Callable[[], int]) -> int:
-    import httpx
-
-    from conveyor_client import ConveyorAPIError
-
     try:
         return fn()
     except ConveyorAPIError as exc:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return _fail(f"the API answered {exc.status_code}: {detail}")
+        return fail(f"the API answered {exc.status_code}: {detail}")
     except httpx.HTTPError as exc:
-        return _fail(f"could not reach the API: {exc}")
+        return fail(f"could not reach the API: {exc}")
 
 
 def _channels(args: argparse.Namespace) -> list[str] | None:
@@ -272,8 +124,6 @@ def _channels(args: argparse.Namespace) -> list[str] | None:
 
 def _follow_and_report(client: Any, job_id: str, args: argparse.Namespace) -> int:
     """Follow a job to its end (bar on stderr, or JSON lines), print it, exit 0/1/2 (3: timeout)."""
-    from cli.watch import exit_code, follow, timed_out
-
     try:
         snap = follow(
             client,
@@ -308,8 +158,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 _print_snapshot(snap, args.json)
                 return 0
             if args.json:  # scripts: no bar, just the final snapshot
-                from cli.watch import exit_code, timed_out
-
                 try:
                     via = {"channels": _channels(args)} if args.via else {}
                     snap = client.wait(snap.job_id, timeout=args.timeout, **via)
@@ -377,13 +225,13 @@ def _add_process_commands(sub: Commands) -> None:
     p = sub.add_parser("dev", help="run API + worker on embedded defaults (SQLite, embedded Redis)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=cmd_dev)
+    p.set_defaults(func=run_server_side, op="dev")
 
     p = sub.add_parser("api", help="serve the API (uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
-    p.set_defaults(func=cmd_api)
+    p.set_defaults(func=run_server_side, op="api")
 
     p = sub.add_parser("worker", help="run a pool of RQ workers with the recorder")
     p.add_argument("--queues", help="comma-separated queue names (default: CONVEYOR_QUEUES)")
@@ -400,20 +248,20 @@ def _add_process_commands(sub: Commands) -> None:
         action="store_true",
         help="do not start a recorder (run `conveyor recorder` elsewhere)",
     )
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=run_server_side, op="worker")
 
     p = sub.add_parser("recorder", help="replay the live journal into SQL (the worker starts one itself)")
     p.add_argument("--name", help="consumer name (default: host.random.recorder)")
-    p.set_defaults(func=cmd_recorder)
+    p.set_defaults(func=run_server_side, op="recorder")
 
     p = sub.add_parser("reconcile", help="one reconciler pass (for a scheduled job); prints what it did")
     p.add_argument("--every", type=float, metavar="SECONDS", help="keep running, one pass every SECONDS")
     p.add_argument("--name", default="cli", help="name shown in the job history")
-    p.set_defaults(func=cmd_reconcile)
+    p.set_defaults(func=run_server_side, op="reconcile")
 
     p = sub.add_parser("migrate", help="apply database migrations")
     p.add_argument("--revision", default="head")
-    p.set_defaults(func=cmd_migrate)
+    p.set_defaults(func=run_server_side, op="migrate")
 
     p = sub.add_parser("prune", help="delete old ended jobs and compact old progress events, in batches")
     p.add_argument(
@@ -429,9 +277,9 @@ def _add_process_commands(sub: Commands) -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="rows per transaction (default 1000)")
     p.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between batches")
     p.add_argument("--dry-run", action="store_true", help="count what would be deleted; change nothing")
-    p.set_defaults(func=cmd_prune)
+    p.set_defaults(func=run_server_side, op="prune")
     p = sub.add_parser("check", help="exit 0 if the database and Redis answer (for health checks)")
-    p.set_defaults(func=cmd_check)
+    p.set_defaults(func=run_server_side, op="check")
 
 
 def _add_admin_commands(sub: Commands) -> None:
@@ -440,17 +288,17 @@ def _add_admin_commands(sub: Commands) -> None:
         dest="journal_command", required=True
     )
     p = journal.add_parser("replay", help="put entries SQL refused back into the journal, after a fix")
-    p.set_defaults(func=cmd_journal_replay)
+    p.set_defaults(func=run_server_side, op="journal replay")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("create", help="create a key; prints it alone on the last line")
     p.add_argument("--tenant", required=True)
     p.add_argument("--role", required=True, choices=["member", "admin", "operator"])
     p.add_argument("--name")
-    p.set_defaults(func=cmd_keys_create)
+    p.set_defaults(func=run_server_side, op="keys create")
     p = keys.add_parser("revoke", help="revoke a key by its id")
     p.add_argument("key_id")
-    p.set_defaults(func=cmd_keys_revoke)
+    p.set_defaults(func=run_server_side, op="keys revoke")
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from redis import Redis
 
 from jobs.clock import isoformat, utcnow
 from jobs.lifecycle import record
-from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, TransitionResult, job_key
+from jobs.live import TransitionResult, read_head
 from jobs.redis_conn import get_redis
 from jobs.status import RUNNING, WAITING, JobStatus
 
@@ -86,10 +86,10 @@ def cancel_details(
 
 def pending_cancel(job_id: str, client: Redis) -> tuple[str, str | None] | None:
     """(who, when) of a cancel requested for this running job, or None."""
-    action, by, at = client.hmget(job_key(job_id), [CONTROL, CONTROL_BY, CONTROL_AT])
-    if action != b"cancel":
+    head = read_head(client, job_id, ("control", "control_by", "control_at"))
+    if head.control != "cancel":
         return None
-    return (by or b"").decode(), at.decode() if at else None
+    return head.control_by or "", head.control_at
 
 
 def end_failed_attempt(

@@ -9,26 +9,29 @@ seconds is enforced by the reconciler with RQ's stop-job command.
 
 An action that makes no sense for the job's status raises `IllegalTransition`
 (409) saying what the status is and which actions are allowed.
+
+Each action takes the SQL ``session`` and the Redis ``client`` it works with as keyword
+arguments (a route's dependencies, the CLI's entry point), so a decision can be tested
+with a session and a client in hand and no server.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.auth import may_reach
+from redis import Redis
+from sqlmodel import Session
+
 from jobs.clock import isoformat, utcnow
-from jobs.db import session_scope
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.lifecycle import annotate, record, write_through
-from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, CONTROL_DEADLINE, TransitionResult, job_key
+from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, CONTROL_DEADLINE, TransitionResult
 from jobs.queueing import cancel_waiting
-from jobs.redis_conn import get_redis
+from jobs.reads import JobState, state_for
 from jobs.requeue import BLOCKING, enqueue_again, parents_of, payload_for
 from jobs.settings import get_settings
-from jobs.snapshot import doc_from_row
 from jobs.status import LIVE, NEW_ATTEMPT_FROM, RUNNING, TRANSITIONS, WAITING, JobStatus
 from jobs.store import get_job, statuses_of
 from jobs.tasks import get_task
@@ -42,20 +45,6 @@ class ControlOutcome:
 
     doc: bytes
     done: bool
-
-
-@dataclass(frozen=True)
-class _Current:
-    status: JobStatus
-    control: str | None
-    doc: bytes
-
-
-def valid_job_id(job_id: str) -> bool:
-    try:
-        return str(uuid.UUID(job_id)) == job_id
-    except ValueError:
-        return False
 
 
 # What each action asks for, and of which jobs: cancel ends any live job, pause and resume steer
@@ -87,7 +76,7 @@ def allowed_actions(status: JobStatus, control: str | None = None) -> list[str]:
     return actions
 
 
-def _refuse(job_id: str, action: str, current: _Current, why: str) -> IllegalTransition:
+def _refuse(job_id: str, action: str, current: JobState, why: str) -> IllegalTransition:
     allowed = allowed_actions(current.status, current.control)
     return IllegalTransition(
         f"Cannot {action} job {job_id}: it is {current.status.value}{why}. "
@@ -97,34 +86,25 @@ def _refuse(job_id: str, action: str, current: _Current, why: str) -> IllegalTra
     )
 
 
-def _current(job_id: str, tenant: str | None) -> _Current:
+def _current(job_id: str, tenant: str | None, *, session: Session, client: Redis) -> JobState:
     """The job's status and pending request: Redis first, SQL when Redis no longer has it."""
-    if not valid_job_id(job_id):
-        raise JobNotFound(job_id)
-    owner, status, control, doc = get_redis().hmget(job_key(job_id), ["tenant", "status", CONTROL, "_doc"])
-    if doc is not None and status is not None:
-        if not may_reach(tenant, (owner or b"").decode()):
-            raise JobNotFound(job_id)
-        return _Current(JobStatus(status.decode().strip('"')), control.decode() if control else None, doc)
-    with session_scope() as session:
-        row = get_job(session, job_id=job_id, tenant=tenant)
-        if row is None:
-            raise JobNotFound(job_id)
-        return _Current(JobStatus(row.status), None, doc_from_row(row))
+    return state_for(job_id, tenant, client=client, session=session)
 
 
-def _applied(result: TransitionResult, *, event: str, data: dict[str, Any]) -> bytes:
-    write_through(result, event=event, data=data)
+def _applied(result: TransitionResult, *, session: Session, event: str, data: dict[str, Any]) -> bytes:
+    write_through(result, session=session, event=event, data=data)
     assert result.doc is not None
     return result.doc
 
 
-def cancel_job(*, job_id: str, tenant: str | None, by: str, reason: str | None = None) -> ControlOutcome:
+def cancel_job(
+    *, session: Session, client: Redis, job_id: str, tenant: str | None, by: str, reason: str | None = None
+) -> ControlOutcome:
     """Cancel a job: at once when it waits; a running one is asked to stop (and is stopped by force
     once the grace period is over)."""
     data: dict[str, Any]
     for _ in range(3):  # the job may move while we act; look again
-        current = _current(job_id, tenant)
+        current = _current(job_id, tenant, session=session, client=client)
         if current.status in WAITING:
             data = {"canceled_by": by, "reason": reason} if reason else {"canceled_by": by}
             result = record(
@@ -134,10 +114,13 @@ def cancel_job(*, job_id: str, tenant: str | None, by: str, reason: str | None =
                 from_statuses=WAITING,
                 patch={"ended_at": utcnow(), "eta_seconds": None},
                 data=data,
+                client=client,
             )
             if result.applied:
-                cancel_waiting(job_id, get_redis())
-                return ControlOutcome(_applied(result, event="canceled", data=data), done=True)
+                cancel_waiting(job_id, client)
+                return ControlOutcome(
+                    _applied(result, session=session, event="canceled", data=data), done=True
+                )
             continue
         if current.status in RUNNING:
             if current.control == "cancel":
@@ -158,17 +141,19 @@ def cancel_job(*, job_id: str, tenant: str | None, by: str, reason: str | None =
                     CONTROL_DEADLINE: str(time.time() + grace),
                 },
                 data=data,
+                client=client,
             )
             if result.applied:
-                return ControlOutcome(_applied(result, event="cancel_requested", data=data), done=False)
+                outcome = _applied(result, session=session, event="cancel_requested", data=data)
+                return ControlOutcome(outcome, done=False)
             continue
         raise _refuse(job_id, "cancel", current, "")
     raise IllegalTransition(f"Job {job_id} kept changing while it was being canceled; try again.")
 
 
-def pause_job(*, job_id: str, tenant: str | None, by: str) -> ControlOutcome:
+def pause_job(*, session: Session, client: Redis, job_id: str, tenant: str | None, by: str) -> ControlOutcome:
     """Ask a running job to hold at its next checkpoint."""
-    current = _current(job_id, tenant)
+    current = _current(job_id, tenant, session=session, client=client)
     if current.status != S.STARTED or current.control == "cancel":
         why = " and a cancel is pending" if current.control == "cancel" else ""
         raise _refuse(job_id, "pause", current, why)
@@ -181,15 +166,18 @@ def pause_job(*, job_id: str, tenant: str | None, by: str) -> ControlOutcome:
         when=(S.STARTED,),
         private={CONTROL: "pause", CONTROL_BY: by, CONTROL_AT: isoformat(utcnow()) or ""},
         data=data,
+        client=client,
     )
     if not result.applied:
-        raise _refuse(job_id, "pause", _current(job_id, tenant), "")
-    return ControlOutcome(_applied(result, event="pause_requested", data=data), done=False)
+        raise _refuse(job_id, "pause", _current(job_id, tenant, session=session, client=client), "")
+    return ControlOutcome(_applied(result, session=session, event="pause_requested", data=data), done=False)
 
 
-def resume_job(*, job_id: str, tenant: str | None, by: str) -> ControlOutcome:
+def resume_job(
+    *, session: Session, client: Redis, job_id: str, tenant: str | None, by: str
+) -> ControlOutcome:
     """Let a paused job continue (or withdraw a pause it has not reached yet)."""
-    current = _current(job_id, tenant)
+    current = _current(job_id, tenant, session=session, client=client)
     paused = current.status == S.PAUSED and current.control != "cancel"
     withdrawing = current.status == S.STARTED and current.control == "pause"
     if not (paused or withdrawing):
@@ -202,24 +190,27 @@ def resume_job(*, job_id: str, tenant: str | None, by: str) -> ControlOutcome:
         when=(current.status,),
         private={CONTROL: "", CONTROL_BY: by, CONTROL_AT: isoformat(utcnow()) or ""},
         data=data,
+        client=client,
     )
     if not result.applied:
-        raise _refuse(job_id, "resume", _current(job_id, tenant), "")
-    return ControlOutcome(_applied(result, event="resume_requested", data=data), done=withdrawing)
+        raise _refuse(job_id, "resume", _current(job_id, tenant, session=session, client=client), "")
+    return ControlOutcome(
+        _applied(result, session=session, event="resume_requested", data=data), done=withdrawing
+    )
 
 
-def restart_job(*, job_id: str, tenant: str | None, by: str, reason: str | None = None) -> ControlOutcome:
+def restart_job(
+    *, session: Session, client: Redis, job_id: str, tenant: str | None, by: str, reason: str | None = None
+) -> ControlOutcome:
     """Run a failed or canceled job again under the same id, as attempt + 1."""
-    current = _current(job_id, tenant)
+    current = _current(job_id, tenant, session=session, client=client)
     if current.status not in (S.FAILED, S.CANCELED):
         why = "; submit a new job to run it again" if current.status == S.FINISHED else ""
         raise _refuse(job_id, "restart", current, why)
-    client = get_redis()
-    with session_scope() as session:
-        row = get_job(session, job_id=job_id, tenant=tenant)
-        if row is None:
-            raise JobNotFound(job_id)
-        parents = parents_of(row, statuses_of(session, row.depends_on or []))
+    row = get_job(session, job_id=job_id, tenant=tenant)
+    if row is None:
+        raise JobNotFound(job_id)
+    parents = parents_of(row, statuses_of(session, row.depends_on or []))
     if parents.blocking:
         raise IllegalTransition(
             f"Cannot restart job {job_id}: job {parents.blocking[0]}, which it depends on, is "
@@ -258,6 +249,6 @@ def restart_job(*, job_id: str, tenant: str | None, by: str, reason: str | None 
         client=client,
     )
     if not result.applied:
-        raise _refuse(job_id, "restart", _current(job_id, tenant), "")
+        raise _refuse(job_id, "restart", _current(job_id, tenant, session=session, client=client), "")
     enqueue_again(row, payload, client, depends_on=parents.unfinished or None)
-    return ControlOutcome(_applied(result, event="restarted", data=data), done=True)
+    return ControlOutcome(_applied(result, session=session, event="restarted", data=data), done=True)

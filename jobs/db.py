@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,10 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from jobs.settings import ensure_private_file, get_settings
+
+# How a long-running domain object (the reconciler's passes) opens a fresh session for each
+# unit of work: `open_session`, or a test's factory bound to another engine.
+SessionFactory = Callable[[], Session]
 
 _lock = threading.Lock()
 _engine: sa.Engine | None = None
@@ -75,10 +79,20 @@ def reset_engine() -> None:
         _engine = _engine_pid = _engine_url = None
 
 
+def open_session() -> Session:
+    """A new session on the process's engine, for an edge to open, pass in and close.
+
+    Routes get one through `api.deps.SessionDep`, the CLI and the worker at their entry
+    points; domain functions take it as ``session=`` and commit what they write themselves
+    (the row must be committed before the job is enqueued, not when the request ends).
+    """
+    return Session(get_engine(), expire_on_commit=False)
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(get_engine(), expire_on_commit=False) as session:
+    """A session that commits on success and rolls back on error (for the edges' own work)."""
+    with open_session() as session:
         try:
             yield session
             session.commit()

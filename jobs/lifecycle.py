@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis import Redis
+from sqlmodel import Session
 
 from jobs.clock import utcnow
 from jobs.db import session_scope
@@ -26,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def reseed_from_sql(job_id: str, client: Redis | None = None) -> TransitionResult | None:
-    """Recreate a job's live state from its SQL row; None when SQL has no such job."""
+    """Recreate a job's live state from its SQL row; None when SQL has no such job.
+
+    It opens its own short session: the gate runs in work-horses too, which hold none (they
+    never touch SQL but here, when Redis has lost the job they are changing).
+    """
     with session_scope() as session:
         job = get_job(session, job_id=job_id)
     if job is None:
@@ -112,23 +117,28 @@ def annotate(
     return result
 
 
-def write_through_or_log(result: TransitionResult, *, event: str, data: dict[str, Any] | None = None) -> None:
+def write_through_or_log(
+    result: TransitionResult, *, session: Session, event: str, data: dict[str, Any] | None = None
+) -> None:
     """`write_through`, for background callers: a failure is logged, as the recorder applies it later."""
     try:
-        write_through(result, event=event, data=data)
+        write_through(result, session=session, event=event, data=data)
     except Exception:
+        session.rollback()
         log.exception(
             "could not write job %s's %s through to SQL", result.snapshot and result.snapshot.job_id, event
         )
 
 
-def write_through(result: TransitionResult, *, event: str, data: dict[str, Any] | None = None) -> None:
-    """Apply an accepted change to SQL now, so the caller reads its own write there.
+def write_through(
+    result: TransitionResult, *, session: Session, event: str, data: dict[str, Any] | None = None
+) -> None:
+    """Apply an accepted change to SQL now and commit, so the caller reads its own write there.
 
     The recorder replays the same journal entry later; that replay is a no-op.
     """
     if not result.applied or result.doc is None:
         return
     entry = JournalEntry(event=event, doc=json.loads(result.doc), data=data or {})
-    with session_scope() as session:
-        apply_journal(session, [entry])
+    apply_journal(session, [entry])
+    session.commit()

@@ -6,15 +6,22 @@ Every change goes through :func:`transition`, a Lua script that checks the
 status machine, bumps `seq`, stores, publishes the new document on
 ``CHANNEL`` and appends it to the ``JOURNAL`` stream, all atomically. The
 recorder replays the journal into SQL.
+
+This module is the only code that knows the hash's field names and encodings
+(as RQ's `Job` owns its own hash): everyone else reads a job through
+:class:`JobHead`, by :func:`read_head` (one job), :func:`read_heads` (many, one
+round trip), :func:`read_head_async` (the API's pipelined reader), or
+:func:`read_head_in` / :func:`decode_head` when the read rides in a pipeline
+with other commands, so that no caller pays an extra round trip for it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from jobs.clock import utcnow
 from jobs.settings import get_settings
@@ -26,6 +33,8 @@ if TYPE_CHECKING:  # the API declares routes with this module: no Redis client i
     from redis import Redis
     from redis.client import Pipeline
     from redis.commands.core import Script
+
+    from jobs.pipelined_redis import PipelinedRedis
 
 KEY_PREFIX = "cv:job:"
 HEARTBEAT_PREFIX = "cv:hb:"
@@ -45,6 +54,125 @@ Outcome = Literal["ok", "noop", "refused", "stale", "missing"]
 
 def job_key(job_id: str) -> str:
     return KEY_PREFIX + job_id
+
+
+# --- reading a job's hash ---------------------------------------------------------------------------
+
+HeadField = Literal[
+    "tenant",
+    "status",
+    "attempt",
+    "worker",
+    "task",
+    "control",
+    "control_by",
+    "control_at",
+    "control_deadline",
+    "doc",
+    "seq",
+]
+
+
+class JobHead(NamedTuple):
+    """The fields of one job's hash that callers read, decoded.
+
+    A field is None when the hash lacks it, or when the read did not ask for it: a
+    caller names the fields it needs (one HMGET either way), and reads only those.
+    A named tuple rather than a frozen dataclass: it is as immutable and builds in a
+    third of the time, which the snapshot read (about 16 µs a request) notices.
+    """
+
+    tenant: str | None = None
+    status: JobStatus | None = None
+    attempt: int | None = None
+    worker: str | None = None  # the RQ worker running the current attempt
+    task: str | None = None
+    control: str | None = None  # a pending control request: "cancel" or "pause"
+    control_by: str | None = None
+    control_at: str | None = None
+    control_deadline: float | None = None  # epoch seconds after which a cancel is enforced
+    doc: bytes | None = None  # the assembled snapshot document, kept as bytes: it is served as is
+    seq: int | None = None
+
+
+def decode_status(raw: bytes) -> JobStatus:
+    """A status as the hash stores it: a JSON string such as ``"started"``, quotes included."""
+    return JobStatus(raw.decode().strip('"'))
+
+
+def _request(raw: bytes) -> str | None:
+    """A control request; withdrawing one (a resume) stores it empty."""
+    return raw.decode() or None
+
+
+# Each field's name in the hash and how its stored bytes decode (public snapshot fields are JSON).
+# Built-ins where they do (`bytes.decode`, `int`): the snapshot read decodes on every request.
+_HASH_FIELDS: dict[str, tuple[str, Callable[[bytes], Any]]] = {
+    "tenant": ("tenant", bytes.decode),
+    "status": ("status", decode_status),
+    "attempt": ("attempt", int),
+    "worker": ("worker", bytes.decode),
+    "task": ("task", json.loads),
+    "control": (CONTROL, _request),
+    "control_by": (CONTROL_BY, bytes.decode),
+    "control_at": (CONTROL_AT, bytes.decode),
+    "control_deadline": (CONTROL_DEADLINE, float),
+    "doc": ("_doc", bytes),
+    "seq": ("seq", int),
+}
+
+
+_SLOTS = {name: slot for slot, name in enumerate(JobHead._fields)}
+_WIDTH = len(_SLOTS)
+_new_head = tuple.__new__
+
+
+@lru_cache(maxsize=64)  # keep: a pure function of the callers' constant field tuples
+def _plan(fields: tuple[HeadField, ...]) -> tuple[list[str], list[tuple[int, Callable[[bytes], Any]]]]:
+    """The hash names to ask for, and where each reply lands in a JobHead with its decoder."""
+    return [_HASH_FIELDS[name][0] for name in fields], [
+        (_SLOTS[name], _HASH_FIELDS[name][1]) for name in fields
+    ]
+
+
+def _hash_names(fields: tuple[HeadField, ...]) -> list[str]:
+    return _plan(fields)[0]
+
+
+def decode_head(fields: tuple[HeadField, ...], reply: Sequence[bytes | None]) -> JobHead:
+    """The JobHead of an HMGET reply for ``fields`` (one queued by :func:`read_head_in`)."""
+    values: list[Any] = [None] * _WIDTH
+    for (slot, decode), raw in zip(_plan(fields)[1], reply, strict=True):
+        if raw is not None:
+            values[slot] = decode(raw)
+    return _new_head(JobHead, values)  # JobHead._make without its length check: values has every slot
+
+
+def read_head(client: Redis, job_id: str, fields: tuple[HeadField, ...]) -> JobHead:
+    """Those fields of one job's hash (one round trip)."""
+    return decode_head(fields, client.hmget(job_key(job_id), _hash_names(fields)))
+
+
+def read_head_in(pipeline: Pipeline, job_id: str, fields: tuple[HeadField, ...]) -> None:
+    """Queue the read on ``pipeline`` beside the caller's other commands; :func:`decode_head`
+    decodes its reply."""
+    pipeline.hmget(job_key(job_id), _hash_names(fields))
+
+
+def read_heads(client: Redis, job_ids: Sequence[str], fields: tuple[HeadField, ...]) -> list[JobHead]:
+    """Those fields of each job's hash, in order, in one round trip."""
+    if not job_ids:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            read_head_in(pipe, job_id, fields)
+        replies = pipe.execute()
+    return [decode_head(fields, reply) for reply in replies]
+
+
+async def read_head_async(reader: PipelinedRedis, job_id: str, fields: tuple[HeadField, ...]) -> JobHead:
+    """Those fields of one job's hash through the event loop's pipelined connection."""
+    return decode_head(fields, await reader.command("HMGET", job_key(job_id), *_hash_names(fields)))
 
 
 def heartbeat_key(job_id: str) -> str:
@@ -282,16 +410,6 @@ class TransitionResult:
         return self.snapshot.status if self.snapshot else None
 
 
-def read_status_in(pipeline: Pipeline, job_id: str) -> None:
-    """Queue a read of a job's status on ``pipeline``; its reply decodes with `decode_status`."""
-    pipeline.hget(job_key(job_id), "status")
-
-
-def decode_status(raw: bytes | None) -> JobStatus | None:
-    """A status as the hash stores it (JSON text), or None when Redis has no live state."""
-    return JobStatus(json.loads(raw)) if raw else None
-
-
 def decode_gate_reply(reply: list[Any]) -> TransitionResult:
     """The gate's {outcome, document, control request, journal entry id} as a TransitionResult."""
     outcome, doc, control, entry_id = reply
@@ -392,20 +510,10 @@ class LiveStore:
 
     def read(self, job_id: str) -> tuple[str, bytes] | None:
         """(tenant, snapshot document) of a job, or None when Redis has no live state for it."""
-        tenant, doc = self.client.hmget(job_key(job_id), ["tenant", "_doc"])
-        if doc is None:
+        head = read_head(self.client, job_id, ("tenant", "doc"))
+        if head.doc is None:
             return None
-        return (tenant or b"").decode(), doc
-
-    def read_many(self, job_ids: list[str]) -> dict[str, bytes]:
-        """Snapshot documents of those jobs that have live state, in one round trip."""
-        if not job_ids:
-            return {}
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(job_key(job_id), "_doc")
-            docs = pipe.execute()
-        return {job_id: doc for job_id, doc in zip(job_ids, docs, strict=True) if doc is not None}
+        return head.tenant or "", head.doc
 
 
 _stores: dict[int, LiveStore] = {}

@@ -14,6 +14,7 @@ from typing import Any
 
 from redis import Redis
 
+from jobs.db import open_session
 from jobs.reconciler import Reconciler
 from jobs.schedules import CronRunner, schedules
 from jobs.settings import get_settings
@@ -27,7 +28,7 @@ class Maintenance:
         self.client = client
         self.name = name
         self.interval = settings.reconcile_interval
-        self.reconciler = Reconciler(client, name=name)
+        self.reconciler = Reconciler(client, sessions=open_session, name=name)
         self.declared = schedules() if settings.cron_enabled else []
         self.cron: CronRunner | None = None
 

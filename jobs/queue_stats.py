@@ -31,7 +31,7 @@ from sqlmodel import Session, col
 
 from jobs import set_aside
 from jobs.clock import utcnow
-from jobs.live import job_key
+from jobs.live import JobHead, read_heads
 from jobs.models import Job
 from jobs.queueing import SERIALIZER, get_queue
 from jobs.reports import (
@@ -87,18 +87,12 @@ def _count_rows(session: Session, *, tenant: str | None, since: datetime) -> lis
 def _workers(client: Redis, tenant: str | None, now: datetime) -> list[WorkerInfo]:
     workers = Worker.all(connection=client, serializer=SERIALIZER)
     running = [w.get_current_job_id() for w in workers]
-    owners: dict[str, tuple[bytes | None, bytes | None]] = {}
     ids = [running_id for running_id in running if running_id]
-    if ids:
-        with client.pipeline(transaction=False) as pipe:
-            for running_id in ids:
-                pipe.hmget(job_key(running_id), ["tenant", "task"])
-            for running_id, (owner, task) in zip(ids, pipe.execute(), strict=True):
-                owners[running_id] = (owner, task)
+    heads = dict(zip(ids, read_heads(client, ids, ("tenant", "task")), strict=True))
     items = []
     for worker, job_id in zip(workers, running, strict=True):
-        owner, task = owners.get(job_id or "", (None, None))
-        visible = job_id is not None and (tenant is None or (owner or b"").decode() == tenant)
+        head = heads.get(job_id or "", JobHead())
+        visible = job_id is not None and (tenant is None or (head.tenant or "") == tenant)
         beat = worker.last_heartbeat
         items.append(
             WorkerInfo(
@@ -106,7 +100,7 @@ def _workers(client: Redis, tenant: str | None, now: datetime) -> list[WorkerInf
                 state=str(getattr(worker.get_state(), "value", worker.get_state())),
                 queues=worker.queue_names(),
                 current_job_id=job_id if visible else None,
-                current_task=(task or b'""').decode().strip('"') if visible and task else None,
+                current_task=head.task if visible and head.task else None,
                 last_heartbeat=beat,
                 heartbeat_age_s=round((now - beat).total_seconds(), 3) if beat else None,
                 started_at=worker.birth_date,

@@ -48,14 +48,17 @@ from rq.job import JobStatus as RQStatus
 
 from jobs.attempts import WORKER_LOST, AttemptEnd, end_failed_attempt
 from jobs.clock import isoformat, utcnow
-from jobs.db import session_scope
+from jobs.db import SessionFactory
 from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
 from jobs.live import (
-    CONTROL,
-    CONTROL_DEADLINE,
     RUNNING_SET,
+    HeadField,
+    TransitionResult,
+    decode_head,
     heartbeat_key,
-    job_key,
+    read_head,
+    read_head_in,
+    read_heads,
 )
 from jobs.queueing import (
     cancel_waiting,
@@ -91,6 +94,8 @@ EPOCH_KEY = "cv:epoch"  # gone after Redis lost its data: the next pass sweeps S
 RECOVERING_KEY = "cv:recovering"  # set when a loss is seen: each pass sweeps recent jobs until it expires
 DEQUEUED_AT = "cv:dequeued:"  # when the reconciler first saw a job in RQ's intermediate list
 PAGE = 500
+# What the running-jobs check reads of each job, beside its heartbeat, in one pipeline.
+_RUNNING_HEAD: tuple[HeadField, ...] = ("status", "attempt", "worker", "control", "control_deadline")
 
 
 @dataclass
@@ -117,10 +122,13 @@ class PassReport:
 
 
 class Reconciler:
-    """Reconciler passes over one Redis client (the SQL engine is the process's)."""
+    """Reconciler passes over one Redis client; each unit of SQL work opens a session from ``sessions``."""
 
-    def __init__(self, client: Redis, *, name: str | None = None, use_lock: bool = True) -> None:
+    def __init__(
+        self, client: Redis, *, sessions: SessionFactory, name: str | None = None, use_lock: bool = True
+    ) -> None:
         self.client = client
+        self.sessions = sessions
         self.name = name or f"reconciler-{uuid.uuid4().hex[:8]}"
         self.use_lock = use_lock
         self._last_sweep = -float("inf")
@@ -143,7 +151,7 @@ class Reconciler:
             report = PassReport(swept=sweep)
             candidates = {m.decode() for m in self.client.smembers(RUNNING_SET)}
             if sweep:
-                with session_scope() as session:
+                with self.sessions() as session:
                     sql_running = set(running_job_ids(session))
                 candidates |= sql_running
             self._check_running(sorted(candidates), report)
@@ -152,7 +160,7 @@ class Reconciler:
             self._reconcile_in_flight(queues, report)
             if sweep or recent:
                 window = None if sweep else utcnow() - timedelta(seconds=settings.reconcile_recent_window)
-                lost = requeue_lost(self.client, by=self.name, touched_after=window)
+                lost = requeue_lost(self.client, sessions=self.sessions, by=self.name, touched_after=window)
                 report.requeued, report.reseeded, report.unrecoverable = (
                     lost.requeued,
                     report.reseeded + lost.reseeded,
@@ -206,32 +214,31 @@ class Reconciler:
     # --- 1. running jobs ------------------------------------------------------------------------
 
     def _check_running(self, job_ids: list[str], report: PassReport) -> None:
-        fields = ["status", "attempt", "worker", CONTROL, CONTROL_DEADLINE]
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(job_key(job_id), fields)
+                read_head_in(pipe, job_id, _RUNNING_HEAD)
                 pipe.exists(heartbeat_key(job_id))
             replies = pipe.execute()
         now = time.time()
         for i, job_id in enumerate(job_ids):
-            (status, attempt, worker, control, deadline), beating = replies[2 * i], replies[2 * i + 1]
-            if status is None and reseed_from_sql(job_id, self.client) is not None:
+            head, beating = decode_head(_RUNNING_HEAD, replies[2 * i]), replies[2 * i + 1]
+            if head.status is None and reseed_from_sql(job_id, self.client) is not None:
                 report.reseeded += 1  # Redis lost it while it ran: judge it by its heartbeat like any other
-                status, attempt, worker = self.client.hmget(job_key(job_id), ["status", "attempt", "worker"])
-            current = JobStatus(status.decode().strip('"')) if status else None
-            if current not in RUNNING:
+                head = read_head(self.client, job_id, ("status", "attempt", "worker"))
+            if head.status not in RUNNING:
                 self.client.srem(RUNNING_SET, job_id)
                 continue
-            worker_name = worker.decode() if worker else ""
+            worker_name = head.worker or ""
             if beating:
-                overdue = control == b"cancel" and deadline and now > float(deadline)
+                deadline = head.control_deadline
+                overdue = head.control == "cancel" and deadline and now > deadline
                 if overdue and stop_running(job_id, self.client, worker_name):
                     report.stops_sent += 1
                 continue
             if self._worker_alive(worker_name, job_id):
-                self.client.set(heartbeat_key(job_id), int(attempt or 0), ex=get_settings().heartbeat_ttl)
+                self.client.set(heartbeat_key(job_id), head.attempt or 0, ex=get_settings().heartbeat_ttl)
                 continue
-            self._take_over(job_id, int(attempt or 0), worker_name, report)
+            self._take_over(job_id, head.attempt or 0, worker_name, report)
 
     def _worker_alive(self, worker_name: str, job_id: str | None) -> bool:
         return worker_alive(self.client, worker_name, job_id, stale_after=get_settings().heartbeat_ttl)
@@ -259,7 +266,7 @@ class Reconciler:
             ended = self._take_over_without_rq(job_id, attempt, error, data)
         if ended is None or not ended.applied:
             return
-        write_through_or_log(ended.result, event=ended.event, data=ended.data)
+        self._write_through(ended.result, event=ended.event, data=ended.data)
         log.warning("reconciler: job %s abandoned by %s: %s", job_id, worker_name or "?", ended.outcome)
         if ended.outcome == "retry":
             report.retried += 1
@@ -272,7 +279,7 @@ class Reconciler:
         self, job_id: str, attempt: int, error: dict[str, str], data: dict[str, Any]
     ) -> AttemptEnd | None:
         """RQ's record is gone too (Redis lost it): decide from SQL, and enqueue a retry afresh."""
-        with session_scope() as session:
+        with self.sessions() as session:
             row = get_job(session, job_id=job_id)
         if row is None:
             return None
@@ -305,13 +312,17 @@ class Reconciler:
             client=self.client,
         )
         if result.applied:
-            write_through_or_log(result, event="finished", data={"recovered_by": self.name})
+            self._write_through(result, event="finished", data={"recovered_by": self.name})
             report.recovered += 1
+
+    def _write_through(self, result: TransitionResult, *, event: str, data: dict[str, Any] | None) -> None:
+        with self.sessions() as session:
+            write_through_or_log(result, session=session, event=event, data=data)
 
     # --- 2. jobs whose parents failed -------------------------------------------------------------
 
     def _fail_orphans(self, report: PassReport) -> None:
-        with session_scope() as session:
+        with self.sessions() as session:
             rows = deferred_jobs(session, limit=PAGE)
             known = statuses_of(session, [p for row in rows for p in dependency_ids(row)])
         for row in rows:
@@ -336,7 +347,7 @@ class Reconciler:
             )
             if result.applied:
                 cancel_waiting(row.job_id, self.client)
-                write_through_or_log(result, event="failed", data=data)
+                self._write_through(result, event="failed", data=data)
                 report.dependency_failed += 1
 
     # --- 4. what RQ holds in flight ---------------------------------------------------------------
@@ -345,13 +356,10 @@ class Reconciler:
         entries = list(in_flight(self.client, queues))
         if not entries:
             return
-        with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.hget(job_key(entry.job_id), "status")
-            live = pipe.execute()
+        live = read_heads(self.client, [entry.job_id for entry in entries], ("status",))
         started = {(e.job_id, e.queue) for e in entries if e.worker is not None}
-        for entry, raw in zip(entries, live, strict=True):
-            status = JobStatus(raw.decode().strip('"')) if raw else None
+        for entry, head in zip(entries, live, strict=True):
+            status = head.status
             if status is None or status in RUNNING:
                 continue  # unknown to us, or running: the heartbeat decides (step 1)
             if entry.worker is None:

@@ -30,8 +30,8 @@ from redis import Redis
 
 from jobs.clock import isoformat, utcnow
 from jobs.db import session_scope
-from jobs.live import JOURNAL, job_key, live_store
-from jobs.metrics import METRICS_KEY, observe
+from jobs.live import JOURNAL, live_store, read_heads
+from jobs.metrics import METRICS_KEY, Tally
 from jobs.redaction import redact_text
 from jobs.results import blob_key, fetch_blobs
 from jobs.set_aside import MAX_REASON, SET_ASIDE, SET_ASIDE_COUNTER, job_id_of
@@ -174,12 +174,14 @@ class Recorder:
         # and an entry set aside is kept if and only if it leaves the journal.
         tenants = self._tenants([job_id_of(fields) for _, fields, _ in refused]) if refused else []
         settings = get_settings()
+        tally = Tally()
+        for entry in entries:
+            try:
+                tally.observe(entry.event, entry.doc)
+            except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
+                log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
         with self.client.pipeline(transaction=True) as pipe:
-            for entry in entries:
-                try:
-                    observe(pipe, entry.event, entry.doc)
-                except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
-                    log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
+            tally.send(pipe)
             for (msg_id, fields, reason), tenant in zip(refused, tenants, strict=True):
                 kept: dict[Any, Any] = {
                     **fields,
@@ -231,11 +233,8 @@ class Recorder:
 
     def _tenants(self, job_ids: list[str | None]) -> list[str]:
         """The tenant of each job, from its live state (empty when Redis no longer has it)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(job_key(job_id or "-"), "tenant")
-            raw = pipe.execute()
-        return [(value or b"").decode(errors="replace") for value in raw]
+        heads = read_heads(self.client, [job_id or "-" for job_id in job_ids], ("tenant",))
+        return [head.tenant or "" for head in heads]
 
     def _claim_abandoned(self) -> int:
         now = time.monotonic()

@@ -18,9 +18,9 @@ import redis.exceptions
 from redis import Redis
 
 from jobs.clock import utcnow
-from jobs.db import session_scope
+from jobs.db import SessionFactory
 from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
-from jobs.live import heartbeat_key, job_key
+from jobs.live import decode_head, heartbeat_key, read_head_in
 from jobs.models import Job
 from jobs.queueing import RQ_WAITING, discard, enqueue, statuses, stored_payload
 from jobs.redaction import REDACTED
@@ -125,7 +125,9 @@ class LostJobs:
     unrecoverable: int = 0
 
 
-def requeue_lost(client: Redis, *, by: str, touched_after: datetime | None = None) -> LostJobs:
+def requeue_lost(
+    client: Redis, *, sessions: SessionFactory, by: str, touched_after: datetime | None = None
+) -> LostJobs:
     """Enqueue again every waiting job SQL has and RQ has no waiting record of.
 
     That happens when Redis lost its data (all of it, or the last writes in a
@@ -133,13 +135,13 @@ def requeue_lost(client: Redis, *, by: str, touched_after: datetime | None = Non
     Only jobs untouched for ``reconcile_grace`` seconds are considered (a
     submission in flight is not lost), and with ``touched_after`` only those
     changed since then; oldest first, so that a parent is back before the jobs
-    that depend on it.
+    that depend on it. Each page and each job gets a fresh session from ``sessions``.
     """
     found = LostJobs()
     cutoff = utcnow() - timedelta(seconds=get_settings().reconcile_grace)
     after = None
     while True:
-        with session_scope() as session:
+        with sessions() as session:
             page = waiting_jobs(
                 session, untouched_since=cutoff, touched_after=touched_after, after=after, limit=PAGE
             )
@@ -150,11 +152,11 @@ def requeue_lost(client: Redis, *, by: str, touched_after: datetime | None = Non
         rq = statuses(ids, client)
         with client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(job_key(job_id), "status")
+                read_head_in(pipe, job_id, ("status",))
                 pipe.exists(heartbeat_key(job_id))
             replies = pipe.execute()
         for row, live_status, beating in zip(page, replies[::2], replies[1::2], strict=True):
-            current = JobStatus(live_status.decode().strip('"')) if live_status else None
+            current = decode_head(("status",), live_status).status
             if current is not None and current not in WAITING:
                 continue  # it moved on; SQL has not caught up yet
             if beating:
@@ -163,18 +165,20 @@ def requeue_lost(client: Redis, *, by: str, touched_after: datetime | None = Non
                 continue
             if client.set(REQUEUE_LOCK + row.job_id, by, nx=True, ex=60):
                 try:
-                    _requeue(row, client, by=by, reseed=current is None, found=found)
+                    _requeue(row, client, sessions=sessions, by=by, reseed=current is None, found=found)
                 except redis.exceptions.ConnectionError:
                     raise  # Redis is gone again: the whole pass stops, the next one resumes
                 except Exception:  # one job that cannot be rebuilt must not stop the sweep of the rest
                     log.exception("requeue: could not enqueue job %s again", row.job_id)
 
 
-def _requeue(row: Job, client: Redis, *, by: str, reseed: bool, found: LostJobs) -> None:
+def _requeue(
+    row: Job, client: Redis, *, sessions: SessionFactory, by: str, reseed: bool, found: LostJobs
+) -> None:
     if reseed and reseed_from_sql(row.job_id, client) is not None:
         found.reseeded += 1
     payload = payload_for(row, client)
-    with session_scope() as session:
+    with sessions() as session:
         parents = parents_of(row, statuses_of(session, dependency_ids(row)))
     known = row.task in load_tasks()
     if payload is None or parents.blocking or not known:
@@ -202,7 +206,8 @@ def _requeue(row: Job, client: Redis, *, by: str, reseed: bool, found: LostJobs)
             client=client,
         )
         if failed.applied:
-            write_through_or_log(failed, event="failed", data={"error": error})
+            with sessions() as session:
+                write_through_or_log(failed, session=session, event="failed", data={"error": error})
             found.unrecoverable += 1
         return
     data = {"reason": "RQ had no waiting record of this job", "by": by}
@@ -218,5 +223,6 @@ def _requeue(row: Job, client: Redis, *, by: str, reseed: bool, found: LostJobs)
         depends_on=parents.unfinished or None,
         retries_left=retries_left(row),
     )
-    write_through_or_log(noted, event="requeued", data=data)
+    with sessions() as session:
+        write_through_or_log(noted, session=session, event="requeued", data=data)
     found.requeued += 1

@@ -25,10 +25,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from redis import Redis
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from jobs.clock import utcnow
-from jobs.db import session_scope
 from jobs.live import job_key
 from jobs.models import Job, JobEvent, JobResult
 from jobs.status import TERMINAL
@@ -57,13 +56,13 @@ def _old_jobs(cutoff: datetime) -> Any:
     )
 
 
-def _count(query: Any) -> int:
-    with session_scope() as session:
-        return int(session.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one())
+def _count(session: Session, query: Any) -> int:
+    return int(session.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one())
 
 
 def prune(
     *,
+    session: Session,
     older_than: timedelta,
     compact_events_older_than: timedelta | None = None,
     batch_size: int = 1000,
@@ -72,7 +71,11 @@ def prune(
     client: Redis | None = None,
     progress: Callable[[PruneReport], None] | None = None,
 ) -> PruneReport:
-    """Delete what is past retention (see the module docstring); returns what was (or would be) done."""
+    """Delete what is past retention (see the module docstring); returns what was (or would be) done.
+
+    Each batch is committed on ``session`` before the next (short transactions); ``client``,
+    when given, loses the live state of the jobs deleted.
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     now = utcnow()
@@ -88,31 +91,30 @@ def prune(
             col(JobEvent.created_at) < report.events_cutoff, col(JobEvent.event).in_(COMPACTED_EVENTS)
         )
     if dry_run:
-        report.jobs = _count(_old_jobs(report.cutoff))
-        with session_scope() as session:
-            doomed = _old_jobs(report.cutoff).subquery()
-            report.events = int(
-                session.execute(
-                    sa.select(sa.func.count()).where(col(JobEvent.job_id).in_(sa.select(doomed.c.job_id)))
-                ).scalar_one()
-            )
-        report.compacted_events = _count(old_events) if old_events is not None else 0
+        report.jobs = _count(session, _old_jobs(report.cutoff))
+        doomed = _old_jobs(report.cutoff).subquery()
+        report.events = int(
+            session.execute(
+                sa.select(sa.func.count()).where(col(JobEvent.job_id).in_(sa.select(doomed.c.job_id)))
+            ).scalar_one()
+        )
+        report.compacted_events = _count(session, old_events) if old_events is not None else 0
+        session.rollback()  # end the read transaction: nothing was written
         report.seconds = time.monotonic() - started
         return report
 
     while True:
         batch_started = time.monotonic()
-        with session_scope() as session:
-            ids = list(session.exec(_old_jobs(report.cutoff).limit(batch_size)).all())
-            if not ids:
-                break
-            report.events += _rowcount(
-                session.execute(sa.delete(JobEvent).where(col(JobEvent.job_id).in_(ids)))
-            )
-            report.results += _rowcount(
-                session.execute(sa.delete(JobResult).where(col(JobResult.job_id).in_(ids)))
-            )
-            report.jobs += _rowcount(session.execute(sa.delete(Job).where(col(Job.job_id).in_(ids))))
+        ids = list(session.exec(_old_jobs(report.cutoff).limit(batch_size)).all())
+        if not ids:
+            session.rollback()
+            break
+        report.events += _rowcount(session.execute(sa.delete(JobEvent).where(col(JobEvent.job_id).in_(ids))))
+        report.results += _rowcount(
+            session.execute(sa.delete(JobResult).where(col(JobResult.job_id).in_(ids)))
+        )
+        report.jobs += _rowcount(session.execute(sa.delete(Job).where(col(Job.job_id).in_(ids))))
+        session.commit()
         if client is not None:
             client.delete(*(job_key(job_id) for job_id in ids))
         _batch_done(report, batch_started, progress, pause)
@@ -121,9 +123,9 @@ def prune(
 
     while old_events is not None:
         batch_started = time.monotonic()
-        with session_scope() as session:
-            batch = old_events.limit(batch_size).scalar_subquery()
-            deleted = _rowcount(session.execute(sa.delete(JobEvent).where(col(JobEvent.id).in_(batch))))
+        batch = old_events.limit(batch_size).scalar_subquery()
+        deleted = _rowcount(session.execute(sa.delete(JobEvent).where(col(JobEvent.id).in_(batch))))
+        session.commit()
         report.compacted_events += deleted
         if deleted:
             _batch_done(report, batch_started, progress, pause)

@@ -29,8 +29,10 @@ from rq import cron_job_registry
 from rq.cron import CronJob, CronScheduler, get_cron_job_history_key
 
 from jobs.clock import isoformat, utcnow
+from jobs.db import open_session
 from jobs.rq_private import add_cron_jobs
 from jobs.settings import get_settings
+from jobs.submit import submit_job
 from jobs.tasks import load_tasks, task_of
 
 log = logging.getLogger(__name__)
@@ -135,17 +137,18 @@ class Firing(CronJob):
         return super().get_next_enqueue_time()
 
     def enqueue(self, connection: Redis) -> Any:
-        from jobs.submit import submit_job
-
         slot = self.next_enqueue_time or utcnow()
-        submission = submit_job(
-            tenant=self.schedule.tenant or get_settings().cron_tenant,
-            owner="cron",
-            task=self.schedule.task,
-            payload=self.schedule.payload,
-            queue=self.schedule.queue,
-            idempotency_key=f"cron:{self.schedule.name}:{isoformat(slot)}",
-        )
+        with open_session() as session:
+            submission = submit_job(
+                session=session,
+                client=connection,
+                tenant=self.schedule.tenant or get_settings().cron_tenant,
+                owner="cron",
+                task=self.schedule.task,
+                payload=self.schedule.payload,
+                queue=self.schedule.queue,
+                idempotency_key=f"cron:{self.schedule.name}:{isoformat(slot)}",
+            )
         with connection.pipeline() as pipe:
             pipe.zadd(get_cron_job_history_key(self.name), {submission.job_id: slot.timestamp()})
             cron_job_registry.add(self.name, pipe, enqueue_timestamp=slot.timestamp())

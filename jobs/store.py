@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -257,9 +258,55 @@ def row_values(entry: JournalEntry) -> dict[str, Any]:
 DATA_COLUMNS = ("worker", "canceled_by", "scheduled_for")
 
 
-def _dialect_insert(session: Session) -> Any:
-    name = session.get_bind().dialect.name
-    return postgresql.insert if name == "postgresql" else sqlite.insert
+_JOBS: sa.Table = Job.__table__  # type: ignore[attr-defined]
+_EVENTS: sa.Table = JobEvent.__table__  # type: ignore[attr-defined]
+
+# The replay's statements, built once: the recorder runs them for every batch, and a statement
+# built anew costs more CPU than the rows it carries (issue 17).
+_KNOWN_IDS = sa.select(_JOBS.c.job_id).where(_JOBS.c.job_id.in_(sa.bindparam("ids", expanding=True)))
+
+
+@functools.cache
+def _move_rows(columns: tuple[str, ...]) -> sa.Update:
+    """UPDATE of ``columns`` for one row, unless the row already holds that ``seq`` or a later one."""
+    return (
+        sa.update(_JOBS)
+        .where(_JOBS.c.job_id == sa.bindparam("k_job_id"), _JOBS.c.seq < sa.bindparam("k_seq"))
+        .values({name: sa.bindparam(f"v_{name}") for name in columns})
+    )
+
+
+@functools.cache
+def _insert_events(dialect: str) -> Any:
+    """INSERT of event rows, each stored once per (job, seq): a replayed one is skipped."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(_EVENTS).on_conflict_do_nothing(index_elements=["job_id", "seq"])
+
+
+def _event_row(entry: JournalEntry) -> dict[str, Any]:
+    doc = entry.doc
+    return {
+        "job_id": entry.job_id,
+        "seq": entry.seq,
+        "event": entry.event,
+        "status": doc["status"],
+        "attempt": doc.get("attempt") or 1,
+        "progress": doc.get("progress"),
+        "message": doc.get("message"),
+        "data": entry.data or None,
+        "created_at": parse_iso(doc["updated_at"]),
+    }
+
+
+def _row_params(entry: JournalEntry) -> dict[str, Any]:
+    """The UPDATE parameters that move one row to ``entry``: its columns as ``v_*``, the key as ``k_*``."""
+    values = row_values(entry)
+    for name in DATA_COLUMNS:
+        if name in entry.data:
+            values[name] = parse_iso(entry.data[name]) if name == "scheduled_for" else entry.data[name]
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["k_job_id"], params["k_seq"] = entry.job_id, entry.seq
+    return params
 
 
 def apply_journal(
@@ -276,12 +323,16 @@ def apply_journal(
     large results stashed in Redis, keyed by (job_id, attempt), stored in
     `job_results` alongside (see jobs/results.py). With ``events=False`` only
     the rows move (the recorder stores the events later, with their data).
+
+    Plain batched statements on the session's connection: one SELECT of the known ids, one
+    UPDATE per set of columns and one INSERT of the events, each executed for many rows at
+    once (executemany), so a batch of hundreds of jobs costs a handful of statements.
     """
     entries = list(entries)
     if not entries:
         return 0
-    ids = {e.job_id for e in entries}
-    known = set(session.exec(select(Job.job_id).where(col(Job.job_id).in_(ids))).all())
+    conn = session.connection()
+    known = set(conn.execute(_KNOWN_IDS, {"ids": list({e.job_id for e in entries})}).scalars())
     entries = [e for e in entries if e.job_id in known]
     if not entries:
         return 0
@@ -290,50 +341,18 @@ def apply_journal(
     for entry in entries:
         if entry.job_id not in latest or entry.seq > latest[entry.job_id].seq:
             latest[entry.job_id] = entry
-
-    # One UPDATE per set of columns, executed for many rows at once (executemany): a batch of
-    # hundreds of jobs costs a handful of statements, not one each.
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for entry in latest.values():
-        values = row_values(entry)
-        for name in DATA_COLUMNS:
-            if name in entry.data:
-                values[name] = parse_iso(entry.data[name]) if name == "scheduled_for" else entry.data[name]
-        params = {f"v_{name}": value for name, value in values.items()}
-        params["k_job_id"], params["k_seq"] = entry.job_id, entry.seq
-        groups.setdefault(tuple(sorted(values)), []).append(params)
-    table = Job.__table__  # type: ignore[attr-defined]
+        params = _row_params(entry)
+        groups.setdefault(tuple(sorted(params)), []).append(params)
     moved = 0
-    for columns, batch in groups.items():
-        stmt = (
-            sa.update(table)
-            .where(table.c.job_id == sa.bindparam("k_job_id"), table.c.seq < sa.bindparam("k_seq"))
-            .values({name: sa.bindparam(f"v_{name}") for name in columns})
-        )
-        result = session.connection().execute(stmt, batch)
-        moved += max(0, result.rowcount or 0)
+    for names, batch in groups.items():
+        columns = tuple(name[2:] for name in names if name.startswith("v_"))
+        moved += max(0, conn.execute(_move_rows(columns), batch).rowcount or 0)
 
     if not events:
         return moved
-    rows = [
-        {
-            "job_id": e.job_id,
-            "seq": e.seq,
-            "event": e.event,
-            "status": e.doc["status"],
-            "attempt": e.doc.get("attempt") or 1,
-            "progress": e.doc.get("progress"),
-            "message": e.doc.get("message"),
-            "data": e.data or None,
-            "created_at": parse_iso(e.doc["updated_at"]),
-        }
-        for e in entries
-    ]
-    insert = _dialect_insert(session)
-    session.execute(
-        insert(JobEvent.__table__).on_conflict_do_nothing(index_elements=["job_id", "seq"]),  # type: ignore[attr-defined]
-        rows,
-    )
+    conn.execute(_insert_events(conn.dialect.name), [_event_row(e) for e in entries])
     if blobs:
         store_blobs(session, blobs)
     return moved

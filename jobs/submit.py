@@ -3,6 +3,10 @@
 The order matters. SQL first: if the database is down nothing is enqueued. If
 Redis is down after the row is written, the row is marked failed at once
 (error type `EnqueueFailed`) rather than left looking queued forever.
+
+`submit_job` takes the SQL ``session`` and the Redis ``client`` as keyword arguments (a
+route's dependencies, the scheduler's entry point) and commits each step itself: the row is
+committed before the job is enqueued, so a worker never picks up a job SQL does not have.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from redis import Redis
 from sqlmodel import Session
 
 from jobs.clock import isoformat, utcnow
-from jobs.db import session_scope
 from jobs.errors import (
     IdempotencyConflict,
     IllegalTransition,
@@ -31,11 +34,11 @@ from jobs.errors import (
     ServiceUnavailable,
 )
 from jobs.lifecycle import record, write_through_or_log
-from jobs.live import job_key, live_store
+from jobs.live import live_store, read_head
 from jobs.models import Job, JobEvent
 from jobs.queueing import enqueue
+from jobs.reads import valid_job_id
 from jobs.redaction import redact, redact_text
-from jobs.redis_conn import get_redis
 from jobs.settings import get_settings
 from jobs.snapshot import assemble, doc_from_row, row_fields
 from jobs.status import WAITING, JobStatus
@@ -95,7 +98,7 @@ def _parents(session: Session, tenant: str, depends_on: Sequence[str]) -> tuple[
         raise InvalidRequest(f"depends_on may name at most {MAX_PARENTS} jobs.")
     unfinished = []
     for parent_id in ids:
-        row = get_job(session, job_id=parent_id, tenant=tenant) if _is_uuid(parent_id) else None
+        row = get_job(session, job_id=parent_id, tenant=tenant) if valid_job_id(parent_id) else None
         if row is None:
             raise InvalidRequest(f"depends_on: there is no job {parent_id!r}.", unknown_job=parent_id)
         if row.status in (JobStatus.FAILED.value, JobStatus.CANCELED.value):
@@ -109,21 +112,14 @@ def _parents(session: Session, tenant: str, depends_on: Sequence[str]) -> tuple[
     return ids, unfinished
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
-def _replay(job: Job, digest: str) -> Submission:
+def _replay(job: Job, digest: str, client: Redis) -> Submission:
     if job.request_hash != digest:
         raise IdempotencyConflict(
             "This Idempotency-Key was already used for a different request body. "
             "Use a new key for a new request."
         )
     try:
-        live = get_redis().hget(job_key(job.job_id), "_doc")
+        live = read_head(client, job.job_id, ("doc",)).doc
     except redis.exceptions.RedisError:
         live = None
     return Submission(job_id=job.job_id, doc=live or doc_from_row(job), created=False)
@@ -142,6 +138,8 @@ def _resolve_queue(spec: TaskSpec, queue: str | None) -> str:
 
 def submit_job(
     *,
+    session: Session,
+    client: Redis,
     tenant: str,
     owner: str | None,
     task: str,
@@ -188,10 +186,12 @@ def submit_job(
         enqueued_at=when or now,
         updated_at=now,
     )
-    stored = _store_row(job, digest=digest, depends_on=depends_on, when=when)
+    stored = _store_row(job, session=session, client=client, digest=digest, depends_on=depends_on, when=when)
     if isinstance(stored, Submission):
         return stored
-    doc = _enqueue_with_live_state(job, spec, clean, when=when, unfinished=stored)
+    doc = _enqueue_with_live_state(
+        job, spec, clean, session=session, client=client, when=when, unfinished=stored
+    )
     return Submission(job_id=job.job_id, doc=doc, created=True)
 
 
@@ -208,7 +208,13 @@ def _validated(spec: TaskSpec, payload: Any, queue: str | None) -> tuple[dict[st
 
 
 def _store_row(
-    job: Job, *, digest: str, depends_on: Sequence[str], when: datetime | None
+    job: Job,
+    *,
+    session: Session,
+    client: Redis,
+    digest: str,
+    depends_on: Sequence[str],
+    when: datetime | None,
 ) -> Submission | list[str]:
     """Step 2: the SQL row, before anything reaches Redis (database down: nothing is enqueued).
 
@@ -218,36 +224,44 @@ def _store_row(
     tenant, idempotency_key = job.tenant, job.idempotency_key
     unfinished: list[str] = []
     try:
-        with session_scope() as session:
-            if idempotency_key:
-                earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key)
-                if earlier is not None:
-                    return _replay(earlier, digest)
-            details: dict[str, Any] = {}
-            if depends_on:
-                parents, unfinished = _parents(session, tenant, depends_on)
-                job.parent_id, job.depends_on = parents[0], parents
-                details["depends_on"] = parents
-                if unfinished:
-                    job.status = JobStatus.DEFERRED.value
-            if when is not None:
-                details["scheduled_for"] = isoformat(when)
-            add_job(session, job=job, data=details or None)
+        if idempotency_key:
+            earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key)
+            if earlier is not None:
+                return _replay(earlier, digest, client)
+        details: dict[str, Any] = {}
+        if depends_on:
+            parents, unfinished = _parents(session, tenant, depends_on)
+            job.parent_id, job.depends_on = parents[0], parents
+            details["depends_on"] = parents
+            if unfinished:
+                job.status = JobStatus.DEFERRED.value
+        if when is not None:
+            details["scheduled_for"] = isoformat(when)
+        add_job(session, job=job, data=details or None)
+        session.commit()
     except sa.exc.IntegrityError:
         # A concurrent submission with the same Idempotency-Key won the race.
-        with session_scope() as session:
-            earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key or "")
+        session.rollback()
+        earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key or "")
         if earlier is None:
             raise
-        return _replay(earlier, digest)
+        return _replay(earlier, digest, client)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        session.rollback()
         log.error("submit: database unavailable: %s", exc)
         raise ServiceUnavailable(DB_DOWN) from None
     return unfinished
 
 
 def _enqueue_with_live_state(
-    job: Job, spec: TaskSpec, clean: dict[str, Any], *, when: datetime | None, unfinished: list[str]
+    job: Job,
+    spec: TaskSpec,
+    clean: dict[str, Any],
+    *,
+    session: Session,
+    client: Redis,
+    when: datetime | None,
+    unfinished: list[str],
 ) -> bytes:
     """Step 3: enqueue on RQ and seed the live hash in one Redis transaction; the snapshot.
 
@@ -255,9 +269,7 @@ def _enqueue_with_live_state(
     """
     fields = row_fields(job)
     doc = assemble(fields)
-    client: Redis | None = None
     try:
-        client = get_redis()
         store = live_store(client)
         for _ in range(5):
             try:
@@ -275,18 +287,23 @@ def _enqueue_with_live_state(
             raise ServiceUnavailable("the jobs this one depends on kept changing while it was enqueued")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ServiceUnavailable) as exc:
         log.error("submit: could not enqueue job %s: %s", job.job_id, exc)
-        _mark_enqueue_failed(job, f"Redis was unavailable at submission: {exc}", client)
+        _mark_enqueue_failed(
+            job, f"Redis was unavailable at submission: {exc}", session=session, client=client
+        )
         raise ServiceUnavailable(REDIS_DOWN, job_id=job.job_id) from None
     except redis.exceptions.RedisError as exc:
         # Out of memory, a read-only replica, a missing script...: Redis answered but refused. The
         # transaction did not run, so nothing waits in RQ; marked failed, the reconciler leaves it.
         reason = _first_line(exc)
         log.error("submit: Redis refused to enqueue job %s: %s", job.job_id, reason)
-        _mark_enqueue_failed(job, f"Redis refused the job at submission: {reason}", client)
+        _mark_enqueue_failed(
+            job, f"Redis refused the job at submission: {reason}", session=session, client=client
+        )
         raise ServiceUnavailable(REDIS_REFUSED.format(reason=reason), job_id=job.job_id) from None
     except Exception as exc:
         # Whatever else went wrong, the row must not stay `queued` for the reconciler to run later.
-        _mark_enqueue_failed(job, f"the job could not be enqueued: {type(exc).__name__}", client)
+        detail = f"the job could not be enqueued: {type(exc).__name__}"
+        _mark_enqueue_failed(job, detail, session=session, client=client)
         raise
     return doc
 
@@ -304,7 +321,7 @@ def _refuse_unstorable(task: str, problem: Unstorable | None) -> None:
     raise InvalidPayload(task, [problem.error()], message=f"`{where}`: {problem.msg}.")
 
 
-def _mark_enqueue_failed(job: Job, detail: str, client: Redis | None) -> None:
+def _mark_enqueue_failed(job: Job, detail: str, *, session: Session, client: Redis) -> None:
     """Mark the job that could not be enqueued `failed` (EnqueueFailed), so nothing runs it later.
 
     Through the gate like any change (the live state is seeded from the row, failed, journaled,
@@ -324,56 +341,58 @@ def _mark_enqueue_failed(job: Job, detail: str, client: Redis | None) -> None:
         )
     except redis.exceptions.RedisError as exc:
         log.warning("submit: the gate could not run for job %s (%s): failing it in SQL only", job.job_id, exc)
-        _fail_in_sql_without_redis(job, error)
+        _fail_in_sql_without_redis(job, error, session)
         return
     except sa.exc.SQLAlchemyError:  # reseeding reads the row: the caller's 503 must stand
         log.exception("submit: could not mark job %s as failed after an enqueue failure", job.job_id)
         return
     if result.applied:
-        write_through_or_log(result, event="failed", data=data)
-        _release_idempotency_key(job)
+        write_through_or_log(result, session=session, event="failed", data=data)
+        _release_idempotency_key(job, session)
 
 
-def _release_idempotency_key(job: Job) -> None:
+def _release_idempotency_key(job: Job, session: Session) -> None:
     """A 503 is not a stored outcome: the client's retry with the same key makes a new job."""
     if job.idempotency_key is None:
         return
     try:
-        with session_scope() as session:
-            row = session.get(Job, job.job_id)
-            if row is not None:
-                row.idempotency_key = None
+        row = session.get(Job, job.job_id, populate_existing=True)  # the gate moved it on in SQL
+        if row is not None:
+            row.idempotency_key = None
+        session.commit()
     except sa.exc.SQLAlchemyError:
+        session.rollback()
         log.exception("submit: could not release the Idempotency-Key of job %s", job.job_id)
 
 
-def _fail_in_sql_without_redis(job: Job, error: dict[str, str]) -> None:
+def _fail_in_sql_without_redis(job: Job, error: dict[str, str], session: Session) -> None:
     """The one status change made in SQL alone, when the gate cannot run (Redis unreachable or
     refusing writes). Nothing of the job reached Redis (its transaction did not run), so there
     is no live state to disagree with; the row must not stay waiting for the reconciler to run it.
     """
     now = utcnow()
     try:
-        with session_scope() as session:
-            row = session.get(Job, job.job_id)
-            if row is None or row.status not in WAITING:
-                return
-            row.status = JobStatus.FAILED.value
-            row.idempotency_key = None  # a 503 is not a stored outcome: the client's retry makes a new job
-            row.error_type = error["type"]
-            row.error_detail = error["detail"]
-            row.ended_at = row.failed_at = row.updated_at = now
-            row.seq += 1
-            session.add(
-                JobEvent(
-                    job_id=row.job_id,
-                    seq=row.seq,
-                    event="failed",
-                    status=row.status,
-                    attempt=row.attempt,
-                    data={"error": error},
-                    created_at=now,
-                )
+        row = session.get(Job, job.job_id, populate_existing=True)
+        if row is None or row.status not in WAITING:
+            return
+        row.status = JobStatus.FAILED.value
+        row.idempotency_key = None  # a 503 is not a stored outcome: the client's retry makes a new job
+        row.error_type = error["type"]
+        row.error_detail = error["detail"]
+        row.ended_at = row.failed_at = row.updated_at = now
+        row.seq += 1
+        session.add(
+            JobEvent(
+                job_id=row.job_id,
+                seq=row.seq,
+                event="failed",
+                status=row.status,
+                attempt=row.attempt,
+                data={"error": error},
+                created_at=now,
             )
+        )
+        session.commit()
     except sa.exc.SQLAlchemyError:
+        session.rollback()
         log.exception("submit: could not mark job %s as failed after an enqueue failure", job.job_id)

@@ -228,6 +228,7 @@ def _no_leftover_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
     from jobs.control import cancel_job
     from jobs.db import session_scope
     from jobs.models import Job
+    from jobs.redis_conn import get_redis
     from jobs.status import TERMINAL
 
     configure(request.getfixturevalue("backend").env())  # a test may have pointed elsewhere
@@ -238,7 +239,8 @@ def _no_leftover_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
     unreachable = []
     for job_id in job_ids:
         try:
-            cancel_job(job_id=job_id, tenant=None, by="test cleanup")
+            with session_scope() as session:
+                cancel_job(session=session, client=get_redis(), job_id=job_id, tenant=None, by="test cleanup")
         except Exception:  # ended meanwhile (refused), or its Redis is gone
             unreachable.append(job_id)
     if unreachable:
@@ -302,8 +304,10 @@ class WorkerProcess:
 
         connection = Redis.from_url(env.get("REDIS_URL", self.backend.redis_url))
         wait_until(  # the pool's children register as `<name>.<index>.<generation>`
-            lambda: any(w.name.startswith(f"{self.name}.") for w in Worker.all(connection=connection))
-            or self._died(),
+            lambda: (
+                any(w.name.startswith(f"{self.name}.") for w in Worker.all(connection=connection))
+                or self._died()
+            ),
             timeout=30,
             message=f"worker {self.name} to register",
         )

@@ -59,6 +59,7 @@ def _cancel_all(tenant: str) -> None:
     from jobs.control import cancel_job
     from jobs.db import session_scope
     from jobs.models import Job
+    from jobs.redis_conn import get_redis
     from jobs.status import TERMINAL
 
     ended = [s.value for s in TERMINAL]
@@ -66,8 +67,11 @@ def _cancel_all(tenant: str) -> None:
         query = select(Job.job_id).where(Job.tenant == tenant, col(Job.status).not_in(ended))
         job_ids = list(session.exec(query).all())
     for job_id in job_ids:
-        with contextlib.suppress(Exception):  # one that ended meanwhile is refused: fine
-            cancel_job(job_id=job_id, tenant=tenant, by="test teardown")
+        with (
+            contextlib.suppress(Exception),
+            session_scope() as session,
+        ):  # one that ended meanwhile is refused
+            cancel_job(session=session, client=get_redis(), job_id=job_id, tenant=tenant, by="test teardown")
 
 
 @pytest.mark.parametrize(("method", "path"), _operations(), ids=lambda value: value)

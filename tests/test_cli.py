@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -90,3 +91,29 @@ def test_unreachable_api_is_a_clear_error():
     done = conveyor("status", "x", "--url", "http://127.0.0.1:9", "--key", "k")
     assert done.returncode == 1
     assert "could not reach the API" in done.stderr
+
+
+def _ops_named(parser: argparse.ArgumentParser) -> set[str]:
+    """Every ``op`` a (sub)parser's defaults name, all the way down."""
+    names = {parser.get_default("op")} - {None}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                names |= _ops_named(sub)
+    return names
+
+
+def test_every_server_side_command_the_parser_names_is_in_cli_ops():
+    from cli import ops
+    from cli.main import build_parser
+
+    assert _ops_named(build_parser()) == set(ops.COMMANDS)
+
+
+def test_the_client_commands_start_without_the_server_side_modules():
+    probe = (
+        "import sys; from cli.main import build_parser; build_parser()\n"
+        "print(sorted(m for m in ('cli.ops', 'sqlalchemy', 'rq', 'worker.main') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.clock import utcnow
+from jobs.db import session_scope
 from jobs.lifecycle import record, write_through
 from jobs.status import JobStatus
 from tests.conftest import Backend, Tenant, configure, make_tenant, seed_job
@@ -183,7 +184,10 @@ def test_seed_002_queue_stats_count_the_tenants_jobs(env: Backend, app: Any):
     member = make_tenant(role="member")
 
     def move(job_id: str, status: JobStatus, **patch: Any) -> None:
-        write_through(record(job_id, status, event=status.value, patch=patch), event=status.value)
+        with session_scope() as session:
+            write_through(
+                record(job_id, status, event=status.value, patch=patch), session=session, event=status.value
+            )
 
     seed_job(member.name)
     ids = [seed_job(member.name) for _ in range(4)]

@@ -88,7 +88,9 @@ def test_a_job_canceled_while_queued_is_never_started(
 
 
 def test_cancel_a_running_job_cooperatively(api: TestClient, tenant: Tenant, control_worker: Any):
-    job_id = submit(api, "steps", {"steps": 400, "step": 0.05})["job_id"]
+    # Half-second steps: the job obeys at its next step, after the repeated request below (with
+    # 50 ms steps it sometimes obeyed first, and the repeat got 409 for a job already canceled).
+    job_id = submit(api, "steps", {"steps": 400, "step": 0.5})["job_id"]
     wait_status(api, job_id, {"started"})
     asked = time.monotonic()
     response = control(api, job_id, "cancel")

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from jobs.clock import utcnow
-from jobs.db import session_scope
+from jobs.db import open_session, session_scope
 from jobs.lifecycle import record, write_through_or_log
 from jobs.live import RUNNING_SET, heartbeat_key, job_key
 from jobs.models import Job
@@ -230,7 +230,9 @@ def test_a_job_running_while_redis_lost_everything_finishes_once(
         redis = Redis.from_url(url)
         assert redis.dbsize() == 0
 
-        Reconciler(redis, use_lock=False).run_pass(sweep=True)  # `conveyor reconcile` sees the loss
+        Reconciler(redis, sessions=open_session, use_lock=False).run_pass(
+            sweep=True
+        )  # `conveyor reconcile` sees the loss
         row = sql_wait(job_id, lambda r: r.status == "finished", 30, "the job to finish")
         assert row.attempt == 1
         assert "requeued" not in [e.event for e in sql_events(job_id)]
@@ -255,7 +257,7 @@ def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep
         for key in (job_key(job_id), f"rq:job:{job_id}", REQUEUE_LOCK + job_id):
             redis_client.delete(key)
         get_queue(queue, redis_client).remove(job_id)
-        reconciler = Reconciler(redis_client, use_lock=False)
+        reconciler = Reconciler(redis_client, sessions=open_session, use_lock=False)
         reconciler._last_sweep = time.monotonic()  # the full sweep is not due: only the recent one runs
         report = reconciler.run_pass()
         assert not report.swept and report.requeued >= 1  # other tests' leftovers may be found too
@@ -263,7 +265,8 @@ def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep
         assert [e.event for e in sql_events(job_id)][-1] == "requeued"
     finally:
         canceled = record(job_id, JobStatus.CANCELED, event="canceled", client=redis_client)
-        write_through_or_log(canceled, event="canceled")  # so that later sweeps leave it alone
+        with session_scope() as session:  # so that later sweeps leave it alone
+            write_through_or_log(canceled, session=session, event="canceled")
         get_queue(queue, redis_client).remove(job_id)
         configure(env.env())
 
@@ -317,13 +320,14 @@ def test_a_lost_job_whose_task_is_gone_fails_and_the_sweep_goes_on(env: Backend,
     try:
         for job_id in (orphan, lost):
             redis_client.delete(job_key(job_id))
-        requeue_lost(redis_client, by="test")
+        requeue_lost(redis_client, sessions=open_session, by="test")
         row = sql_row(orphan)
         assert row is not None and row.status == "failed" and row.error_type == "UnknownTask"
         assert lost in get_queue(queue, redis_client).job_ids
     finally:
         canceled = record(lost, JobStatus.CANCELED, event="canceled", client=redis_client)
-        write_through_or_log(canceled, event="canceled")
+        with session_scope() as session:
+            write_through_or_log(canceled, session=session, event="canceled")
         get_queue(queue, redis_client).remove(lost)
         configure(env.env())
 
@@ -415,7 +419,9 @@ def test_concurrent_reconcilers_end_an_abandoned_job_once(env: Backend, redis_cl
     assert record(job_id, JobStatus.STARTED, event="started", private={"worker": "gone"}).applied
     redis_client.delete(heartbeat_key(job_id))  # its worker died long ago
 
-    _together(4, lambda: Reconciler(redis_client, use_lock=False).run_pass(sweep=False))
+    _together(
+        4, lambda: Reconciler(redis_client, sessions=open_session, use_lock=False).run_pass(sweep=False)
+    )
     events = [e.event for e in sql_events(job_id)]
     assert events.count("failed") == 1, events
     row = sql_row(job_id)
@@ -430,7 +436,7 @@ def test_concurrent_reconcilers_enqueue_a_lost_job_once(env: Backend, redis_clie
         assert row is not None
         row.updated_at = row.created_at = utcnow().replace(year=2000)
         session.add(row)
-    _together(4, lambda: Reconciler(redis_client, use_lock=False).run_pass(sweep=True))
+    _together(4, lambda: Reconciler(redis_client, sessions=open_session, use_lock=False).run_pass(sweep=True))
     assert get_queue(QUEUE, redis_client).get_job_ids().count(job_id) == 1
     assert [e.event for e in sql_events(job_id)].count("requeued") == 1
     get_queue(QUEUE, redis_client).remove(job_id)
@@ -442,7 +448,7 @@ def test_the_reconciler_never_moves_a_job_backwards(env: Backend, redis_client: 
     record(job_id, JobStatus.FINISHED, event="finished", patch={"result": 1})
     redis_client.sadd(RUNNING_SET, job_id)  # a stale index entry
     before = redis_client.hget(job_key(job_id), "seq")
-    Reconciler(redis_client, use_lock=False).run_pass(sweep=True)
+    Reconciler(redis_client, sessions=open_session, use_lock=False).run_pass(sweep=True)
     assert redis_client.hget(job_key(job_id), "seq") == before
     assert not redis_client.sismember(RUNNING_SET, job_id)
 
@@ -462,7 +468,7 @@ def test_a_live_worker_is_not_mistaken_for_a_dead_one(env: Backend, redis_client
         },
     )
     try:
-        report = Reconciler(redis_client, use_lock=False).run_pass(sweep=False)
+        report = Reconciler(redis_client, sessions=open_session, use_lock=False).run_pass(sweep=False)
         assert report.failed == report.retried == 0
         assert redis_client.exists(heartbeat_key(job_id))
         assert redis_client.hget(job_key(job_id), "status") == b'"started"'

@@ -63,7 +63,9 @@ def declared(*extras: str) -> list[Requirement]:
     return wanted
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("dev.txt", ("dev",)), ("runtime.txt", ())])
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("dev.txt", ("dev",)), ("runtime.txt", ()), ("bench.txt", ("bench",))]
+)
 def test_every_declared_dependency_is_pinned_with_hashes(lock: str, extras: tuple[str, ...]) -> None:
     locked = pins(lock)
     for requirement in declared(*extras):
@@ -81,6 +83,14 @@ def test_runtime_and_dev_locks_agree() -> None:
     dev, runtime = pins("dev.txt"), pins("runtime.txt")
     differ = {name: (version, dev.get(name, ("missing",))[0]) for name, (version, _) in runtime.items()}
     assert {n: v for n, v in differ.items() if v[0] != v[1]} == {}
+
+
+def test_the_peers_bench_runs_conveyor_on_its_runtime_pins() -> None:
+    """bench/peers.py measures Conveyor as it ships: the bench lock may add the peers, never move a pin."""
+    runtime, bench = pins("runtime.txt"), pins("bench.txt")
+    assert {
+        n: (v, bench.get(n, ("missing",))[0]) for n, (v, _) in runtime.items() if bench.get(n, ("",))[0] != v
+    } == {}
 
 
 def test_the_suite_runs_on_the_locked_versions() -> None:

@@ -97,3 +97,30 @@ def test_the_app_does_not_import_prometheus_client_until_scraped():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_batch_is_counted_with_one_command_per_distinct_field(redis_client: Any):
+    """The recorder's tally: many jobs' changes sum to one HINCRBY/HINCRBYFLOAT per field."""
+    import uuid
+
+    from jobs.metrics import Tally, read_counters
+
+    queue = f"tally-{uuid.uuid4().hex[:8]}"
+    times = {"enqueued_at": "2026-01-01T00:00:00.000Z", "started_at": "2026-01-01T00:00:00.020Z"}
+    tally = Tally()
+    for _ in range(3):
+        tally.observe("started", {"status": "started", "queue": queue, **times})
+        tally.observe("progress", {"status": "started", "queue": queue, **times})
+        ended = {**times, "ended_at": times["started_at"]}
+        tally.observe("finished", {"status": "finished", "queue": queue, **ended})
+    tally.observe("finished", {"status": "finished", "queue": queue})  # no times: ended, nothing timed
+    with redis_client.pipeline(transaction=True) as pipe:
+        tally.send(pipe)
+        assert len(pipe.command_stack) == 7  # wait bucket, count, sum; ended; run bucket, count, sum
+        pipe.execute()
+    counters = read_counters(redis_client)
+    assert counters.ended[(queue, "finished")] == 4
+    assert (counters.wait[queue].count, counters.wait[queue].buckets["0.025"]) == (3, 3)
+    assert abs(counters.wait[queue].total - 0.06) < 1e-9
+    run = counters.run[queue]
+    assert (run.count, run.buckets["0.005"], run.total) == (3, 3, 0)

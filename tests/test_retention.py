@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import select
 
 from jobs.clock import utcnow
-from jobs.db import session_scope
+from jobs.db import open_session, session_scope
 from jobs.live import job_key
 from jobs.models import Job, JobEvent, JobResult
 from jobs.retention import prune
@@ -67,12 +67,16 @@ def test_prune_deletes_old_ended_jobs_in_batches(env: Backend, redis_client: Any
     jobs = seed(tenant.name, redis_client)
     old_ids = [j.job_id for j in jobs["old"]]
 
-    dry = prune(older_than=AGE, compact_events_older_than=AGE, dry_run=True)
+    with open_session() as session:
+        dry = prune(session=session, older_than=AGE, compact_events_older_than=AGE, dry_run=True)
     assert (dry.jobs, dry.events, dry.compacted_events) == (5, 25, 11)
     with session_scope() as session:
         assert len(session.exec(select(Job).where(Job.tenant == tenant.name)).all()) == 8
 
-    report = prune(older_than=AGE, compact_events_older_than=AGE, batch_size=2, client=redis_client)
+    with open_session() as session:
+        report = prune(
+            session=session, older_than=AGE, compact_events_older_than=AGE, batch_size=2, client=redis_client
+        )
     assert (report.jobs, report.events, report.results) == (5, 25, 1)
     assert report.compacted_events == 1  # the kept job's old progress event
     assert report.batches == 3 + 1
@@ -86,7 +90,8 @@ def test_prune_deletes_old_ended_jobs_in_batches(env: Backend, redis_client: Any
         assert session.get(JobResult, old_ids[0]) is None
     assert not any(redis_client.exists(job_key(job_id)) for job_id in old_ids)
 
-    again = prune(older_than=AGE, compact_events_older_than=AGE)
+    with open_session() as session:
+        again = prune(session=session, older_than=AGE, compact_events_older_than=AGE)
     assert (again.jobs, again.compacted_events, again.batches) == (0, 0, 0)
 
 

@@ -29,13 +29,15 @@ CALLERS = [
 
 def _finished_job(tenant: str) -> str:
     """A job of ``tenant`` that has finished with a result (so streams end and control is a 409)."""
+    from jobs.db import session_scope
     from jobs.lifecycle import record, write_through
 
     job_id = seed_job(tenant=tenant)
     for status, patch in ((JobStatus.STARTED, {}), (JobStatus.FINISHED, {"result": {"sum": 3}})):
         result = record(job_id, status, event=status.value, patch=patch)
         assert result.applied
-        write_through(result, event=status.value)
+        with session_scope() as session:
+            write_through(result, session=session, event=status.value)
     return job_id
 
 

@@ -49,6 +49,12 @@ def test_jobs_names_no_other_layer_except_the_documented_ones():
     assert found == ALLOWED
 
 
+def test_web_imports_nothing_of_the_api():
+    """The pages read and act through jobs/ as the API does: no arrow runs up from web/ to api/."""
+    found = set().union(*(_ties(path) for path in sorted((ROOT / "web").rglob("*.py"))))
+    assert {(path, name) for path, name in found if name.split(".")[0] == "api"} == set()
+
+
 def test_rq_function_paths_resolve_to_the_worker_functions():
     from worker import runner
 

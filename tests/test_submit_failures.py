@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.db import reset_engine, session_scope
+from jobs.db import open_session, reset_engine, session_scope
 from jobs.embedded import free_port
 from jobs.models import Job
 from jobs.redis_conn import reset_redis
@@ -129,7 +129,7 @@ def test_a_redis_that_refuses_the_enqueue_is_503_and_the_job_never_runs(
     # The reconciler (even with no grace at all) finds nothing to run again.
     monkeypatch.setenv("CONVEYOR_RECONCILE_GRACE", "0")
     get_settings.cache_clear()
-    Reconciler(redis_client, use_lock=False).run_pass(sweep=True)
+    Reconciler(redis_client, sessions=open_session, use_lock=False).run_pass(sweep=True)
     assert fetch(job_id, redis_client) is None
     assert job_id not in get_queue("other", redis_client).get_job_ids()
     with session_scope() as session:
@@ -161,10 +161,12 @@ def test_an_enqueue_that_fails_with_redis_up_is_failed_through_the_gate(
     monkeypatch.setattr(
         submit_module,
         "_mark_enqueue_failed",
-        lambda job, *a: (job_ids.append(job.job_id), real_fail(job, *a)),
+        lambda job, *a, **kw: (job_ids.append(job.job_id), real_fail(job, *a, **kw)),
     )
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError), session_scope() as session:
         submit_module.submit_job(
+            session=session,
+            client=redis_client,
             tenant="t-gate",
             owner=None,
             task="long_task",

@@ -38,11 +38,13 @@ def token(client: TestClient, path: str = "/jobs") -> str:
 
 def drive(job_id: str, to: JobStatus, **patch: Any) -> None:
     """Move a seeded job through the gate, as a worker would, and write it through to SQL."""
+    from jobs.db import session_scope
     from jobs.lifecycle import record, write_through
 
     result = record(job_id, to, event=to.value, patch=patch)
     assert result.applied
-    write_through(result, event=to.value)
+    with session_scope() as session:
+        write_through(result, session=session, event=to.value)
 
 
 def submit(client: TestClient, task: str, **values: str) -> Any:

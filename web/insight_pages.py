@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from jobs import lazy
+from jobs.clock import utcnow
+from jobs.reports import BUCKETS
 from web.charts import percentile_chart, throughput_chart
 from web.rendering import PageRoute, page
 from web.session import CurrentSession
@@ -19,13 +22,8 @@ RANGES = (1, 7, 30, 90)
 @router.get("/queue")
 def queue_page(request: Request, session: CurrentSession) -> Response:
     """Counts per status per queue, workers and what they run, the oldest wait, and health with reasons."""
-    from jobs.db import session_scope  # SQL, Redis and RQ: loaded on first use
-    from jobs.queue_stats import queue_stats
-    from jobs.redis_conn import get_redis
-    from jobs.reports import BUCKETS
-
-    with session_scope() as db:
-        report = queue_stats(db, get_redis(), tenant=session.tenant, include_rq=session.is_admin)
+    with lazy.open_session() as db:  # a sync route: FastAPI runs it in its thread pool
+        report = lazy.queue_stats(db, lazy.get_redis(), tenant=session.tenant, include_rq=session.is_admin)
     return page(request, "queue.html", {"report": report, "buckets": BUCKETS})
 
 
@@ -38,20 +36,16 @@ def analytics_page(
     task: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Response:
     """Success and retry rates, throughput per day, run and wait percentiles, top errors."""
-    from jobs.analytics import Window, summary
-    from jobs.clock import utcnow
-    from jobs.db import session_scope
-
     end = utcnow()
-    window = Window(
+    window = lazy.Window(
         start=end - timedelta(days=days),
         end=end,
         tenant=session.tenant,
         queue=queue or None,
         task=task or None,
     )
-    with session_scope() as db:
-        report = summary(db, window)
+    with lazy.open_session() as db:
+        report = lazy.summary(db, window)
     data: dict[str, Any] = report.model_dump(by_alias=True)
     context = {
         "report": report,

@@ -14,7 +14,7 @@ start never pays for them (docs/decisions.md, issue 6).
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -22,9 +22,12 @@ from starlette.concurrency import run_in_threadpool
 
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.status import JobStatus
-from web.job_view import JobView, table_trigger, view_of
+from web.job_view import table_trigger, view_of
 from web.rendering import PageRoute, etag_matches, is_htmx, not_modified, page, ui_version
 from web.session import ChangingSession, CurrentSession, WebSession
+
+if TYPE_CHECKING:
+    from jobs.reads import JobRead, JobsPage
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -35,25 +38,17 @@ Action = Literal["cancel", "pause", "resume", "restart"]
 # --- reading --------------------------------------------------------------------------------------
 
 
-async def read_job(job_id: str, tenant: str | None) -> tuple[bytes, int, str | None]:
-    """(snapshot document, seq, pending control request) of the tenant's job: one Redis read, or
-    SQL once the live state has expired. JobNotFound for another tenant's job or none."""
-    from api.pipelined_redis import pipelined_redis  # Redis and SQL: loaded on first use
-    from api.routes.jobs import read_snapshot, valid_id
-    from jobs.auth import may_reach
-    from jobs.live import CONTROL, job_key
+async def read_job(job_id: str, tenant: str | None) -> JobRead:
+    """The tenant's job with its pending control request (`jobs.reads`: one Redis read, or SQL once
+    the live state has expired). JobNotFound for another tenant's job or none."""
+    from jobs.reads import CONTROLLED_HEAD, snapshot_for
 
-    if not valid_id(job_id):
-        raise JobNotFound(job_id)
-    owner, doc, seq, control = await pipelined_redis().command(
-        "HMGET", job_key(job_id), "tenant", "_doc", "seq", CONTROL
-    )
-    if doc is not None:
-        if not may_reach(tenant, (owner or b"").decode()):
-            raise JobNotFound(job_id)
-        return doc, int(seq or 0), control.decode() if control else None
-    doc, seq = await read_snapshot(job_id, tenant)
-    return doc, seq, None
+    return await snapshot_for(job_id, tenant, fields=CONTROLLED_HEAD)
+
+
+def live_headers(read: JobRead | JobsPage) -> dict[str, str]:
+    """The API's mark on a page SQL answered because Redis could not be reached."""
+    return {"X-Conveyor-Live": "unavailable"} if read.live_unavailable else {}
 
 
 def _history(job_id: str, tenant: str | None) -> tuple[Any, list[dict[str, Any]]]:
@@ -101,19 +96,15 @@ def _filters(status: str | None, task: str | None, queue: str | None) -> dict[st
     return values
 
 
-def _table_rows(
-    tenant: str | None, filters: dict[str, str], cursor: str | None
-) -> tuple[list[JobView], str | None]:
+def _table_rows(tenant: str | None, filters: dict[str, str], cursor: str | None) -> JobsPage:
     """One page of the tenant's jobs (one SQL query), live rows overlaid from Redis (one round trip)."""
     from jobs.db import session_scope
-    from jobs.live import live_store
+    from jobs.reads import live_page
     from jobs.redis_conn import get_redis
-    from jobs.snapshot import doc_from_row
-    from jobs.status import TERMINAL
     from jobs.store import list_jobs
 
     with session_scope() as session:
-        result = list_jobs(
+        found = list_jobs(
             session,
             tenant=tenant,
             status=[JobStatus(filters["status"])] if filters["status"] else (),
@@ -122,11 +113,7 @@ def _table_rows(
             limit=PAGE_SIZE,
             cursor=cursor,
         )
-        docs = {job.job_id: doc_from_row(job) for job in result.items}
-        live_ids = [job.job_id for job in result.items if JobStatus(job.status) not in TERMINAL]
-    if live_ids:
-        docs.update(live_store(get_redis()).read_many(live_ids))
-    return [view_of(doc, with_actions=False) for doc in docs.values()], result.next_cursor
+    return live_page(found, client=get_redis())
 
 
 def _table_context(
@@ -136,9 +123,10 @@ def _table_context(
     task: str | None,
     queue: str | None,
     cursor: str | None,
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], str, dict[str, str]]:
     filters = _filters(status, task, queue)
-    rows, next_cursor = _table_rows(session.scope, filters, cursor)
+    found = _table_rows(session.scope, filters, cursor)
+    rows, next_cursor = [view_of(doc, with_actions=False) for doc in found.docs], found.next_cursor
     query = request.url.query
     digest = hashlib.sha256(f"{query}|{next_cursor}".encode())
     for row in rows:
@@ -152,7 +140,7 @@ def _table_context(
         "trigger": table_trigger([row.status for row in rows]),
         "query": query,
     }
-    return context, etag
+    return context, etag, live_headers(found)
 
 
 StatusFilter = Annotated[str | None, Query(max_length=16)]
@@ -180,11 +168,11 @@ def jobs_page(
     from jobs.settings import get_settings
     from jobs.tasks import load_tasks
 
-    context, _ = _table_context(request, session, status, task, queue, cursor)
+    context, _, headers = _table_context(request, session, status, task, queue, cursor)
     context["task_names"] = sorted(load_tasks())
     context["queue_names"] = get_settings().queues
     context["statuses"] = [s.value for s in JobStatus]
-    return page(request, "jobs.html", context)
+    return page(request, "jobs.html", context, headers=headers)
 
 
 @router.get("/jobs/table")
@@ -198,10 +186,11 @@ def jobs_table(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The jobs table alone: the page's one poller."""
-    context, etag = _table_context(request, session, status, task, queue, cursor)
+    context, etag, headers = _table_context(request, session, status, task, queue, cursor)
     if etag_matches(etag, if_none_match):
         return not_modified(etag)
-    return page(request, "_jobs_table.html", context, headers={"ETag": etag}, cache="private, no-cache")
+    headers["ETag"] = etag
+    return page(request, "_jobs_table.html", context, headers=headers, cache="private, no-cache")
 
 
 # --- one job --------------------------------------------------------------------------------------
@@ -210,10 +199,11 @@ def jobs_table(
 @router.get("/jobs/{job_id}")
 async def job_page(request: Request, job_id: str, session: CurrentSession) -> Response:
     """The job: live part (status, progress, result or error, buttons), details and timeline."""
-    doc, _, control = await read_job(job_id, session.scope)
-    job = view_of(doc, control=control)
+    read = await read_job(job_id, session.scope)
+    job = view_of(read.doc, control=read.control)
     record, events = await run_in_threadpool(_history, job_id, session.scope)
-    return page(request, "job.html", {"job": job, "record": record, "events": events, "notice": None})
+    context = {"job": job, "record": record, "events": events, "notice": None}
+    return page(request, "job.html", context, headers=live_headers(read))
 
 
 @router.get("/jobs/{job_id}/live")
@@ -224,12 +214,12 @@ async def job_live(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The job page's live part; it stops polling (no hx-trigger) once the job is terminal."""
-    doc, seq, control = await read_job(job_id, session.scope)
-    etag = _live_etag(seq, session)
+    read = await read_job(job_id, session.scope)
+    etag = _live_etag(read.seq, session)
     if etag_matches(etag, if_none_match):
         return not_modified(etag)
-    job = view_of(doc, control=control)
-    headers = {"ETag": etag}
+    job = view_of(read.doc, control=read.control)
+    headers = {**live_headers(read), "ETag": etag}
     if job.is_terminal:
         headers["HX-Trigger"] = "job-ended"  # the timeline reloads itself once
     return page(
@@ -247,19 +237,21 @@ async def job_timeline(request: Request, job_id: str, session: CurrentSession) -
 @router.get("/jobs/{job_id}/result")
 async def job_result(job_id: str, session: CurrentSession) -> Response:
     """A finished job's result as JSON: the API's `/result`, behind the session (large results live here)."""
-    from api.routes.history import get_result
-    from jobs.auth import Principal, Role
+    from jobs.reads import result_of, snapshot_for
 
-    # The same rule as every other channel (jobs.auth.job_scope), by the session's role.
-    principal = Principal(key_id=session.key_id, tenant=session.tenant, role=Role(session.role))
-    response = await get_result(job_id, principal)
-    response.headers["Content-Disposition"] = f'inline; filename="{job_id}-result.json"'
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    read = await snapshot_for(job_id, session.scope)
+    result = await result_of(job_id, read)
+    headers = {
+        **live_headers(read),
+        **result.cache_headers,
+        "Content-Disposition": f'inline; filename="{job_id}-result.json"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    return Response(content=result.body, media_type="application/json", headers=headers)
 
 
 def _act(action: Action, job_id: str, session: WebSession) -> None:
-    from jobs import control
+    from jobs import control, lazy
 
     steer = {
         "cancel": control.cancel_job,
@@ -267,7 +259,8 @@ def _act(action: Action, job_id: str, session: WebSession) -> None:
         "resume": control.resume_job,
         "restart": control.restart_job,
     }[action]
-    steer(job_id=job_id, tenant=session.scope, by=session.key_id)
+    with lazy.open_session() as db:  # the edge: the page opens what the domain is handed
+        steer(session=db, client=lazy.get_redis(), job_id=job_id, tenant=session.scope, by=session.key_id)
 
 
 @router.post("/jobs/{job_id}/{action}")
@@ -282,10 +275,12 @@ async def job_action(request: Request, job_id: str, action: Action, session: Cha
         notice, status_code = exc.message, 409
     if not is_htmx(request) and status_code == 200:
         return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{job_id}", status_code=303)
-    doc, _, control = await read_job(job_id, session.scope)
-    job = view_of(doc, control=control)
+    read = await read_job(job_id, session.scope)
+    job = view_of(read.doc, control=read.control)
+    headers = live_headers(read)
     if is_htmx(request):
-        return page(request, "_job_live.html", {"job": job, "notice": notice}, status_code=status_code)
+        context: dict[str, Any] = {"job": job, "notice": notice}
+        return page(request, "_job_live.html", context, status_code=status_code, headers=headers)
     record, events = await run_in_threadpool(_history, job_id, session.scope)
     context = {"job": job, "record": record, "events": events, "notice": notice}
-    return page(request, "job.html", context, status_code=status_code)
+    return page(request, "job.html", context, status_code=status_code, headers=headers)

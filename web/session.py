@@ -30,6 +30,7 @@ from fastapi import Depends, Request, Response
 from itsdangerous import BadSignature, Signer, TimestampSigner
 from starlette.concurrency import run_in_threadpool
 
+from jobs.auth import active_key, cached_active_key
 from jobs.settings import get_settings
 
 SESSION_COOKIE = "conveyor_session"
@@ -216,8 +217,6 @@ def check_csrf(expected: str, presented: str) -> None:
 
 async def current_session(request: Request) -> WebSession:
     """The signed-in session, re-checked against the key's revocation; SignInRequired otherwise."""
-    from jobs.auth import active_key, cached_active_key  # SQL: imported on first use, off the cold start
-
     value = request.cookies.get(SESSION_COOKIE)
     session = unseal(value) if value else None
     if session is None:

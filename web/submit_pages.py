@@ -9,7 +9,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from jobs import lazy
 from jobs.errors import InvalidPayload
+from jobs.settings import get_settings
+from jobs.tasks import get_task, load_tasks  # load_tasks imports the task modules on its first call
 from web.payload_form import FormField, attach_errors, fields_for, read_form
 from web.rendering import PageRoute, page
 from web.session import ChangingSession, CurrentSession, WebSession
@@ -20,9 +23,6 @@ FORM_KEY = "idempotency_key"
 
 
 def _tasks() -> list[dict[str, Any]]:
-    from jobs.settings import get_settings
-    from jobs.tasks import load_tasks  # imports the task modules: on first use only
-
     settings = get_settings()
     return [
         {
@@ -45,8 +45,6 @@ def _form_page(
     idempotency_key: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    from jobs.tasks import get_task
-
     spec = get_task(task)  # UnknownTask: 404 naming the known tasks
     context = {
         "task": spec.name,
@@ -67,21 +65,20 @@ def choose_task(request: Request, session: CurrentSession) -> Response:
 @router.get("/jobs/new/{task}")
 def task_form(request: Request, task: str, session: CurrentSession) -> Response:
     """The task's form, generated from its payload schema."""
-    from jobs.tasks import get_task
-
     return _form_page(request, task, fields_for(get_task(task).schema()))
 
 
 def _submit(session: WebSession, task: str, payload: dict[str, Any], idempotency_key: str | None) -> str:
-    from jobs.submit import submit_job
-
-    submission = submit_job(
-        tenant=session.tenant,
-        owner=session.key_id,
-        task=task,
-        payload=payload,
-        idempotency_key=idempotency_key,
-    )
+    with lazy.open_session() as db:  # the edge (run in the thread pool): SQL stays off the event loop
+        submission = lazy.submit_job(
+            session=db,
+            client=lazy.get_redis(),
+            tenant=session.tenant,
+            owner=session.key_id,
+            task=task,
+            payload=payload,
+            idempotency_key=idempotency_key,
+        )
     return submission.job_id
 
 
@@ -92,8 +89,6 @@ async def submit(request: Request, task: str, session: ChangingSession) -> Respo
     The form carries an idempotency key, so a double click or a resubmitted
     form returns the job the first one created.
     """
-    from jobs.tasks import get_task
-
     spec = await run_in_threadpool(get_task, task)
     form = await request.form()
     values = {name: value for name, value in form.items() if isinstance(value, str)}

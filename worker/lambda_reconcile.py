@@ -18,6 +18,7 @@ from typing import Any
 from redis import Redis
 from rq import Worker
 
+from jobs.db import open_session
 from jobs.queueing import get_queue
 from jobs.reconciler import Reconciler
 from jobs.redis_conn import get_redis
@@ -61,7 +62,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     client = get_redis()
     if _reconciler is None or _reconciler.client is not client:
         load_tasks()
-        _reconciler = Reconciler(client, name="lambda")
+        _reconciler = Reconciler(client, sessions=open_session, name="lambda")
     report = _reconciler.run_pass().as_dict()
     waiting, workers, per_worker = backlog_per_worker(client)
     report["backlog"] = {

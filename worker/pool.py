@@ -52,7 +52,7 @@ from rq.worker import Worker
 from jobs.attempts import end_failed_attempt, pending_cancel, record_canceled
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import decode_status, heartbeat_key, live_store, read_status_in
+from jobs.live import HeadField, decode_head, heartbeat_key, live_store, read_head_in
 from jobs.queueing import SERIALIZER, fetch, get_queue, release_abandoned, retry_in
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
@@ -64,6 +64,7 @@ from worker.slots import Slots
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+BEAT_HEAD: tuple[HeadField, ...] = ("status",)
 TICK = 0.1  # seconds between the supervisor's looks at its children
 WORKER_TTL = 480  # seconds a child's RQ worker hash outlives its last heartbeat (RQ's 420 + 60)
 
@@ -325,14 +326,14 @@ class Pool:
                     assert view.job_id is not None
                     hb = heartbeat_key(view.job_id)
                     pipe.set(hb, max(view.attempt, 1), ex=settings.heartbeat_ttl, xx=True)
-                    read_status_in(pipe, view.job_id)
+                    read_head_in(pipe, view.job_id, BEAT_HEAD)
                 replies = pipe.execute()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("pool %s: Redis unreachable for the heartbeats (%s); next tick", self.name, exc)
             return
         answers = replies[1:]
-        for (child, view), beat, status in zip(running, answers[::2], answers[1::2], strict=True):
-            current = decode_status(status)
+        for (child, view), beat, reply in zip(running, answers[::2], answers[1::2], strict=True):
+            current = decode_head(BEAT_HEAD, reply).status
             if current is None and not beat:  # Redis lost its data while the job runs: say it is alive
                 with contextlib.suppress(redis.exceptions.RedisError):
                     self.client.set(heartbeat_key(view.job_id or ""), 1, ex=settings.heartbeat_ttl)

@@ -41,13 +41,15 @@ from redis import Redis
 from jobs.attempts import lost_our_start, reannounce_start
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import CONTROL, CONTROL_AT, CONTROL_BY, TransitionResult, heartbeat_key, job_key
+from jobs.live import HeadField, TransitionResult, decode_head, heartbeat_key, read_head, read_head_in
 from jobs.progress_protocol import ProgressReporter
 from jobs.redaction import redact_text
 from jobs.settings import get_settings
 from jobs.status import RUNNING, WAITING, JobStatus
 
 log = logging.getLogger(__name__)
+# What a task's checkpoint reads of its job: is it still this attempt, and is anything asked of it.
+_CONTROL_HEAD: tuple[HeadField, ...] = ("status", "attempt", "control")
 
 
 class JobInterrupted(BaseException):
@@ -221,26 +223,22 @@ class Progress:
         if now - self._control_seen < self._poll:
             return self._control
         try:
-            status, attempt, control = self._client.hmget(
-                job_key(self.job_id), ["status", "attempt", CONTROL]
-            )
+            head = read_head(self._client, self.job_id, _CONTROL_HEAD)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             log.warning("progress: Redis unreachable; job %s goes on and asks again later", self.job_id)
             self._control_seen = now
             return self._control  # a Redis blip is no reason to stop the task
         self._control_seen = now
-        self._control = control.decode() if control else None
-        if refresh_status and status is not None:
-            current = JobStatus(status.decode().strip('"'))
-            lost = current in WAITING and int(attempt or 0) == self.attempt
+        self._control = head.control
+        if refresh_status and head.status is not None:
+            current, attempt = head.status, head.attempt or 0
+            lost = current in WAITING and attempt == self.attempt
             worker = os.environ.get("RQ_WORKER_ID", "")
             if lost and reannounce_start(self.job_id, self.attempt, self._started_at, worker=worker):
                 return self._control
-            if current not in RUNNING or int(attempt or 0) != self.attempt:
+            if current not in RUNNING or attempt != self.attempt:
                 self.interrupted_by = current
-                raise JobInterrupted(
-                    f"job {self.job_id} is now {current.value} (attempt {int(attempt or 0)})"
-                )
+                raise JobInterrupted(f"job {self.job_id} is now {current.value} (attempt {attempt})")
         return self._control
 
     def _obey(self, control: str | None) -> None:
@@ -251,8 +249,8 @@ class Progress:
 
     def _raise_canceled(self) -> None:
         self.flush()
-        by, at = self._client.hmget(job_key(self.job_id), [CONTROL_BY, CONTROL_AT])
-        raise JobCanceled(by.decode() if by else None, at.decode() if at else None)
+        head = read_head(self._client, self.job_id, ("control_by", "control_at"))
+        raise JobCanceled(head.control_by, head.control_at)
 
     def _hold(self) -> None:
         """Hold while paused. RQ's timeout clock stops meanwhile (its alarm is set aside and re-armed)."""
@@ -275,17 +273,16 @@ class Progress:
             while True:
                 time.sleep(self._poll)
                 with self._client.pipeline(transaction=False) as pipe:
-                    pipe.hmget(job_key(self.job_id), ["status", "attempt", CONTROL])
+                    read_head_in(pipe, self.job_id, _CONTROL_HEAD)
                     pipe.set(heartbeat_key(self.job_id), self.attempt, ex=self._heartbeat_ttl, xx=True)
-                    (status, attempt, control), _ = pipe.execute()
-                self._control = control.decode() if control else None
+                    reply, _ = pipe.execute()
+                head = decode_head(_CONTROL_HEAD, reply)
+                self._control = head.control
                 self._control_seen = time.monotonic()
-                if status is None:  # Redis lost the live state: the pause went with it
+                if head.status is None:  # Redis lost the live state: the pause went with it
                     self._control = None
-                elif (
-                    JobStatus(status.decode().strip('"')) != JobStatus.PAUSED or int(attempt) != self.attempt
-                ):
-                    self.interrupted_by = JobStatus(status.decode().strip('"'))
+                elif head.status != JobStatus.PAUSED or head.attempt != self.attempt:
+                    self.interrupted_by = head.status
                     raise JobInterrupted(f"job {self.job_id} is now {self.interrupted_by.value}")
                 if self._control == "cancel":
                     self._raise_canceled()

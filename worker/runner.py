@@ -31,7 +31,7 @@ from rq.timeouts import JobTimeoutException
 from jobs.attempts import end_failed_attempt, lost_our_start, reannounce_start, record_canceled
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import CONTROL_AT, CONTROL_BY, TransitionResult, job_key
+from jobs.live import TransitionResult, read_head
 from jobs.queueing import retry_in
 from jobs.redaction import redact, redact_text
 from jobs.redis_conn import get_redis
@@ -234,11 +234,11 @@ def _record_failure(
 def on_stopped(job: RQJob, connection: Any) -> None:
     """RQ callback, run in the worker process after it killed a job's work-horse on request."""
     client = get_redis()
-    by, at = client.hmget(job_key(job.id), [CONTROL_BY, CONTROL_AT])
+    head = read_head(client, job.id, ("control_by", "control_at"))
     record_canceled(
         job.id,
-        by=by.decode() if by else None,
-        requested_at=at.decode() if at else None,
+        by=head.control_by,
+        requested_at=head.control_at,
         forced=True,
         client=client,
     )

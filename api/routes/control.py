@@ -8,18 +8,22 @@ saying what the status is and what is allowed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentPrincipal
+from api.deps import CurrentPrincipal, RedisDep, SessionDep
+from jobs import lazy
+from jobs.auth import Principal
 from jobs.snapshot import JobSnapshot
 
 if TYPE_CHECKING:
-    from jobs.control import ControlOutcome
+    from redis import Redis
+    from sqlmodel import Session
 
-# The SQL and Redis layers load inside the routes that use them (Lambda cold start).
+    from jobs.control import ControlOutcome
 
 router = APIRouter(prefix="/api/v1", tags=["control"])
 
@@ -37,7 +41,18 @@ class ControlRequest(BaseModel):
 OptionalBody = Annotated[ControlRequest | None, Body()]
 
 
-def _answer(outcome: ControlOutcome) -> Response:
+def _steer(
+    act: Callable[..., ControlOutcome],
+    job_id: str,
+    principal: Principal,
+    session: Session,
+    redis: Redis,
+    **options: str | None,
+) -> Response:
+    """Ask ``act`` of the job as ``principal``, with the request's session and Redis client."""
+    outcome = act(
+        session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id, **options
+    )
     return Response(
         content=outcome.doc,
         status_code=200 if outcome.done else 202,
@@ -47,35 +62,29 @@ def _answer(outcome: ControlOutcome) -> Response:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobSnapshot, responses=RESPONSES)
-def cancel(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
+def cancel(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep, body: OptionalBody = None
+) -> Response:
     """Cancel a job. A waiting job is canceled at once (200); a running one is asked to stop (202)
     and is stopped by force if it has not within the grace period."""
-    from jobs.control import cancel_job
-
-    reason = body.reason if body else None
-    return _answer(cancel_job(job_id=job_id, tenant=principal.scope, by=principal.key_id, reason=reason))
+    return _steer(lazy.cancel_job, job_id, principal, session, redis, reason=body.reason if body else None)
 
 
 @router.post("/jobs/{job_id}/pause", response_model=JobSnapshot, responses=RESPONSES)
-def pause(job_id: str, principal: CurrentPrincipal) -> Response:
+def pause(job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep) -> Response:
     """Ask a running job to hold at its next checkpoint (it shows `paused` once it does)."""
-    from jobs.control import pause_job
-
-    return _answer(pause_job(job_id=job_id, tenant=principal.scope, by=principal.key_id))
+    return _steer(lazy.pause_job, job_id, principal, session, redis)
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobSnapshot, responses=RESPONSES)
-def resume(job_id: str, principal: CurrentPrincipal) -> Response:
+def resume(job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep) -> Response:
     """Let a paused job continue (202), or withdraw a pause it has not reached yet (200)."""
-    from jobs.control import resume_job
-
-    return _answer(resume_job(job_id=job_id, tenant=principal.scope, by=principal.key_id))
+    return _steer(lazy.resume_job, job_id, principal, session, redis)
 
 
 @router.post("/jobs/{job_id}/restart", response_model=JobSnapshot, responses=RESPONSES)
-def restart(job_id: str, principal: CurrentPrincipal, body: OptionalBody = None) -> Response:
+def restart(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep, body: OptionalBody = None
+) -> Response:
     """Run a failed or canceled job again under the same id, as attempt + 1."""
-    reason = body.reason if body else None
-    from jobs.control import restart_job
-
-    return _answer(restart_job(job_id=job_id, tenant=principal.scope, by=principal.key_id, reason=reason))
+    return _steer(lazy.restart_job, job_id, principal, session, redis, reason=body.reason if body else None)

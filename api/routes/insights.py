@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import CurrentPrincipal, TenantParam, tenant_scope
+from api.deps import CurrentPrincipal, RedisDep, SessionDep, TenantParam, tenant_scope
+from jobs import lazy
 from jobs.clock import parse_duration, utcnow
 from jobs.errors import InvalidRequest
 from jobs.reports import AnalyticsSummary, QueueStatsReport
@@ -47,6 +48,8 @@ def parse_instant(name: str, text: str) -> datetime:
 @router.get("/queue/stats", response_model=QueueStatsReport)
 def get_queue_stats(
     principal: CurrentPrincipal,
+    session: SessionDep,
+    redis: RedisDep,
     tenant: TenantParam = None,
     window: Annotated[
         str | None,
@@ -71,17 +74,13 @@ def get_queue_stats(
                 f"`window`: {problem}it must be between 1m and {bound}d "
                 f"(CONVEYOR_ANALYTICS_MAX_DAYS); got {window!r}."
             )
-    from jobs.db import session_scope
-    from jobs.queue_stats import queue_stats
-    from jobs.redis_conn import get_redis
-
-    with session_scope() as session:
-        return queue_stats(session, get_redis(), tenant=scope, window=span, include_rq=principal.is_admin)
+    return lazy.queue_stats(session, redis, tenant=scope, window=span, include_rq=principal.is_admin)
 
 
 @router.get("/analytics/summary", response_model=AnalyticsSummary, response_model_by_alias=True)
 def get_analytics_summary(
     principal: CurrentPrincipal,
+    session: SessionDep,
     from_: Annotated[
         str | None, Query(alias="from", max_length=40, description="Start, inclusive (default: to - 7 days).")
     ] = None,
@@ -102,8 +101,4 @@ def get_analytics_summary(
         raise InvalidRequest(
             f"The range is {(end - start).days} days; at most {limit} (CONVEYOR_ANALYTICS_MAX_DAYS)."
         )
-    from jobs.analytics import Window, summary
-    from jobs.db import session_scope
-
-    with session_scope() as session:
-        return summary(session, Window(start=start, end=end, tenant=scope, queue=queue, task=task))
+    return lazy.summary(session, lazy.Window(start=start, end=end, tenant=scope, queue=queue, task=task))

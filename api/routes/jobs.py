@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
-from api.outages import live_state_unavailable, redis_unreachable
-from jobs.auth import may_reach
+from api.deps import CurrentPrincipal, RedisDep, SessionDep, TenantParam, readable_tenant, tenant_scope
+from api.outages import noting_outage
+from jobs import lazy
 from jobs.errors import JobNotFound
 from jobs.lazy_model import LazyModel
-from jobs.live import job_key, live_store
+from jobs.reads import live_page, snapshot_for, valid_job_id
 from jobs.redaction import redact, redact_text
 from jobs.settings import get_settings
-from jobs.snapshot import JobSnapshot, doc_from_row
-from jobs.status import TERMINAL, JobStatus
+from jobs.snapshot import JobSnapshot
+from jobs.status import JobStatus
 from jobs.tasks import load_tasks
 from jobs.tracing import trace_id_from_headers
 
@@ -90,56 +88,8 @@ def etag_of(seq: int | str) -> str:
     return f'"{seq}"'
 
 
-def valid_id(job_id: str) -> bool:
-    try:
-        return str(uuid.UUID(job_id)) == job_id
-    except ValueError:
-        return False
-
-
 def _doc_response(doc: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(content=doc, status_code=status_code, media_type=JSON, headers=headers)
-
-
-async def read_live_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int] | None:
-    """(document, seq) of a tenant's job (any tenant's for None) from Redis; None when Redis has
-    no live state for it."""
-    from api.pipelined_redis import pipelined_redis
-
-    owner, doc, seq = await pipelined_redis().command("HMGET", job_key(job_id), "tenant", "_doc", "seq")
-    if doc is None:
-        return None
-    if not may_reach(tenant, (owner or b"").decode()):
-        raise JobNotFound(job_id)
-    return doc, int(seq or 0)
-
-
-async def read_snapshot(job_id: str, tenant: str | None) -> tuple[bytes, int]:
-    """(document, seq) of a tenant's job (any tenant's for None): Redis first, SQL after the live
-    state expired."""
-    if not valid_id(job_id):
-        raise JobNotFound(job_id)
-    try:
-        live = await read_live_snapshot(job_id, tenant)
-    except Exception as exc:
-        if not redis_unreachable(exc):
-            raise
-        live_state_unavailable()
-        live = None
-    if live is not None:
-        return live
-    return await run_in_threadpool(_snapshot_from_sql, job_id, tenant)
-
-
-def _snapshot_from_sql(job_id: str, tenant: str | None) -> tuple[bytes, int]:
-    from jobs.db import session_scope
-    from jobs.store import get_job
-
-    with session_scope() as session:
-        job = get_job(session, job_id=job_id, tenant=tenant)
-        if job is None:
-            raise JobNotFound(job_id)
-        return doc_from_row(job), job.seq
 
 
 @router.post(
@@ -152,6 +102,8 @@ def submit(
     body: SubmitRequest,
     principal: CurrentPrincipal,
     request: Request,
+    session: SessionDep,
+    redis: RedisDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     traceparent: Annotated[str | None, Header(max_length=128)] = None,
     x_trace_id: Annotated[str | None, Header(max_length=128)] = None,
@@ -162,9 +114,9 @@ def submit(
     The job's trace id comes from `traceparent` (W3C), else `X-Trace-Id` / `X-Request-Id`,
     else a new one; it is stored with the job and tagged on the worker's log lines.
     """
-    from jobs.submit import submit_job
-
-    submission = submit_job(
+    submission = lazy.submit_job(
+        session=session,
+        client=redis,
         tenant=principal.tenant,
         owner=principal.key_id,
         task=body.task,
@@ -200,11 +152,11 @@ async def get_snapshot(
     Most of these requests never reach this function: `api.snapshot_fast_path` answers
     them first when the key is cached and Redis has the job (same checks, same bytes).
     """
-    doc, seq = await read_snapshot(job_id, readable_tenant(principal))
-    etag = etag_of(seq)
+    read = noting_outage(await snapshot_for(job_id, readable_tenant(principal)))
+    etag = etag_of(read.seq)
     if etag_matches(etag, if_none_match):
         return Response(status_code=304, headers={"ETag": etag})
-    return _doc_response(doc, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    return _doc_response(read.doc, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
 def etag_matches(etag: str, if_none_match: str | None) -> bool:
@@ -231,7 +183,7 @@ def get_jobs(
     from jobs.store import list_jobs
 
     with session_scope() as session:
-        page = list_jobs(
+        found = list_jobs(
             session,
             tenant=scope,
             status=status or (),
@@ -243,27 +195,16 @@ def get_jobs(
             limit=limit,
             cursor=cursor,
         )
-    docs = [doc_from_row(job) for job in page.items]
-    live_ids = [job.job_id for job in page.items if JobStatus(job.status) not in TERMINAL]
-    if live_ids:
-        try:
-            live = live_store(get_redis()).read_many(live_ids)
-        except Exception as exc:
-            if not redis_unreachable(exc):
-                raise
-            live_state_unavailable()
-            live = {}
-        docs = [live.get(job.job_id, doc) for job, doc in zip(page.items, docs, strict=True)]
-    body = (
-        b'{"items":[' + b",".join(docs) + b'],"next_cursor":' + json.dumps(page.next_cursor).encode() + b"}"
-    )
+    page = noting_outage(live_page(found, client=get_redis()))
+    cursor_json = json.dumps(page.next_cursor).encode()
+    body = b'{"items":[' + b",".join(page.docs) + b'],"next_cursor":' + cursor_json + b"}"
     return _doc_response(body)
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventList)
 def get_events(job_id: str, principal: CurrentPrincipal) -> EventList:
     """The job's lifecycle events, oldest first (one per accepted state change), secrets redacted."""
-    if not valid_id(job_id):
+    if not valid_job_id(job_id):
         raise JobNotFound(job_id)
     from jobs.db import session_scope
     from jobs.store import get_job, list_events

@@ -1,7 +1,8 @@
 """GET /metrics: Prometheus exposition (see docs/metrics.md for every series).
 
 prometheus_client is imported inside the route, not at module import, to keep
-the Lambda cold start (which imports the app) free of it.
+the Lambda cold start (which imports the app) free of it; the job domain comes
+through `jobs.lazy` for the same reason.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import bearer, current_principal
+from jobs import lazy
 from jobs.settings import get_settings
 from jobs.status import LIVE
-
-# The SQL and Redis layers load inside the routes that use them (Lambda cold start).
 
 router = APIRouter(tags=["metrics"])
 
@@ -38,16 +38,10 @@ async def metrics_access(
 def _families() -> list[Any]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-    from jobs.db import session_scope
-    from jobs.metrics import read_counters
-    from jobs.queue_stats import queue_stats
-    from jobs.redis_conn import get_redis
-    from jobs.set_aside import held
-
-    client = get_redis()
-    with session_scope() as session:
-        report = queue_stats(session, client, tenant=None, include_rq=True)
-    counters = read_counters(client)
+    client = lazy.get_redis()
+    with lazy.open_session() as session:  # run in the thread pool (get_metrics)
+        report = lazy.queue_stats(session, client, tenant=None, include_rq=True)
+    counters = lazy.read_counters(client)
 
     jobs = GaugeMetricFamily(
         "conveyor_jobs", "Jobs in each live status, every tenant (from SQL).", labels=["queue", "status"]
@@ -91,7 +85,7 @@ def _families() -> list[Any]:
         "conveyor_journal_set_aside_held",
         "Journal entries held aside now (capped: CONVEYOR_JOURNAL_SET_ASIDE_MAX).",
     )
-    held_aside.add_metric([], held(client))
+    held_aside.add_metric([], lazy.held(client))
 
     histograms = []
     for kind, help_text in (

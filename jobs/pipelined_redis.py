@@ -1,4 +1,4 @@
-"""One auto-pipelined Redis connection per event loop, for the API's hottest read: a snapshot.
+"""One auto-pipelined Redis connection per event loop, for the hottest read of a job: its snapshot.
 
 `GET /api/v1/jobs/{id}`, every stream's first read and every heartbeat re-read
 fetch one hash's fields. Through redis-py's asyncio client that costs ~50 µs
