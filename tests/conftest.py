@@ -527,3 +527,13 @@ def live_server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> I
     server = ServerProcess(backend, tmp_path_factory.mktemp("server") / "server.log").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def short_cancel_grace(env: Backend, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The API (this process) gives running jobs 1 s to obey a cancel before they are stopped by force."""
+    monkeypatch.setenv("CONVEYOR_CANCEL_GRACE", "1")
+    configure(env.env())
+    yield
+    monkeypatch.delenv("CONVEYOR_CANCEL_GRACE")
+    configure(env.env())

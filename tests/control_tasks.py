@@ -104,3 +104,27 @@ def _done(seconds: float) -> dict[str, float]:
     if job is not None:
         get_redis().incr(DONE_PREFIX + job.id)
     return {"slept": seconds}
+
+
+class StubbornPayload(BaseModel):
+    seconds: float = Field(default=60, ge=0, le=600)
+
+
+@task(queue="control", timeout=1)
+def stubborn(payload: StubbornPayload) -> dict[str, float]:
+    """Blocks the timeout's alarm signal, as a task stuck in C code would never see it: only the
+    pool's hard stop (its timeout plus `hard_stop_after`) ends it."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(payload.seconds)
+    return {"slept": payload.seconds}
+
+
+@task(queue="control", timeout=60)
+def quick(payload: SpinPayload) -> dict[str, str]:
+    """Returns at once with the RQ id it ran under (what `rq.get_current_job()` says)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return {"rq_job": job.id if job is not None else "", "queue": job.origin if job is not None else ""}

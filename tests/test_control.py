@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from jobs.live import heartbeat_key
 from jobs.queueing import fetch, get_queue
-from tests.conftest import Backend, ServerProcess, Tenant, configure, make_tenant
+from tests.conftest import Backend, ServerProcess, Tenant, make_tenant
 from tests.services import wait_until
 from tests.test_cli import conveyor
 from tests.test_jobs_e2e import sql_events, sql_row, submit, wait_sql_status, wait_status
@@ -23,16 +23,6 @@ def control(api: TestClient, job_id: str, action: str, **body: Any) -> Any:
 
 def events(api: TestClient, job_id: str) -> list[dict[str, Any]]:
     return api.get(f"/api/v1/jobs/{job_id}/events").json()["items"]
-
-
-@pytest.fixture
-def short_cancel_grace(env: Backend, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The API (this process) gives running jobs 1 s to obey a cancel before they are stopped by force."""
-    monkeypatch.setenv("CONVEYOR_CANCEL_GRACE", "1")
-    configure(env.env())
-    yield
-    monkeypatch.delenv("CONVEYOR_CANCEL_GRACE")
-    configure(env.env())
 
 
 # --- cancel ------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from jobs.attempts import end_failed_attempt, pending_cancel, record_canceled
 from jobs.clock import utcnow
 from jobs.lifecycle import record
 from jobs.live import HeadField, decode_head, heartbeat_key, live_store, read_head_in
-from jobs.queueing import SERIALIZER, fetch, get_queue, release_abandoned, retry_in
+from jobs.queueing import SERIALIZER, fetch, get_queue, release_abandoned, retry_in, run_due_scheduled
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 BEAT_HEAD: tuple[HeadField, ...] = ("status",)
+SCHEDULER_INTERVAL = 1.0  # seconds between passes over the scheduled registries (RQ's default)
 TICK = 0.1  # seconds between the supervisor's looks at its children
 WORKER_TTL = 480  # seconds a child's RQ worker hash outlives its last heartbeat (RQ's 420 + 60)
 
@@ -91,6 +92,7 @@ class _Child:
     index: int
     pid: int
     name: str
+    born: float = 0.0
     generation: int = -1  # the slot generation the pause bookkeeping below belongs to
     paused_for: float = 0.0  # seconds the current job has been paused (added to its deadline)
 
@@ -125,7 +127,12 @@ class Pool:
         self.client = Redis.from_url(redis_url())
         self.stopping: _Stopping | None = None
         self._generations = [0] * concurrency
+        # A child that fails right after its start (Redis refusing it, a broken task module) is
+        # started again after a growing pause, not in a tight loop.
+        self._respawn_at = [0.0] * concurrency
+        self._backoff = [0.0] * concurrency
         self._next_beat = 0.0
+        self._next_schedule = 0.0
         self._worked = False
         self.ends = EndWriter(self.client, name)
 
@@ -152,12 +159,15 @@ class Pool:
                 if now >= self._next_beat:
                     self._beat()
                     self._next_beat = now + get_settings().heartbeat_interval
+                if now >= self._next_schedule and self.stopping is None:
+                    self._enqueue_due()
+                    self._next_schedule = now + SCHEDULER_INTERVAL
                 self._enforce_deadlines(now)
                 if self.stopping is not None:
                     self._shut_down(now)
                 elif not self.burst:
                     for index in range(self.concurrency):
-                        if index not in self.children:
+                        if index not in self.children and now >= self._respawn_at[index]:
                             self._spawn(index)
         finally:
             with contextlib.suppress(redis.exceptions.RedisError):
@@ -218,7 +228,7 @@ class Pool:
                 os._exit(code)
         os.close(write)  # the child holds the only write end: its exit closes the pipe
         self.ends.add(read)
-        self.children[index] = _Child(index, pid, name)
+        self.children[index] = _Child(index, pid, name, born=time.monotonic())
 
     def _reap(self) -> None:
         while self.children:
@@ -248,6 +258,16 @@ class Pool:
             elif code not in (0, -signal.SIGTERM):
                 log.warning("pool %s: child %s exited with status %s", self.name, child.name, code)
                 self._register_death(child)
+            self._pace_respawn(child, failed=code != 0)
+
+    def _pace_respawn(self, child: _Child, *, failed: bool) -> None:
+        """A child that failed within seconds of its start waits longer before each new start."""
+        index = child.index
+        if failed and time.monotonic() - child.born < 5:
+            self._backoff[index] = min(30.0, max(0.5, 2 * self._backoff[index]))
+            self._respawn_at[index] = time.monotonic() + self._backoff[index]
+        else:
+            self._backoff[index] = 0.0
 
     def _kill(self, child: _Child) -> None:
         """Stop a child now, with its subprocesses; its RQ worker record says it died."""
@@ -305,6 +325,14 @@ class Pool:
         ended = end_failed_attempt(job_id, error, attempt=attempt, retry_in=delay, client=self.client)
         if rq_job is not None and ended.applied:
             release_abandoned(rq_job, self.client, outcome=ended.outcome, detail=error["detail"])
+
+    def _enqueue_due(self) -> None:
+        """RQ's scheduler, one pass: delayed jobs and backoff retries that are due go to their queue
+        (under RQ's scheduler lock, so one pool at a time does it; see `run_due_scheduled`)."""
+        try:
+            run_due_scheduled(self.client, self.queues)
+        except redis.exceptions.RedisError as exc:
+            log.warning("pool %s: could not move due scheduled jobs (%s); next second", self.name, exc)
 
     # --- heartbeats and deadlines -----------------------------------------------------------------
 
