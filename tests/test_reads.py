@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -18,6 +17,7 @@ from jobs.reads import CONTROLLED_HEAD, live_page, snapshot_for, state_for, vali
 from jobs.status import JobStatus
 from jobs.store import get_job, list_jobs
 from tests.conftest import Backend, seed_job
+from tests.live_support import run_async
 
 S = JobStatus
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -29,22 +29,22 @@ def _status(doc: bytes) -> str:
 
 def test_a_snapshot_is_its_tenants_alone(env: Backend, redis_client: Any):
     job_id = seed_job(tenant="t-reads-a")
-    mine = asyncio.run(snapshot_for(job_id, "t-reads-a"))
+    mine = run_async(snapshot_for(job_id, "t-reads-a"))
     assert mine.doc == read_head(redis_client, job_id, ("doc",)).doc
     assert mine.seq == 1 and not mine.live_unavailable
-    assert asyncio.run(snapshot_for(job_id, None)).doc == mine.doc  # an operator reads any tenant's
+    assert run_async(snapshot_for(job_id, None)).doc == mine.doc  # an operator reads any tenant's
     for tenant, wanted in (("t-reads-b", job_id), ("t-reads-a", MISSING), ("t-reads-a", "not-a-uuid")):
         with pytest.raises(JobNotFound):
-            asyncio.run(snapshot_for(wanted, tenant))
+            run_async(snapshot_for(wanted, tenant))
 
 
 def test_a_job_redis_forgot_is_read_from_sql_with_the_same_tenant_check(env: Backend, redis_client: Any):
     job_id = seed_job(tenant="t-reads-a")
     redis_client.delete(job_key(job_id))
-    read = asyncio.run(snapshot_for(job_id, "t-reads-a"))
+    read = run_async(snapshot_for(job_id, "t-reads-a"))
     assert _status(read.doc) == "queued" and read.seq == 1 and not read.live_unavailable
     with pytest.raises(JobNotFound):
-        asyncio.run(snapshot_for(job_id, "t-reads-b"))
+        run_async(snapshot_for(job_id, "t-reads-b"))
 
 
 def test_a_read_with_the_control_request_sees_a_pending_pause(env: Backend, redis_client: Redis):
@@ -52,11 +52,11 @@ def test_a_read_with_the_control_request_sees_a_pending_pause(env: Backend, redi
     record(job_id, S.STARTED, event="started")
     with session_scope() as session:
         pause_job(session=session, client=redis_client, job_id=job_id, tenant="t-reads-a", by="k-1")
-    read = asyncio.run(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD))
+    read = run_async(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD))
     assert read.control == "pause" and _status(read.doc) == "started"
     with session_scope() as session:  # withdraws the request: stored empty
         resume_job(session=session, client=redis_client, job_id=job_id, tenant="t-reads-a", by="k-1")
-    assert asyncio.run(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD)).control is None
+    assert run_async(snapshot_for(job_id, "t-reads-a", fields=CONTROLLED_HEAD)).control is None
 
 
 def test_an_action_decides_by_the_live_state_then_sql(env: Backend, redis_client: Any):
