@@ -219,7 +219,6 @@ def taskiq_system(url: str) -> System:
 
 def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace) -> System:
     """Conveyor through its real CLI and its API's submit path, full history written to SQL."""
-    simple = name.endswith("-simple")
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-peers-"))
     drop: list[Callable[[], None]] = []
     env = {
@@ -244,9 +243,20 @@ def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace
         upgrade(env["DATABASE_URL"])
 
     def enqueue(kind: str) -> None:
+        from jobs.db import session_scope
+        from jobs.redis_conn import get_redis
         from jobs.submit import submit_job
 
-        submit_job(tenant=tenant, owner=None, task=tasks[kind], payload={}, queue=QUEUE)
+        with session_scope() as session:
+            submit_job(
+                session=session,
+                client=get_redis(),
+                tenant=tenant,
+                owner=None,
+                task=tasks[kind],
+                payload={},
+                queue=QUEUE,
+            )
 
     def finished() -> int:
         from sqlmodel import func, select
@@ -262,12 +272,11 @@ def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace
     return System(
         name=name,
         concurrency="2 x `conveyor worker"
-        + (" --simple`" if simple else "`")
         + (f" {args.conveyor_args}" if args.conveyor_args else "")
-        + ", 1 job at a time each, a recorder child each",
-        per_job="SQL row + events (history), Redis snapshot, pub/sub, journal; "
-        + ("runs jobs in-process" if simple else "forks a work-horse per job"),
-        commands=lambda kind: twice([*argv, "--simple"] if simple else argv),
+        + "` (a pool: one child per core unless --concurrency says otherwise), a recorder child each",
+        per_job="SQL row + events (history), Redis snapshot, pub/sub, journal, RQ's records; "
+        "long-lived children, no fork per job",
+        commands=lambda kind: twice(argv),
         enqueue=enqueue,
         env=env,
         setup=setup,
@@ -308,9 +317,7 @@ def _throwaway_postgres(drop: list[Callable[[], None]]) -> str:
 
 SYSTEMS: dict[str, Callable[[str, argparse.Namespace], System]] = {
     "conveyor-sqlite": lambda url, a: conveyor_system("conveyor-sqlite", url, "sqlite", a),
-    "conveyor-sqlite-simple": lambda url, a: conveyor_system("conveyor-sqlite-simple", url, "sqlite", a),
     "conveyor-pg": lambda url, a: conveyor_system("conveyor-pg", url, "postgres", a),
-    "conveyor-pg-simple": lambda url, a: conveyor_system("conveyor-pg-simple", url, "postgres", a),
     "rq-worker": lambda url, a: rq_system("rq-worker", "rq.worker.Worker", url),
     "rq-simple": lambda url, a: rq_system("rq-simple", "rq.worker.SimpleWorker", url),
     "arq": lambda url, a: arq_system(url),
