@@ -180,13 +180,18 @@ def heartbeat_key(job_id: str) -> str:
 
 
 _FIELDS = ", ".join(f"'{name}'" for name in PUBLIC_FIELDS)
-_ASSEMBLE = (
+# The snapshot document, assembled in Lua from the hash's public fields (missing ones are null),
+# exactly as `jobs.snapshot.assemble` does in Python.
+_DOCUMENT = (
     "\nlocal FIELDS = {"
     + _FIELDS
     + "}"
     + """
-local function assemble(key)
-  local vals = redis.call('HMGET', key, unpack(FIELDS))
+local FIELD_AT = {}
+for i, name in ipairs(FIELDS) do FIELD_AT[name] = i end
+local NF = #FIELDS
+
+local function doc_of(vals)
   local parts = {}
   for i, name in ipairs(FIELDS) do
     local v = vals[i]
@@ -194,6 +199,10 @@ local function assemble(key)
     parts[i] = '"' .. name .. '":' .. v
   end
   return '{' .. table.concat(parts, ',') .. '}'
+end
+
+local function assemble(key)
+  return doc_of(redis.call('HMGET', key, unpack(FIELDS)))
 end
 """
 )
@@ -257,7 +266,7 @@ _LUA_STATUSES = (
 
 # KEYS[1] job hash, KEYS[2] running set. Named arguments: SEED_ARGS.
 _SEED = (
-    _ASSEMBLE
+    _DOCUMENT
     + _LUA_STATUSES
     + lua_named_args(SEED_ARGS)
     + """
@@ -284,25 +293,9 @@ return {'ok', doc}
 # started/paused loses it, leaves the running set, and loses any pending control request (`_ctl*`).
 # Returns {outcome, document, control request, journal entry id}.
 GATE_LUA = (
-    _LUA_STATUSES
-    + "\nlocal FIELDS = {"
-    + _FIELDS
-    + "}"
+    _DOCUMENT
+    + _LUA_STATUSES
     + """
-local FIELD_AT = {}
-for i, name in ipairs(FIELDS) do FIELD_AT[name] = i end
-local NF = #FIELDS
-
-local function doc_of(vals)
-  local parts = {}
-  for i, name in ipairs(FIELDS) do
-    local v = vals[i]
-    if not v or v == '' then v = 'null' end
-    parts[i] = '"' .. name .. '":' .. v
-  end
-  return '{' .. table.concat(parts, ',') .. '}'
-end
-
 local function gate(key, journal, hb, running_set, A, argv, first, last)
   local read = redis.call('HMGET', key, '_ctl', unpack(FIELDS))
   local ctl = read[1]
