@@ -31,7 +31,7 @@ from jobs.retention import prune
 from jobs.set_aside import replay
 from jobs.settings import get_settings
 from jobs.tasks import load_tasks
-from worker.main import run_recorder, run_worker
+from worker.recording import run_recorder
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -41,18 +41,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     raise_fd_limit()  # before uvicorn starts: its worker processes inherit the limit
     uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, **uvicorn_options())
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    run_worker(
-        queues,
-        burst=args.burst,
-        concurrency=args.concurrency,
-        name=args.name,
-        recorder=not args.no_recorder,
-    )
     return 0
 
 
@@ -152,7 +140,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dev": cmd_dev,
     "api": cmd_api,
-    "worker": cmd_worker,
     "recorder": cmd_recorder,
     "reconcile": cmd_reconcile,
     "migrate": cmd_migrate,

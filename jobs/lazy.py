@@ -1,4 +1,5 @@
-"""The job domain as the API and the pages reach it: imported on first use. The one lazy seam.
+"""The job domain as the API, the pages and the gate's SQL fallback reach it: imported on first
+use. The one lazy seam.
 
 A Lambda cold start is import time, and a request that needs no store must not pay for
 SQLAlchemy, Redis or RQ (tests/test_cold_start.py). So the modules on the Lambda handler's
@@ -7,7 +8,10 @@ it, ``lazy.submit_job(session=..., redis=...)``: a module's collaborators show a
 and the domain module that holds one is imported the first time it is used (then cached
 here, so the lookup costs one dict access after that).
 
-Everything else (`jobs/` itself, the worker, the CLI, the recorder) imports at its top.
+The same holds for `jobs.lifecycle`, which the worker's processes use for every change: it
+reaches SQL (re-seeding a job Redis lost, writing a change through) by this seam, so a worker
+starts without loading SQLAlchemy. Everything else (`jobs/` itself, the CLI, the recorder)
+imports at its top.
 Add a name in both places below; tests/test_seams.py checks that they agree.
 """
 
@@ -25,11 +29,15 @@ if TYPE_CHECKING:
     from jobs.control import resume_job as resume_job
     from jobs.db import get_engine as get_engine
     from jobs.db import open_session as open_session
+    from jobs.db import session_scope as session_scope
     from jobs.metrics import read_counters as read_counters
     from jobs.queue_stats import queue_stats as queue_stats
     from jobs.redis_conn import get_redis as get_redis
     from jobs.set_aside import held as held
     from jobs.set_aside import listing as listing
+    from jobs.store import JournalEntry as JournalEntry
+    from jobs.store import apply_journal as apply_journal
+    from jobs.store import get_job as get_job
     from jobs.submit import submit_job as submit_job
 
 # Where each name lives (the imports above are what mypy reads; this is what runs).
@@ -42,11 +50,15 @@ HOMES: dict[str, str] = {
     "resume_job": "jobs.control",
     "get_engine": "jobs.db",
     "open_session": "jobs.db",
+    "session_scope": "jobs.db",
     "read_counters": "jobs.metrics",
     "queue_stats": "jobs.queue_stats",
     "get_redis": "jobs.redis_conn",
     "held": "jobs.set_aside",
     "listing": "jobs.set_aside",
+    "JournalEntry": "jobs.store",
+    "apply_journal": "jobs.store",
+    "get_job": "jobs.store",
     "submit_job": "jobs.submit",
 }
 

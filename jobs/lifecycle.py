@@ -2,7 +2,9 @@
 
 A change is accepted (or refused) by the live store in Redis, which journals
 it for SQL. When Redis has lost a job's live state, it is seeded again from
-SQL first, so a change is never lost for want of a snapshot.
+SQL first, so a change is never lost for want of a snapshot. The SQL side is
+reached through `jobs.lazy`: the worker's processes change jobs through here and
+load no SQL library unless Redis lost one.
 """
 
 from __future__ import annotations
@@ -10,18 +12,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
-from sqlmodel import Session
 
+from jobs import lazy
 from jobs.clock import utcnow
-from jobs.db import session_scope
 from jobs.live import TransitionResult, live_store
 from jobs.redis_conn import get_redis
 from jobs.snapshot import row_fields
 from jobs.status import JobStatus
-from jobs.store import JournalEntry, apply_journal, get_job
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,8 @@ def reseed_from_sql(job_id: str, client: Redis | None = None) -> TransitionResul
     It opens its own short session: the gate runs in work-horses too, which hold none (they
     never touch SQL but here, when Redis has lost the job they are changing).
     """
-    with session_scope() as session:
-        job = get_job(session, job_id=job_id)
+    with lazy.session_scope() as session:  # SQL only here: the worker's processes load it on need
+        job = lazy.get_job(session, job_id=job_id)
     if job is None:
         return None
     return live_store(client or get_redis()).seed(row_fields(job), tenant=job.tenant, owner=job.owner)
@@ -139,6 +142,6 @@ def write_through(
     """
     if not result.applied or result.doc is None:
         return
-    entry = JournalEntry(event=event, doc=json.loads(result.doc), data=data or {})
-    apply_journal(session, [entry])
+    entry = lazy.JournalEntry(event=event, doc=json.loads(result.doc), data=data or {})
+    lazy.apply_journal(session, [entry])
     session.commit()

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.client import Pipeline
@@ -31,11 +31,13 @@ from rq.utils import current_timestamp, utcparse
 from rq.worker import Worker as RQWorker
 
 from jobs.clock import isoformat, utcnow
-from jobs.models import Job
 from jobs.redaction import redact
 from jobs.rq_private import enqueue_without_dependency_check, execution_key
 from jobs.settings import get_settings
 from jobs.tasks import TaskSpec
+
+if TYPE_CHECKING:  # the worker's processes import no SQL library (see worker/main.py)
+    from jobs.models import Job
 
 log = logging.getLogger(__name__)
 

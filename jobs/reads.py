@@ -242,7 +242,8 @@ def _referenced(job_id: str, attempt: int) -> bytes | None:
     """A stored result from SQL, or from Redis while the recorder has not moved it yet."""
     from jobs.db import session_scope
     from jobs.redis_conn import get_redis
-    from jobs.results import blob_key, stored_result
+    from jobs.results import blob_key
+    from jobs.store import stored_result
 
     with session_scope() as session:
         body = stored_result(session, job_id=job_id, attempt=attempt)

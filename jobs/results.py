@@ -22,14 +22,11 @@ outputs in object storage and return their address.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from redis import Redis
-from sqlmodel import Session, col, select
 
-from jobs.clock import utcnow
-from jobs.models import Job, JobResult
 from jobs.settings import get_settings
 from jobs.storable import storable_json
 
@@ -85,41 +82,3 @@ def fetch_blobs(client: Redis, wanted: Iterable[tuple[str, int]]) -> dict[tuple[
         return {}
     values = client.mget([blob_key(job_id, attempt) for job_id, attempt in keys])
     return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
-
-
-def store_blobs(session: Session, blobs: Mapping[tuple[str, int], bytes]) -> list[tuple[str, int]]:
-    """Write stashed results to `job_results` for rows that still reference that attempt's result.
-
-    Returns the pairs written (their Redis keys may be deleted once the caller commits).
-    A later attempt's result replaces an earlier one; an older one never replaces a newer.
-    """
-    if not blobs:
-        return []
-    ids = {job_id for job_id, _ in blobs}
-    rows = session.exec(select(Job.job_id, Job.attempt, Job.result_ref).where(col(Job.job_id).in_(ids))).all()
-    referenced = {(job_id, attempt) for job_id, attempt, ref in rows if ref}
-    written: list[tuple[str, int]] = []
-    now = utcnow()
-    for (job_id, attempt), body in blobs.items():
-        if (job_id, attempt) not in referenced:
-            continue
-        existing = session.get(JobResult, job_id)
-        if existing is not None and existing.attempt > attempt:
-            continue
-        row = existing or JobResult(
-            job_id=job_id, attempt=attempt, size_bytes=0, sha256="", body="", created_at=now
-        )
-        row.attempt, row.size_bytes, row.body = attempt, len(body), body.decode()
-        row.sha256, row.created_at = hashlib.sha256(body).hexdigest(), now
-        session.add(row)
-        written.append((job_id, attempt))
-    session.flush()
-    return written
-
-
-def stored_result(session: Session, *, job_id: str, attempt: int) -> bytes | None:
-    """The referenced result of ``attempt`` from SQL, or None when it is not there (yet)."""
-    row = session.get(JobResult, job_id)
-    if row is None or row.attempt != attempt:
-        return None
-    return row.body.encode()

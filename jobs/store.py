@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,11 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from jobs.clock import isoformat, parse_iso
+from jobs.clock import isoformat, parse_iso, utcnow
 from jobs.error_signature import error_signature
 from jobs.errors import InvalidRequest
-from jobs.models import Job, JobEvent
-from jobs.results import store_blobs
+from jobs.models import Job, JobEvent, JobResult
 from jobs.status import RUNNING, WAITING, JobStatus
 
 
@@ -359,3 +359,44 @@ def apply_journal(
 
 
 # --- counts ------------------------------------------------------------------------------------
+
+
+# --- large results (jobs/results.py stashes them in Redis; these keep them in SQL) -------------
+
+
+def store_blobs(session: Session, blobs: Mapping[tuple[str, int], bytes]) -> list[tuple[str, int]]:
+    """Write stashed results to `job_results` for rows that still reference that attempt's result.
+
+    Returns the pairs written (their Redis keys may be deleted once the caller commits).
+    A later attempt's result replaces an earlier one; an older one never replaces a newer.
+    """
+    if not blobs:
+        return []
+    ids = {job_id for job_id, _ in blobs}
+    rows = session.exec(select(Job.job_id, Job.attempt, Job.result_ref).where(col(Job.job_id).in_(ids))).all()
+    referenced = {(job_id, attempt) for job_id, attempt, ref in rows if ref}
+    written: list[tuple[str, int]] = []
+    now = utcnow()
+    for (job_id, attempt), body in blobs.items():
+        if (job_id, attempt) not in referenced:
+            continue
+        existing = session.get(JobResult, job_id)
+        if existing is not None and existing.attempt > attempt:
+            continue
+        row = existing or JobResult(
+            job_id=job_id, attempt=attempt, size_bytes=0, sha256="", body="", created_at=now
+        )
+        row.attempt, row.size_bytes, row.body = attempt, len(body), body.decode()
+        row.sha256, row.created_at = hashlib.sha256(body).hexdigest(), now
+        session.add(row)
+        written.append((job_id, attempt))
+    session.flush()
+    return written
+
+
+def stored_result(session: Session, *, job_id: str, attempt: int) -> bytes | None:
+    """The referenced result of ``attempt`` from SQL, or None when it is not there (yet)."""
+    row = session.get(JobResult, job_id)
+    if row is None or row.attempt != attempt:
+        return None
+    return row.body.encode()

@@ -30,8 +30,6 @@ from typing import Any
 
 from redis import Redis
 
-from jobs.store import JournalEntry
-
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<I")
@@ -139,7 +137,9 @@ class EndWriter:
         return frames
 
     def _write(self, frames: list[dict[str, Any]]) -> None:
-        from jobs.recorder import record_end_now, record_ends_now  # SQL only in this thread, once needed
+        # SQL is loaded here, in this thread, at the first end: the children are running by then.
+        from jobs.recorder import record_end_now, record_ends_now
+        from jobs.store import JournalEntry
 
         known = [
             [

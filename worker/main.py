@@ -1,5 +1,9 @@
 """`conveyor worker`: a pool of long-lived workers (worker/pool.py), with a recorder process beside it.
 
+It imports no SQL library: the pool's processes never open SQL (the supervisor's writer of
+job ends imports it on first use, once the children are running), so a worker starts in a
+fraction of a second and scaling out on queue depth is quick.
+
 The recorder (journal -> SQL) runs as a process of its own rather than a
 thread: the pool forks its children, and forking a process whose other
 threads may hold locks (SQLite's, a connection pool's) is how deadlocks are
@@ -15,16 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import uuid
-from typing import Any
 
-from redis import Redis
-
-from jobs.maintenance import Maintenance
-from jobs.recorder import Recorder
 from jobs.redaction import install_log_redaction
-from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.tasks import load_tasks
 from jobs.tracing import TraceIdFilter
@@ -117,38 +114,3 @@ def run_worker(
     finally:
         if recorder_proc is not None:
             stop_process(recorder_proc)  # it drains what is left before exiting
-
-
-def run_recorder(
-    name: str | None = None, *, maintenance: bool = True, stop: threading.Event | None = None
-) -> None:
-    """Replay the journal into SQL until SIGTERM/SIGINT (or ``stop``); then drain what is left.
-
-    Beside it, a thread runs the maintenance loop: the reconciler and the
-    recurring (cron) jobs, both of which need SQL, which the pool's processes never open.
-    """
-    configure_logging()
-    if stop is None:
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: Any) -> None:
-            assert stop is not None
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    settings = get_settings()
-    consumer = name or f"{worker_name()}.recorder"
-    client = Redis.from_url(redis_url(), socket_timeout=30)
-    use_redis(client)
-    thread = None
-    if maintenance:
-        load_tasks()
-        loop = Maintenance(client, name=consumer)
-        thread = threading.Thread(target=loop.run, args=(stop,), name="maintenance", daemon=True)
-        thread.start()
-    recorder = Recorder(client, consumer=consumer, claim_idle=settings.recorder_claim_idle)
-    recorder.run(stop, block=0.5)
-    recorder.drain()
-    if thread is not None:
-        thread.join(timeout=10)

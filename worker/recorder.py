@@ -31,7 +31,7 @@ import argparse  # noqa: E402  (after the handlers, on purpose: see the docstrin
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from worker.main import run_recorder  # noqa: E402
+from worker.recording import run_recorder  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
