@@ -104,10 +104,26 @@ def _ops_named(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def test_every_server_side_command_the_parser_names_is_in_cli_ops():
-    from cli import ops
-    from cli.main import build_parser
+    import importlib
 
-    assert _ops_named(build_parser()) == set(ops.COMMANDS)
+    from cli import ops
+    from cli.main import OP_MODULES, build_parser
+
+    named = _ops_named(build_parser())
+    assert named - set(OP_MODULES) == set(ops.COMMANDS)
+    for op, module in OP_MODULES.items():  # the worker's command has a module of its own
+        assert op in named and op in importlib.import_module(module).COMMANDS
+
+
+def test_the_worker_command_starts_without_sql_or_the_api():
+    """A worker must start in a fraction of a second (scaling out on queue depth waits for it)."""
+    probe = (
+        "import sys; import cli.main, cli.worker_op\n"
+        "heavy = ('sqlalchemy', 'sqlmodel', 'alembic', 'fastapi', 'cli.ops')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_client_commands_start_without_the_server_side_modules():
