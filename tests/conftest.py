@@ -368,9 +368,12 @@ def descendants(pid: int) -> list[int]:
 
 @pytest.fixture(scope="session")
 def worker(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """One real worker process per backend, shared by the tests that need jobs to run."""
+    """One real worker process per backend, shared by the tests that need jobs to run. One child:
+    the tests that use it hold a job queued behind another (tests/test_worker_pool.py has the
+    pools that run several at once)."""
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = WorkerProcess(backend, log_path, f"test-{backend.name}-{uuid.uuid4().hex[:6]}").start()
+    name = f"test-{backend.name}-{uuid.uuid4().hex[:6]}"
+    proc = WorkerProcess(backend, log_path, name, args=("--concurrency", "1")).start()
     yield proc
     proc.stop()
 

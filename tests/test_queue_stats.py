@@ -74,7 +74,7 @@ def test_counts_oldest_wait_workers_and_health(app: Any, env: Any, worker: Any):
     assert body["oldest_waiting_age_s"] == queues["other"]["oldest_waiting_age_s"]
 
     assert body["workers"]["active"] >= 1
-    ours = [w for w in body["workers"]["items"] if w["name"] == worker.name]
+    ours = [w for w in body["workers"]["items"] if w["name"].startswith(f"{worker.name}.")]  # its child
     assert ours and ours[0]["queues"] == ["default"] and ours[0]["heartbeat_age_s"] is not None
     assert queues["default"]["workers"] >= 1 and queues["other"]["workers"] == 0
     assert queues["default"]["rq"] is not None  # admins see RQ's own depth
