@@ -12,12 +12,13 @@ a large result is stashed and referenced (see jobs/results.py).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,8 +110,20 @@ def perform(
         spec = get_task(task)
         model = spec.validate(payload)
         value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
+        if inspect.iscoroutine(value):  # an async task on RQ's own path: it runs alone
+            value = _run_alone(value)
         fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
     return _success(fields)
+
+
+def _run_alone(work: Coroutine[Any, Any, T]) -> T:
+    """Run an async task to its end on a private loop (not `asyncio.run`, which would clear
+    this thread's current loop for whoever set one)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()
 
 
 async def perform_async(
