@@ -244,9 +244,20 @@ def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace
         upgrade(env["DATABASE_URL"])
 
     def enqueue(kind: str) -> None:
+        from jobs.db import session_scope
+        from jobs.redis_conn import get_redis
         from jobs.submit import submit_job
 
-        submit_job(tenant=tenant, owner=None, task=tasks[kind], payload={}, queue=QUEUE)
+        with session_scope() as session:
+            submit_job(
+                session=session,
+                client=get_redis(),
+                tenant=tenant,
+                owner=None,
+                task=tasks[kind],
+                payload={},
+                queue=QUEUE,
+            )
 
     def finished() -> int:
         from sqlmodel import func, select

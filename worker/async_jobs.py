@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from worker.slots import Slots
 log = logging.getLogger(__name__)
 
 WATCH_EVERY = 0.2  # seconds between the watcher's looks at the stop words
-END_THREADS = 4  # threads recording jobs' ends
+END_THREADS = 2  # threads recording jobs' ends (Redis runs one command at a time anyway)
 
 T = TypeVar("T")
 
@@ -52,7 +53,12 @@ class AsyncJobs:
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.create_task(self._watch())
-        self._loop.run_forever()
+        try:
+            self._loop.run_forever()
+        except BaseException:  # SystemExit from a task (after its end was recorded), as a sync one's
+            log.exception("the async jobs' event loop stopped: this child ends")
+        # The pool settles the jobs still in this child's slots, as a dead child's.
+        os._exit(1)
 
     @property
     def in_flight(self) -> int:
@@ -109,6 +115,7 @@ class AsyncJobs:
         asked: dict[int, asyncio.Task[Any]] = {}
         while True:
             await asyncio.sleep(WATCH_EVERY)
+            asked = {slot: task for slot, task in asked.items() if self._running.get(slot) is task}
             for slot, task in list(self._running.items()):
                 if asked.get(slot) is not task and self.slots.stop_asked(slot):
                     asked[slot] = task
