@@ -8,6 +8,7 @@ then the child is killed and its other jobs end as a dead worker's (retried), as
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from redis import Redis
 
+from jobs.queueing import get_queue
 from tests.conftest import Backend
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, submit, wait_status
@@ -127,3 +129,22 @@ def test_an_async_job_deaf_to_cancellation_takes_its_child_and_the_others_are_re
         lambda: [w.name for w in children(redis_client, proc.name)] not in ([], [child]),
         message="a fresh child in its place",
     )
+
+
+def test_async_jobs_still_running_at_shutdown_are_requeued(
+    api: TestClient, env: Backend, tmp_path: Path, pool: list, redis_client: Redis
+):
+    pool.append(proc := start_pool(env, tmp_path, concurrency=1, CONVEYOR_SHUTDOWN_GRACE="1"))
+    ids = [submit(api, "async_sleeper", {"seconds": 30}, queue=QUEUE)["job_id"] for _ in range(3)]
+    for job_id in ids:
+        wait_status(api, job_id, {"started"})
+    assert proc.process is not None
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(timeout=15) == 0
+    for job_id in ids:
+        snap = api.get(f"/api/v1/jobs/{job_id}").json()
+        assert snap["status"] == "queued" and snap["attempt"] == 2
+    assert sorted(get_queue(QUEUE, redis_client).get_job_ids()) == sorted(ids)
+    for job_id in ids:
+        get_queue(QUEUE, redis_client).remove(job_id)
+        api.post(f"/api/v1/jobs/{job_id}/cancel")
