@@ -148,3 +148,17 @@ def test_async_jobs_still_running_at_shutdown_are_requeued(
     for job_id in ids:
         get_queue(QUEUE, redis_client).remove(job_id)
         api.post(f"/api/v1/jobs/{job_id}/cancel")
+
+
+def test_an_async_job_deaf_to_its_timeout_is_stopped_by_the_pool_with_its_child(
+    api: TestClient, env: Backend, tmp_path: Path, pool: list
+):
+    pool.append(start_pool(env, tmp_path, concurrency=1, CONVEYOR_HARD_STOP_AFTER="1"))
+    deaf = submit(api, "async_deaf", {"seconds": 60}, queue=QUEUE, timeout=1)["job_id"]
+    other = submit(api, "async_sleeper", {"seconds": 6}, queue=QUEUE)["job_id"]
+    wait_status(api, other, {"started"})
+    final = wait_status(api, deaf, {"failed"}, timeout=15)
+    assert final["error"]["type"] == "JobTimeout"
+    retry = next(sql_events_eventually(other, "retry"))
+    assert retry.data["error"]["type"] == "WorkHorseKilled"
+    assert wait_status(api, other, {"finished"}, timeout=20)["attempt"] == 2
