@@ -106,13 +106,22 @@ CLAIM_ARGS = (
 _CLAIM_NAMES = CLAIM_ARGS + tuple(name for name in TRANSITION_ARGS if name != "job_id")
 
 # Replies {'empty'} | {'gone', id, queue} | {'rq', id, queue} (RQ's path takes it; the id is back
-# in the queue's intermediate list, where RQ's dequeue would have left it) |
+# where RQ's dequeue would have left it: see hand_to_rq) |
 # {'ok', id, queue, data, timeout, meta, result_ttl, dependency_ids, document, journal entry}.
 _CLAIM = (
     GATE_LUA
     + _RQ_KEYS
     + lua_named_args(_CLAIM_NAMES)
     + """
+-- A job RQ's own code will run sits where RQ's dequeue would have left it: in the queue's
+-- intermediate list for a worker of one queue (RQ's BLMOVE), nowhere for several (RQ's BLPOP,
+-- whose job RQ's own code never takes out of an intermediate list).
+local function hand_to_rq(id, qname)
+  if not string.find(A.queues, ',', 1, true) then
+    redis.call('RPUSH', RQ_QUEUE .. qname .. ':intermediate', id)
+  end
+end
+
 local id, qname = false, false
 if A.popped ~= '' then
   id = A.popped
@@ -130,13 +139,13 @@ local job = redis.call('HMGET', rqkey, 'data', 'timeout', 'meta', 'result_ttl', 
   'success_callback_name', 'repeats_left', 'webhooks')
 if not job[1] then return {'gone', id, qname} end
 if (job[6] and job[6] ~= '') or job[7] or job[8] then
-  redis.call('RPUSH', RQ_QUEUE .. qname .. ':intermediate', id)
+  hand_to_rq(id, qname)
   return {'rq', id, qname}
 end
 A.job_id = id
 local reply = gate(JOB_PREFIX .. id, JOURNAL, HB_PREFIX .. id, RUNNING_SET, A, ARGV, FIELDS_AT, #ARGV)
 if reply[1] ~= 'ok' then
-  redis.call('RPUSH', RQ_QUEUE .. qname .. ':intermediate', id)
+  hand_to_rq(id, qname)
   return {'rq', id, qname}
 end
 local timeout = tonumber(job[2]) or tonumber(A.default_timeout)
