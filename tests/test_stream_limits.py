@@ -330,7 +330,15 @@ def test_streams_of_a_revoked_key_close_within_30_seconds(server: ServerProcess)
     from jobs.db import session_scope
 
     tenant = make_tenant()
-    job = seed_job(tenant.name)
+    # Waiting in a real RQ queue that no worker here consumes: a job seeded in no queue is, to
+    # the reconciler's sweep, a job Redis lost, and its requeue (then a run) would answer the poll.
+    submitted = httpx.post(
+        f"{server.url}/api/v1/jobs",
+        json={"task": "long_task", "payload": {}, "queue": "isolated"},
+        headers=tenant.headers,
+    )
+    assert submitted.status_code == 201, submitted.text
+    job = submitted.json()["job_id"]
     ended: dict[str, Any] = {}
 
     def follow_sse() -> None:
