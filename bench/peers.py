@@ -574,7 +574,7 @@ def main() -> None:
     parser.add_argument("--conveyor-args", default="", help="extra `conveyor worker` arguments")
     parser.add_argument("--conveyor-noop-task", default="peer_noop")
     parser.add_argument(
-        "--conveyor-sleep-task", default="peer_sleep", help="e.g. an async task, once supported"
+        "--conveyor-sleep-task", default="peer_sleep", help="e.g. peer_async_sleep (an async task)"
     )
     args = parser.parse_args()
     if args.quick:

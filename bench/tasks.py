@@ -90,6 +90,11 @@ def peer_noop(payload: NoPayload) -> None:
 
 @task(queue="bench")
 def peer_sleep(payload: NoPayload) -> None:
-    """bench/peers.py's 10 ms job, sync while Conveyor runs sync tasks (`--conveyor-sleep-task`
-    picks another, e.g. an async one once the worker runs those)."""
+    """bench/peers.py's 10 ms job as a sync task (`--conveyor-sleep-task` picks another)."""
     peer_mark.sleep()
+
+
+@task(queue="bench")
+async def peer_async_sleep(payload: NoPayload) -> None:
+    """bench/peers.py's 10 ms job as an async task: `--conveyor-sleep-task peer_async_sleep`."""
+    await peer_mark.async_sleep()

@@ -9,6 +9,8 @@ and the Redis client, threads and signals that come with it.
     def resize(payload: ResizePayload, progress: ProgressReporter) -> dict:
         for i, image in enumerate(images, 1):
             progress.update(i, total=len(images), message=f"resized {image}")
+
+An ``async def`` task awaits ``progress.aupdate(...)`` / ``progress.acheckpoint()`` instead.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ class ProgressReporter(Protocol):
 
     def checkpoint(self) -> None:
         """A safe point to stop or hold, for loops that report no progress."""
+        ...
+
+    async def aupdate(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """`update` for ``async def`` tasks: a pause holds this task, not the worker's event loop."""
+        ...
+
+    async def acheckpoint(self) -> None:
+        """`checkpoint` for ``async def`` tasks."""
         ...
 
     def flush(self) -> None:

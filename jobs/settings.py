@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     # stop at its timeout (a task stuck in C code never sees the alarm); RQ's worker waits 60.
     hard_stop_after: float = Field(default=10.0, ge=1, le=3600)
 
+    # --- Async tasks (issue 17: `async def` tasks run side by side inside a child). ---
+    # How many async jobs one child runs at once on its event loop.
+    async_concurrency: int = Field(default=32, ge=1, le=10_000)
+    # Seconds an async job has to end after a forced stop cancelled it (asyncio cancellation)
+    # before the pool kills its child, and with it every job that child still runs.
+    async_stop_grace: float = Field(default=3.0, ge=0.1, le=600)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if not self.secret_key:

@@ -64,6 +64,11 @@ class TaskSpec:
             ]
             raise InvalidPayload(self.name, errors) from None
 
+    @property
+    def is_async(self) -> bool:
+        """An ``async def`` task: a worker child runs many of these at once on its event loop."""
+        return inspect.iscoroutinefunction(self.func)
+
     def schema(self) -> dict[str, Any]:
         return self.payload_model.model_json_schema()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pydantic import BaseModel, Field
@@ -128,3 +129,43 @@ def quick(payload: SpinPayload) -> dict[str, str]:
 
     job = get_current_job()
     return {"rq_job": job.id if job is not None else "", "queue": job.origin if job is not None else ""}
+
+
+@task(queue="control", timeout=600, retries=1, retry_intervals=[0])
+async def async_sleeper(payload: SleepPayload, progress: ProgressReporter) -> dict[str, float]:
+    """`sleeper` as an async task: awaits in short steps with checkpoints, retried once if lost."""
+    end = time.monotonic() + payload.seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        await progress.acheckpoint()
+    get_redis().incr(DONE_PREFIX + progress.job_id)
+    return {"slept": payload.seconds}
+
+
+@task(queue="control", timeout=600)
+async def async_steps(payload: StepsPayload, progress: ProgressReporter) -> dict[str, int]:
+    """`steps` as an async task: awaited progress updates (or checkpoints) between short steps."""
+    for i in range(payload.steps):
+        await asyncio.sleep(payload.step)
+        if payload.report:
+            await progress.aupdate(i + 1, total=payload.steps, message=f"step {i + 1}")
+        else:
+            await progress.acheckpoint()
+    return {"steps": payload.steps}
+
+
+@task(queue="control", timeout=1)
+async def async_overruns(payload: SleepPayload) -> None:
+    """Awaits past its 1-second timeout: the asyncio timeout ends it."""
+    await asyncio.sleep(payload.seconds)
+
+
+@task(queue="control", timeout=600)
+async def async_deaf(payload: SleepPayload) -> None:
+    """Ignores cancellation (catches it and goes on sleeping): only killing its process ends it."""
+    end = time.monotonic() + payload.seconds
+    while time.monotonic() < end:
+        try:
+            await asyncio.sleep(end - time.monotonic())
+        except asyncio.CancelledError:
+            continue

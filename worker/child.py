@@ -15,7 +15,14 @@ Each job goes one of two ways:
   a repeat, a job whose live state Redis lost (the runner re-seeds it from SQL),
   or one the gate would not start.
 
-A child is visible to RQ as a worker of its own (``rq info`` lists each).
+An ``async def`` task's job runs on the child's event loop (worker/async_jobs.py)
+while the main thread takes the next one, up to ``async_concurrency`` at once; a
+sync job waits until no async job runs, then runs alone, so that its forced stop
+(which kills the child) never takes async jobs with it.
+
+A child is visible to RQ as a worker of its own (``rq info`` lists each); RQ's
+model has one current job per worker, so with async jobs its hash names the last
+one taken (each job has its own execution record, as with RQ's own workers).
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import traceback
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import redis.exceptions
+from redis import Redis
 from rq import SimpleWorker
 from rq.executions import Execution
 from rq.job import Job as RQJob
@@ -39,16 +48,19 @@ from rq.worker import WorkerStatus
 
 from jobs.attempts import lost_our_start, reannounce_start
 from jobs.clock import utcnow
-from jobs.queueing import HEARTBEAT_MARKER, RUNNER, SERIALIZER, fetch, get_queue
+from jobs.errors import UnknownTask
+from jobs.queueing import HEARTBEAT_MARKER, RUNNER, SERIALIZER, fetch, get_queue, release_abandoned
 from jobs.redaction import redact_text
 from jobs.results import discard_blob
 from jobs.rq_engine import Claimed, Engine, Finished, Passed
 from jobs.rq_private import current_job
 from jobs.settings import get_settings
+from jobs.tasks import get_task
 from jobs.tracing import current_trace_id
+from worker.async_jobs import AsyncJobs
 from worker.ends import EndNotes
-from worker.progress import JobInterrupted
-from worker.runner import attempt_of, perform, through_a_blip
+from worker.progress import JobCanceled, JobInterrupted
+from worker.runner import Success, attempt_of, perform, perform_async, through_a_blip
 from worker.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -85,6 +97,39 @@ def resident_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class _Attempt:
+    """One claimed attempt as the runner needs it: RQ's record loaded only when wanted, and
+    whether RQ may retry it."""
+
+    def __init__(self, claimed: Claimed, number: int, connection: Redis) -> None:
+        self.claimed = claimed
+        self.number = number
+        self.no_retry = False
+        self._connection = connection
+        self._loaded: list[RQJob | None] = []
+
+    def dont_retry(self) -> None:
+        self.no_retry = True
+
+    def rq_job(self) -> RQJob | None:
+        if not self._loaded:
+            self._loaded.append(fetch(self.claimed.job_id, self._connection))
+        return self._loaded[0]
+
+    def perform_args(self) -> dict[str, Any]:
+        claimed = self.claimed
+        return {
+            "task": claimed.kwargs["task"],
+            "payload": claimed.kwargs["payload"],
+            "job_id": claimed.job_id,
+            "attempt": self.number,
+            "started_at": claimed.started_at,
+            "client": self._connection,
+            "rq_job": self.rq_job,
+            "no_retry": self.dont_retry,
+        }
+
+
 class ConveyorChild(RedactedFailures, SimpleWorker):
     """A pool's child: RQ's in-process worker with Conveyor's fast path for its jobs."""
 
@@ -106,6 +151,9 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         self.limits = limits
         self.wait_timeout = wait_timeout
         self.engine = Engine(self.connection, self.name)
+        self.slot = slots.of(index)[0]  # where its sync jobs run; async ones take the others
+        self.async_jobs: AsyncJobs | None = None
+        self._rq_lock = threading.Lock()  # RQ's failure handling keeps state on the worker
         self.jobs_done = 0
         self._waiting = False
 
@@ -139,6 +187,8 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         self.set_state(WorkerStatus.STARTED)
         try:
             while not self._stop_requested:
+                if self.async_jobs is not None:
+                    self.async_jobs.wait_for_room()
                 job = self._next(burst=burst)
                 if job is None:
                     break
@@ -147,6 +197,8 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
                 if self._spent():
                     break
         finally:
+            if self.async_jobs is not None:
+                self.async_jobs.drain()
             self.register_death()
 
     def _spent(self) -> bool:
@@ -204,17 +256,22 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
     # --- running it ------------------------------------------------------------------------------
 
     def _run(self, job: Claimed | Passed) -> None:
+        if isinstance(job, Claimed) and self._is_async(job):
+            self._start_async(job)
+            return
+        if self.async_jobs is not None:
+            self.async_jobs.drain()  # a sync job runs alone: its forced stop kills no async job
         if isinstance(job, Passed):
             self._run_rq_way(job)
             if job.job_id is not None and self.notes is not None:
                 self.notes.ended(job.job_id)
             return
         timeout = job.timeout or get_settings().job_timeout
-        self.slots.begin(self.index, job.job_id, timeout=timeout + get_settings().hard_stop_after)
+        self.slots.begin(self.slot, job.job_id, timeout=timeout + get_settings().hard_stop_after)
         # Raises only when this child must end (a fault in its own code, SystemExit from a task):
         # the slot then still names the job, and the pool records the attempt's end as it reaps.
         entries = self._run_claimed(job, timeout)
-        self.slots.end(self.index)
+        self.slots.end(self.slot)
         current_trace_id.set(None)
         if self.notes is not None:
             self.notes.ended(job.job_id, entries)
@@ -227,11 +284,11 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         if rq_job is None:
             return
         queue = get_queue(passed.queue, self.connection)
-        self.slots.begin(self.index, rq_job.id, timeout=(rq_job.timeout or get_settings().job_timeout) + 60)
+        self.slots.begin(self.slot, rq_job.id, timeout=(rq_job.timeout or get_settings().job_timeout) + 60)
         try:
             self.execute_job(rq_job, queue)
         finally:
-            self.slots.end(self.index)
+            self.slots.end(self.slot)
 
     def _run_claimed(self, claimed: Claimed, timeout: int) -> list[tuple[str, bytes, str]] | None:
         """Run a claimed job; returns the journal entries of its start and end when it finished
@@ -239,23 +296,7 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         if claimed.func_name != RUNNER:  # a job another app put on this queue, under Conveyor's id
             self._fail_rq_way(claimed, None, f"not a Conveyor job: {claimed.func_name}", no_retry=True)
             return None
-        attempt = attempt_of(claimed.started)
-        self.slots.started(self.index, attempt)
-        current_trace_id.set(claimed.meta.get("trace_id"))
-        no_retry = False
-
-        def dont_retry() -> None:
-            nonlocal no_retry
-            no_retry = True
-
-        loaded: list[RQJob | None] = []
-
-        def rq_job() -> RQJob | None:
-            if not loaded:
-                loaded.append(fetch(claimed.job_id, self.connection))
-            return loaded[0]
-
-        task, payload = claimed.kwargs["task"], claimed.kwargs["payload"]
+        attempt = self._attempt(claimed, self.slot)
         # What a task sees of RQ's record through `rq.get_current_job()`, built without a fetch.
         context = RQJob(id=claimed.job_id, connection=self.connection, serializer=SERIALIZER)
         context.origin, context.meta, context.timeout = claimed.queue, claimed.meta, timeout
@@ -264,30 +305,99 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
                 current_job(context),
                 UnixSignalDeathPenalty(timeout, JobTimeoutException, job_id=claimed.job_id),
             ):
-                success = perform(
-                    task,
-                    payload,
-                    job_id=claimed.job_id,
-                    attempt=attempt,
-                    started_at=claimed.started_at,
-                    client=self.connection,
-                    rq_job=rq_job,
-                    no_retry=dont_retry,
+                success = perform(**attempt.perform_args())
+        except BaseException as exc:
+            self._failed(attempt, exc)
+            return None
+        return self._succeeded(attempt, success)
+
+    # --- async jobs --------------------------------------------------------------------------------
+
+    def _is_async(self, claimed: Claimed) -> bool:
+        if claimed.func_name != RUNNER:
+            return False
+        try:
+            return get_task(claimed.kwargs["task"]).is_async
+        except (UnknownTask, KeyError):
+            return False  # the sync path records the failure
+
+    def _start_async(self, claimed: Claimed) -> None:
+        """Hand an async job to this child's event loop (started with its first async job)."""
+        if self.async_jobs is None:
+            room = self.slots.of(self.index)
+            self.async_jobs = AsyncJobs(self.slots, room[1:], get_settings().async_concurrency)
+        jobs = self.async_jobs
+        timeout = claimed.timeout or get_settings().job_timeout
+
+        async def run(slot: int) -> None:
+            hard = timeout + get_settings().hard_stop_after
+            self.slots.begin(slot, claimed.job_id, timeout=hard, concurrent=True)
+            entries = None
+            try:
+                entries = await self._run_async(jobs, claimed, timeout, slot)
+            except Exception:  # its end is unknown: its heartbeat stops and the reconciler settles it
+                log.exception(
+                    "worker %s: could not record the end of async job %s", self.name, claimed.job_id
                 )
-        except JobInterrupted as exc:
+            finally:
+                self.slots.end(slot)
+                if self.notes is not None:
+                    self.notes.ended(claimed.job_id, entries)
+
+        jobs.start(run)
+
+    async def _run_async(
+        self, jobs: AsyncJobs, claimed: Claimed, timeout: int, slot: int
+    ) -> list[tuple[str, bytes, str]] | None:
+        """`_run_claimed` for an async job, on the event loop (its end recorded off the loop).
+
+        RQ's `get_current_job()` is not set: RQ keeps it per thread, and the loop's thread runs
+        many jobs at once (a task has ``progress.job_id``)."""
+        attempt = self._attempt(claimed, slot)
+        work = perform_async(
+            **attempt.perform_args(), timeout=timeout, stop_asked=lambda: self.slots.stop_asked(slot)
+        )
+        try:
+            success = await jobs.cancellable(slot, work)
+        except BaseException as exc:
+            failure = exc
+            await jobs.off_loop(lambda: self._failed(attempt, failure))
+            return None
+        return await jobs.off_loop(lambda: self._succeeded(attempt, success))
+
+    # --- how an attempt ends -----------------------------------------------------------------------
+
+    def _attempt(self, claimed: Claimed, slot: int) -> _Attempt:
+        attempt = _Attempt(claimed, attempt_of(claimed.started), self.connection)
+        self.slots.started(slot, attempt.number)
+        current_trace_id.set(claimed.meta.get("trace_id"))
+        return attempt
+
+    def _failed(self, attempt: _Attempt, exc: BaseException) -> None:
+        """RQ's record of an attempt that did not succeed (the runner recorded Conveyor's)."""
+        claimed = attempt.claimed
+        if isinstance(exc, JobCanceled) and exc.forced:  # an async job stopped by asyncio cancellation
+            self.log.info("Worker %s: job %s stopped by force: %s", self.name, claimed.job_id, exc)
+            rq_job = attempt.rq_job()
+            if rq_job is not None:
+                release_abandoned(rq_job, self.connection, outcome="canceled")
+            return
+        if isinstance(exc, JobInterrupted):
             self.log.info("Worker %s: job %s stopped: %s", self.name, claimed.job_id, exc)
-            self._fail_rq_way(claimed, rq_job(), f"{type(exc).__name__}: {exc}", no_retry=True)
-            return None
-        except BaseException as exc:  # the runner recorded it; RQ's record follows RQ's own rules
-            self.log.error("Worker %s: job %s failed", self.name, claimed.job_id, exc_info=exc)
-            text = "".join(traceback.format_exception(exc))
-            self._fail_rq_way(claimed, rq_job(), text, no_retry=no_retry)
-            if not isinstance(exc, Exception):
-                raise  # SystemExit and the like end this child; the pool starts a fresh one
-            return None
-        finished = self._finish(claimed, attempt, success.patch, success.rq_value)
+            self._fail_rq_way(claimed, attempt.rq_job(), f"{type(exc).__name__}: {exc}", no_retry=True)
+            return
+        # RQ's record follows RQ's own rules
+        self.log.error("Worker %s: job %s failed", self.name, claimed.job_id, exc_info=exc)
+        text = "".join(traceback.format_exception(exc))
+        self._fail_rq_way(claimed, attempt.rq_job(), text, no_retry=attempt.no_retry)
+        if not isinstance(exc, Exception):
+            raise exc  # SystemExit and the like end this child; the pool starts a fresh one
+
+    def _succeeded(self, attempt: _Attempt, success: Success) -> list[tuple[str, bytes, str]] | None:
+        claimed = attempt.claimed
+        finished = self._finish(claimed, attempt.number, success.patch, success.rq_value)
         if success.result_ref is not None and not finished.result.applied:
-            discard_blob(claimed.job_id, attempt, self.connection)
+            discard_blob(claimed.job_id, attempt.number, self.connection)
         if finished.has_dependents:
             self._release_dependents(claimed)
         start, end = claimed.started, finished.result
@@ -324,6 +434,10 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
                 return
         if no_retry:
             rq_job.retries_left = 0
+        with self._rq_lock:
+            self._handle_failure(claimed, rq_job, exc_string)
+
+    def _handle_failure(self, claimed: Claimed, rq_job: RQJob, exc_string: str) -> None:
         execution = Execution(claimed.execution_id, claimed.job_id, self.connection, worker_name=self.name)
         execution.created_at = claimed.started_at
         self.execution = execution

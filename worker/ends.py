@@ -48,6 +48,7 @@ class EndNotes:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._lock = threading.Lock()  # async jobs end on several threads; a frame is one write
 
     def ended(self, job_id: str, entries: list[tuple[str, bytes, str]] | None = None) -> None:
         """``entries`` are (event, document, data) of the attempt's start and end."""
@@ -55,7 +56,7 @@ class EndNotes:
         if entries is not None:
             frame["entries"] = [[event, doc.decode(), data] for event, doc, data in entries]
         body = json.dumps(frame, separators=(",", ":")).encode()
-        with contextlib.suppress(BlockingIOError, BrokenPipeError):  # the recorders will carry it
+        with self._lock, contextlib.suppress(BlockingIOError, BrokenPipeError):  # the recorders carry it
             os.write(self.fd, _LENGTH.pack(len(body)) + body)
 
 

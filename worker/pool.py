@@ -24,7 +24,12 @@ fresh one. The supervisor (this module):
   requeues what still runs as a new attempt and stops its child; a second
   SIGTERM does that at once.
 
-Only the job concerned is stopped: each child runs one job at a time.
+Only the job concerned is stopped: a child runs one sync job at a time, alone. An
+async job (a child runs many side by side, see worker/async_jobs.py) is first
+stopped by asyncio cancellation of that job alone; only if it is still running
+``async_stop_grace`` seconds later is its child killed, and then every other job
+that child ran ends as a dead worker's does (a failed attempt, retried when its
+task retries). The same holds for an async job past its hard deadline.
 If the supervisor itself is killed, its children die with it (PDEATHSIG), the
 heartbeats stop, and the reconciler retries their jobs within seconds.
 """
@@ -39,7 +44,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -59,7 +64,7 @@ from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
 from worker.child import ChildLimits, ConveyorChild
 from worker.ends import EndNotes, EndWriter, new_pipe
-from worker.slots import Slots
+from worker.slots import Slots, SlotView
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +98,21 @@ class _Child:
     pid: int
     name: str
     born: float = 0.0
-    generation: int = -1  # the slot generation the pause bookkeeping below belongs to
-    paused_for: float = 0.0  # seconds the current job has been paused (added to its deadline)
+
+
+@dataclass
+class _Paused:
+    generation: int  # the slot generation (the job) this belongs to
+    seconds: float = 0.0  # seconds the job has been paused (added to its deadline)
+
+
+@dataclass(frozen=True)
+class _AsyncStop:
+    """A forced stop asked of one async job: its child is killed if the job still runs at ``until``."""
+
+    child: int
+    generation: int
+    until: float
 
 
 @dataclass
@@ -102,7 +120,6 @@ class _Stopping:
     since: float  # when the first stop signal came
     until: float  # when jobs still running are requeued and their children stopped
     forced: bool = False  # a second signal: requeue now
-    requeued: set[int] = field(default_factory=set)
 
 
 class Pool:
@@ -122,7 +139,9 @@ class Pool:
         self.concurrency = concurrency
         self.burst = burst
         self.limits = limits or ChildLimits()
-        self.slots = Slots(concurrency)
+        self.slots = Slots(concurrency, get_settings().async_concurrency + 1)
+        self._paused: dict[int, _Paused] = {}  # by slot
+        self._async_stops: dict[int, _AsyncStop] = {}  # by slot
         self.children: dict[int, _Child] = {}  # by index
         self.client = Redis.from_url(redis_url())
         self.stopping: _Stopping | None = None
@@ -163,6 +182,7 @@ class Pool:
                     self._enqueue_due()
                     self._next_schedule = now + SCHEDULER_INTERVAL
                 self._enforce_deadlines(now)
+                self._enforce_async_stops(now)
                 if self.stopping is not None:
                     self._shut_down(now)
                 elif not self.burst:
@@ -195,21 +215,66 @@ class Pool:
         if command == "shutdown":
             self._on_stop_signal(signal.SIGTERM, None)
         elif child is not None and command in ("stop-job", "kill-horse"):
-            view = self.slots.read(child.index)
-            wanted = payload.get("job_id")
-            if view.job_id is not None and (wanted is None or wanted == view.job_id):
-                log.warning(
-                    "pool %s: %s for job %s: stopping child %s", self.name, command, view.job_id, child.name
+            self._stop_job(child, command, payload.get("job_id"))
+
+    def _stop_job(self, child: _Child, command: str, wanted: str | None) -> None:
+        """A forced stop: an async job is cancelled alone first (see `_enforce_async_stops`); any
+        other job is stopped by killing its child."""
+        for slot, view in self._in_flight(child):
+            if wanted is not None and wanted != view.job_id:
+                continue
+            if command == "stop-job" and view.concurrent:
+                asked = self._async_stops.get(slot)
+                if asked is not None and asked.generation == view.generation:
+                    return  # asked again (the control path repeats it): the first grace stands
+                log.warning("pool %s: stop-job for async job %s: cancelling it", self.name, view.job_id)
+                self.slots.ask_stop(slot, view.generation)
+                grace = get_settings().async_stop_grace
+                self._async_stops[slot] = _AsyncStop(child.index, view.generation, time.monotonic() + grace)
+                return
+            log.warning(
+                "pool %s: %s for job %s: stopping child %s", self.name, command, view.job_id, child.name
+            )
+            self._kill_running(child, slot, "canceled" if command == "stop-job" else "killed")
+            return
+
+    def _enforce_async_stops(self, now: float) -> None:
+        """Kill the child of an async job that is still running past its stop's grace."""
+        for slot, stop in list(self._async_stops.items()):
+            child = self.children.get(stop.child)
+            view = self.slots.read(slot)
+            if child is None or view.generation != stop.generation or view.job_id is None:
+                del self._async_stops[slot]  # it ended (or its child did)
+            elif now >= stop.until:
+                del self._async_stops[slot]
+                log.error(
+                    "pool %s: async job %s ignored its cancellation; stopping child %s and its other jobs",
+                    self.name,
+                    view.job_id,
+                    child.name,
                 )
-                self._kill(child)
-                self._settle(view.job_id, view.attempt, "canceled" if command == "stop-job" else "killed")
+                self._kill_running(child, slot, "canceled")
+
+    def _in_flight(self, child: _Child) -> list[tuple[int, SlotView]]:
+        """(slot, view) of every job the child runs now."""
+        views = ((slot, self.slots.read(slot)) for slot in self.slots.of(child.index))
+        return [(slot, view) for slot, view in views if view.job_id is not None]
+
+    def _kill_running(self, child: _Child, slot: int, cause: str) -> None:
+        """Kill a child to stop the job in ``slot`` (recorded as ``cause``); the other jobs it ran
+        end as a dead worker's do (retried when their task retries)."""
+        self._kill(child)
+        for other, view in self._in_flight(child):
+            assert view.job_id is not None
+            self._settle(view.job_id, view.attempt, cause if other == slot else "bystander")
 
     # --- children ----------------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> None:
         self._generations[index] += 1
         name = f"{self.name}.{index}.{self._generations[index]}"
-        self.slots.end(index)
+        for slot in self.slots.of(index):
+            self.slots.end(slot)
         read, write = new_pipe()
         pid = os.fork()
         if pid == 0:  # the child: it must never return into the supervisor's code
@@ -243,9 +308,10 @@ class Pool:
                 continue
             del self.children[child.index]
             self._worked = True
-            view = self.slots.read(child.index)
+            running = self._in_flight(child)
             code = os.waitstatus_to_exitcode(status)
-            if view.job_id is not None:  # it died in the middle of a job
+            for _, view in running:  # it died in the middle of its jobs
+                assert view.job_id is not None
                 log.error(
                     "pool %s: child %s died (status %s) running job %s",
                     self.name,
@@ -254,6 +320,7 @@ class Pool:
                     view.job_id,
                 )
                 self._settle(view.job_id, view.attempt, "died", code=code)
+            if running:
                 self._register_death(child)
             elif code not in (0, -signal.SIGTERM):
                 log.warning("pool %s: child %s exited with status %s", self.name, child.name, code)
@@ -316,6 +383,11 @@ class Pool:
             }
         elif cause == "killed":
             error = {"type": "WorkHorseKilled", "detail": "The job's process was killed on request."}
+        elif cause == "bystander":
+            error = {
+                "type": "WorkHorseKilled",
+                "detail": "The job's process was killed to stop another job running in it.",
+            }
         else:
             error = {
                 "type": "WorkHorseKilled",
@@ -341,15 +413,11 @@ class Pool:
         which jobs are paused (their pause does not count against their deadline)."""
         settings = get_settings()
         now_rq = utcformat(utcnow())
-        running = []
+        running = [job for child in self.children.values() for job in self._in_flight(child)]
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 keys = [Worker.redis_worker_namespace_prefix + child.name for child in self.children.values()]
                 pipe.eval(_WORKER_BEATS, len(keys), *keys, now_rq, WORKER_TTL)
-                for child in self.children.values():
-                    view = self.slots.read(child.index)
-                    if view.job_id is not None:
-                        running.append((child, view))
                 for _, view in running:
                     assert view.job_id is not None
                     hb = heartbeat_key(view.job_id)
@@ -360,31 +428,33 @@ class Pool:
             log.warning("pool %s: Redis unreachable for the heartbeats (%s); next tick", self.name, exc)
             return
         answers = replies[1:]
-        for (child, view), beat, reply in zip(running, answers[::2], answers[1::2], strict=True):
+        for (slot, view), beat, reply in zip(running, answers[::2], answers[1::2], strict=True):
             current = decode_head(BEAT_HEAD, reply).status
             if current is None and not beat:  # Redis lost its data while the job runs: say it is alive
                 with contextlib.suppress(redis.exceptions.RedisError):
                     self.client.set(heartbeat_key(view.job_id or ""), 1, ex=settings.heartbeat_ttl)
-            if child.generation != view.generation:
-                child.generation, child.paused_for = view.generation, 0.0
+            paused = self._paused.get(slot)
+            if paused is None or paused.generation != view.generation:
+                paused = self._paused[slot] = _Paused(view.generation)
             if current == JobStatus.PAUSED:
-                child.paused_for += settings.heartbeat_interval
+                paused.seconds += settings.heartbeat_interval
 
     def _enforce_deadlines(self, now: float) -> None:
         for child in list(self.children.values()):
-            view = self.slots.read(child.index)
-            if view.job_id is None or not view.deadline:
-                continue
-            paused = child.paused_for if child.generation == view.generation else 0.0
-            if now > view.deadline + paused:
-                log.error(
-                    "pool %s: job %s ran past its timeout; stopping child %s",
-                    self.name,
-                    view.job_id,
-                    child.name,
-                )
-                self._kill(child)
-                self._settle(view.job_id, view.attempt, "timeout")
+            for slot, view in self._in_flight(child):
+                if not view.deadline:
+                    continue
+                paused = self._paused.get(slot)
+                held = paused.seconds if paused is not None and paused.generation == view.generation else 0.0
+                if now > view.deadline + held:
+                    log.error(
+                        "pool %s: job %s ran past its timeout; stopping child %s",
+                        self.name,
+                        view.job_id,
+                        child.name,
+                    )
+                    self._kill_running(child, slot, "timeout")
+                    break
 
     # --- stopping ---------------------------------------------------------------------------------
 
@@ -406,39 +476,39 @@ class Pool:
         if now < self.stopping.until:
             return
         for child in list(self.children.values()):
-            view = self.slots.read(child.index)
-            if view.job_id is not None and child.index not in self.stopping.requeued:
-                self.stopping.requeued.add(child.index)
-                self._requeue(child, view.job_id, view.attempt)
-            else:
-                self._kill(child)
+            requeued = [
+                job_id for _, view in self._in_flight(child) if (job_id := self._requeue(child, view))
+            ]
+            self._kill(child)  # before its jobs go back to a queue: it must not take one of them
+            for job_id in requeued:
+                rq_job = fetch(job_id, self.client)
+                if rq_job is not None:
+                    release_abandoned(rq_job, self.client, outcome="requeue")
 
-    def _requeue(self, child: _Child, job_id: str, attempt: int) -> None:
-        """Give a job still running at shutdown back to its queue as a new attempt, then stop its
-        child. The new attempt is recorded first, so the old one's last writes are refused as stale;
-        it does not use up a retry."""
+    def _requeue(self, child: _Child, view: SlotView) -> str | None:
+        """Record a job still running at shutdown as a new attempt, to go back to its queue once
+        its child is stopped (its id; None if it ended meanwhile). The new attempt is recorded
+        first, so the old one's last writes are refused as stale; it does not use up a retry."""
         assert self.stopping is not None
         if self.stopping.forced:
             reason = "worker shutdown (forced)"
         else:
             reason = f"worker shutdown: still running after {get_settings().shutdown_grace:.0f}s"
         requeued = record(
-            job_id,
+            view.job_id or "",
             JobStatus.QUEUED,
             event="requeued",
             new_attempt=True,
             from_statuses=RUNNING,
-            expect_attempt=attempt,
+            expect_attempt=view.attempt,
             patch={"enqueued_at": utcnow(), "eta_seconds": None, "message": "requeued: " + reason},
             data={"reason": reason, "worker": child.name},
             client=self.client,
         )
-        self._kill(child)
-        if requeued.applied:
-            log.warning("pool %s: requeued job %s (%s)", self.name, job_id, reason)
-            rq_job = fetch(job_id, self.client)
-            if rq_job is not None:
-                release_abandoned(rq_job, self.client, outcome="requeue")
+        if not requeued.applied:
+            return None
+        log.warning("pool %s: requeued job %s (%s)", self.name, view.job_id, reason)
+        return view.job_id
 
 
 def _child_main(

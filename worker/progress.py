@@ -20,10 +20,17 @@ with every write, and a checkpoint reads it from Redis at most once per
 ``control_poll_interval``. `checkpoint` also raises :class:`JobInterrupted`
 when this attempt is over (the job was ended or retried by someone else), so
 a long loop stops doing work nobody will record.
+
+An ``async def`` task awaits `aupdate` and `acheckpoint` instead: the same
+cheap calls, except that a pause holds the task in a thread (the child's other
+async jobs go on meanwhile) and its time does not count against the task's
+timeout. The plain `update` and `checkpoint` work in an async task too, but a
+pause would hold the child's whole event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -59,10 +66,13 @@ class JobInterrupted(BaseException):
 class JobCanceled(JobInterrupted):
     """The job was canceled; the runner records it. Catch it only to clean up, then re-raise."""
 
-    def __init__(self, by: str | None = None, requested_at: str | None = None) -> None:
+    def __init__(
+        self, by: str | None = None, requested_at: str | None = None, *, forced: bool = False
+    ) -> None:
         super().__init__(f"canceled by {by or 'a request'}")
         self.by = by
         self.requested_at = requested_at
+        self.forced = forced  # stopped by force (an async job's asyncio cancellation), not at a checkpoint
 
 
 class CoalescingWriter:
@@ -184,6 +194,7 @@ class Progress:
         self._heartbeat_ttl = settings.heartbeat_ttl
         self._control: str | None = None  # the pending control request, as last seen
         self._control_seen = time.monotonic()
+        self.timeout_scope: asyncio.Timeout | None = None  # an async task's timeout (paused time is left out)
 
     @property
     def percent(self) -> float | None:
@@ -196,14 +207,20 @@ class Progress:
 
     def update(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report ``done`` out of ``total`` (or, without ``total``, ``done`` percent), with a message."""
+        if self._offer(done, total, message):
+            self._obey(self._control_request())
+
+    async def aupdate(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """`update` for an ``async def`` task: a pause holds this task alone, not the event loop."""
+        if self._offer(done, total, message):
+            await self._aobey(self._control_request())
+
+    def _offer(self, done: float, total: float | None, message: str | None) -> bool:
         if total is not None:
             percent = 100.0 * done / total if total > 0 else 0.0
         else:
             percent = float(done)
-        percent = min(100.0, max(0.0, percent))
-        if not self._writer.offer(percent, message):
-            return
-        self._obey(self._control_request())
+        return self._writer.offer(min(100.0, max(0.0, percent)), message)
 
     def checkpoint(self) -> None:
         """A safe point to stop or hold: raises on cancel, holds while paused, returns at once otherwise.
@@ -211,11 +228,39 @@ class Progress:
         Call it in loops that do not report progress. It costs a clock read,
         and a Redis read at most once per ``control_poll_interval``.
         """
+        control = self._checked_control()
+        if control is not None:
+            self._obey(control)
+
+    async def acheckpoint(self) -> None:
+        """`checkpoint` for an ``async def`` task (see `aupdate`)."""
+        control = self._checked_control()
+        if control is not None:
+            await self._aobey(control)
+
+    def _checked_control(self) -> str | None:
+        """The pending control request at a checkpoint; raises when this attempt is over."""
         if self._writer.closed:
-            return
+            return None
         if self.interrupted_by is not None:
             raise JobInterrupted(f"job {self.job_id} is now {self.interrupted_by.value}")
-        self._obey(self._control_request(refresh_status=True))
+        return self._control_request(refresh_status=True)
+
+    async def _aobey(self, control: str | None) -> None:
+        """Obey in an async task: a pause waits in a thread, its time left out of the task's timeout."""
+        if control != "pause":
+            self._obey(control)
+            return
+        scope, loop = self.timeout_scope, asyncio.get_running_loop()
+        when = scope.when() if scope is not None else None
+        held_from = loop.time()
+        if scope is not None:
+            scope.reschedule(None)
+        try:
+            await asyncio.to_thread(self._hold)
+        finally:
+            if scope is not None and when is not None:
+                scope.reschedule(when + loop.time() - held_from)
 
     def _control_request(self, *, refresh_status: bool = False) -> str | None:
         """The pending control request, re-read from Redis when the last sight of it is stale."""

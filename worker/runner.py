@@ -11,12 +11,15 @@ a large result is stashed and referenced (see jobs/results.py).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -28,7 +31,13 @@ from rq import get_current_job
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
-from jobs.attempts import end_failed_attempt, lost_our_start, reannounce_start, record_canceled
+from jobs.attempts import (
+    end_failed_attempt,
+    lost_our_start,
+    pending_cancel,
+    reannounce_start,
+    record_canceled,
+)
 from jobs.clock import utcnow
 from jobs.lifecycle import record
 from jobs.live import TransitionResult, read_head
@@ -97,14 +106,86 @@ def perform(
     Both the RQ entry point (`run_job`) and the worker's own loop (worker/child.py) use it.
     """
     progress = Progress(job_id=job_id, attempt=attempt, started_at=started_at, client=client)
-    try:
+    with _recording(progress, client, rq_job, no_retry):
         spec = get_task(task)
         model = spec.validate(payload)
         value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
+        if inspect.iscoroutine(value):  # an async task on RQ's own path: it runs alone
+            value = _run_alone(value)
         fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
+    return _success(fields)
+
+
+def _run_alone(work: Coroutine[Any, Any, T]) -> T:
+    """Run an async task to its end on a private loop (not `asyncio.run`, which would clear
+    this thread's current loop for whoever set one)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()
+
+
+async def perform_async(
+    task: str,
+    payload: dict[str, Any],
+    *,
+    job_id: str,
+    attempt: int,
+    started_at: datetime,
+    client: Redis,
+    rq_job: Callable[[], RQJob | None],
+    no_retry: Callable[[], None],
+    timeout: float,
+    stop_asked: Callable[[], bool],
+) -> Success:
+    """`perform` for an ``async def`` task, on the worker child's event loop.
+
+    Its timeout is an asyncio timeout around the task (RQ's alarm cannot target one coroutine),
+    recorded as a `JobTimeout` failure. A forced stop arrives as asyncio cancellation: when
+    ``stop_asked`` says the supervisor asked for it, it is recorded as a forced cancel. The
+    blocking Redis calls here (start of `Progress`, result, the failure's record) are single
+    short commands; the job's end script runs off the loop (see worker/child.py).
+    """
+    progress = Progress(job_id=job_id, attempt=attempt, started_at=started_at, client=client)
+    with _recording(progress, client, rq_job, no_retry):
+        spec = get_task(task)
+        model = spec.validate(payload)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                progress.timeout_scope = scope
+                value = await (spec.func(model, progress) if spec.takes_progress else spec.func(model))
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the task's own TimeoutError
+            raise JobTimeoutException(f"Task exceeded maximum timeout value ({timeout:g} seconds)") from None
+        except asyncio.CancelledError:
+            if not stop_asked():
+                raise
+            by, at = pending_cancel(job_id, client) or (None, None)
+            raise JobCanceled(by, at, forced=True) from None
+        fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
+    return _success(fields)
+
+
+@contextmanager
+def _recording(
+    progress: Progress, client: Redis, rq_job: Callable[[], RQJob | None], no_retry: Callable[[], None]
+) -> Iterator[None]:
+    """Record how an attempt that did not succeed ended (then re-raise); close its progress."""
+    job_id, attempt = progress.job_id, progress.attempt
+    try:
+        yield
     except JobCanceled as exc:
         progress.close()
-        record_canceled(job_id, by=exc.by, requested_at=exc.requested_at, attempt=attempt, client=client)
+        record_canceled(
+            job_id,
+            by=exc.by,
+            requested_at=exc.requested_at,
+            attempt=attempt,
+            forced=exc.forced,
+            client=client,
+        )
         no_retry()
         raise
     except JobInterrupted:
@@ -117,6 +198,9 @@ def perform(
             no_retry()
         raise
     progress.close()
+
+
+def _success(fields: dict[str, Any]) -> Success:
     # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
     rq_value = fields["result"] if fields["result_ref"] is None else fields["result_ref"]
     patch = {**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None}
