@@ -26,7 +26,12 @@ __all__ = ["pool"]  # the fixture, used by name
 
 
 def started_by(job_id: str) -> str:
-    return str(next(e for e in sql_events(job_id) if e.event == "started").data["worker"])
+    """The child that started the job, from its SQL history (once the recorder has carried it)."""
+    event = wait_until(
+        lambda: next((e for e in sql_events(job_id) if e.event == "started"), None),
+        message=f"job {job_id}'s start in SQL",
+    )
+    return str(event.data["worker"])
 
 
 def running_in(redis_client: Redis, job_id: str) -> str:
