@@ -58,7 +58,7 @@ from jobs.settings import get_settings
 from jobs.tasks import get_task
 from jobs.tracing import current_trace_id
 from worker.async_jobs import AsyncJobs
-from worker.ends import EndNotes
+from worker.ends import EndNotes, Entry
 from worker.progress import JobCanceled, JobInterrupted
 from worker.runner import Success, attempt_of, perform, perform_async, through_a_blip
 from worker.slots import Slots
@@ -290,9 +290,9 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         finally:
             self.slots.end(self.slot)
 
-    def _run_claimed(self, claimed: Claimed, timeout: int) -> list[tuple[str, bytes, str]] | None:
-        """Run a claimed job; returns the journal entries of its start and end when it finished
-        here (None: its end was recorded another way, see worker/ends.py)."""
+    def _run_claimed(self, claimed: Claimed, timeout: int) -> list[Entry] | None:
+        """Run a claimed job; returns the journal entries of its start, its last progress and its
+        end when it finished here (None: its end was recorded another way, see worker/ends.py)."""
         if claimed.func_name != RUNNER:  # a job another app put on this queue, under Conveyor's id
             self._fail_rq_way(claimed, None, f"not a Conveyor job: {claimed.func_name}", no_retry=True)
             return None
@@ -348,7 +348,7 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
 
     async def _run_async(
         self, jobs: AsyncJobs, claimed: Claimed, timeout: int, slot: int
-    ) -> list[tuple[str, bytes, str]] | None:
+    ) -> list[Entry] | None:
         """`_run_claimed` for an async job, on the event loop (its end recorded off the loop).
 
         RQ's `get_current_job()` is not set: RQ keeps it per thread, and the loop's thread runs
@@ -393,7 +393,7 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         if not isinstance(exc, Exception):
             raise exc  # SystemExit and the like end this child; the pool starts a fresh one
 
-    def _succeeded(self, attempt: _Attempt, success: Success) -> list[tuple[str, bytes, str]] | None:
+    def _succeeded(self, attempt: _Attempt, success: Success) -> list[Entry] | None:
         claimed = attempt.claimed
         finished = self._finish(claimed, attempt.number, success.patch, success.rq_value)
         if success.result_ref is not None and not finished.result.applied:
@@ -403,7 +403,11 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         start, end = claimed.started, finished.result
         if not (end.applied and start.doc and end.doc):
             return None
-        return [("started", start.doc, self.engine.start_data), ("finished", end.doc, "")]
+        return [
+            ("started", start.doc, self.engine.start_data, start.entry_id or b""),
+            *(("progress", doc, "", entry_id) for doc, entry_id in success.progress),
+            ("finished", end.doc, "", end.entry_id or b""),
+        ]
 
     def _finish(self, claimed: Claimed, attempt: int, patch: dict[str, Any], rq_value: Any) -> Finished:
         def finish() -> Finished:

@@ -80,6 +80,7 @@ class Success:
 
     patch: dict[str, Any]
     rq_value: Any
+    progress: tuple[tuple[bytes, bytes], ...] = ()  # journaled progress writes: (document, entry id)
 
     @property
     def result_ref(self) -> str | None:
@@ -113,7 +114,7 @@ def perform(
         if inspect.iscoroutine(value):  # an async task on RQ's own path: it runs alone
             value = _run_alone(value)
         fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
-    return _success(fields)
+    return _success(fields, progress)
 
 
 def _run_alone(work: Coroutine[Any, Any, T]) -> T:
@@ -165,7 +166,7 @@ async def perform_async(
             by, at = pending_cancel(job_id, client) or (None, None)
             raise JobCanceled(by, at, forced=True) from None
         fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
-    return _success(fields)
+    return _success(fields, progress)
 
 
 @contextmanager
@@ -200,11 +201,11 @@ def _recording(
     progress.close()
 
 
-def _success(fields: dict[str, Any]) -> Success:
+def _success(fields: dict[str, Any], progress: Progress) -> Success:
     # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
     rq_value = fields["result"] if fields["result_ref"] is None else fields["result_ref"]
     patch = {**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None}
-    return Success(patch, rq_value)
+    return Success(patch, rq_value, tuple(progress.journaled))
 
 
 def run_job(task: str, payload: dict[str, Any]) -> Any:
