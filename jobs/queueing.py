@@ -55,6 +55,10 @@ RQ_WAITING = frozenset({RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED})
 # A field of the RQ worker hash: Conveyor's worker keeps `last_heartbeat` fresh while a job runs,
 # so a stale one means it is dead.
 HEARTBEAT_MARKER = "conveyor_heartbeat_interval"
+# A field of the RQ worker hash: the last job the worker's claim took (the fast path's claim
+# script writes it with the start; nothing clears it). RQ's `current_job` is cleared when any job
+# ends, so with async jobs running beside the claim it may no longer name the one just taken.
+CLAIMED_FIELD = "conveyor_claimed"
 
 _queues: dict[tuple[int, str], Queue] = {}
 

@@ -55,7 +55,7 @@ from jobs.live import (
     lua_named_args,
     named_args,
 )
-from jobs.queueing import SERIALIZER
+from jobs.queueing import CLAIMED_FIELD, SERIALIZER
 from jobs.settings import get_settings
 from jobs.snapshot import encode
 from jobs.status import WAITING, JobStatus, allowed_sources
@@ -83,6 +83,7 @@ local RQ_EXECUTIONS = '{_template(ExecutionRegistry.key_template)}'
 local RQ_EXECUTION = 'rq:execution:'
 local RQ_RESULTS = 'rq:results:'
 local RQ_WORKER = '{BaseWorker.redis_worker_namespace_prefix}'
+local RQ_CLAIMED = '{CLAIMED_FIELD}'
 local RQ_DEFAULT_WORKER_TTL = {DEFAULT_WORKER_TTL}
 local JOB_PREFIX = '{KEY_PREFIX}'
 local HB_PREFIX = '{HEARTBEAT_PREFIX}'
@@ -162,7 +163,7 @@ redis.call('ZADD', RQ_EXECUTIONS .. id, now + ttl + 60, exec)
 redis.call('EXPIRE', RQ_EXECUTIONS .. id, ttl + 60)
 redis.call('ZADD', RQ_WIP .. qname, now + ttl, id .. ':' .. exec)
 redis.call('HSET', RQ_WORKER .. A.worker, 'state', 'busy', 'current_job', id,
-  'current_job_working_time', 0, 'last_heartbeat', A.now_rq)
+  'current_job_working_time', 0, 'last_heartbeat', A.now_rq, RQ_CLAIMED, id)
 return {'ok', id, qname, job[1], job[2] or false, job[3] or false, job[4] or false, job[5] or false,
   reply[2], reply[4]}
 """

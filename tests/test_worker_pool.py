@@ -8,6 +8,7 @@ wrote as its own (`rq info`, its registries, results and worker records).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,9 +26,11 @@ from rq import Worker
 from rq.job import Job as RQJob
 
 from jobs.queueing import SERIALIZER, get_queue
+from jobs.rq_engine import Claimed, Engine
 from tests.conftest import FAST_ENV, Backend, WorkerProcess
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, submit, wait_status
+from worker.pool import Pool, _Child
 
 QUEUE = "isolated"
 
@@ -133,6 +136,35 @@ def test_a_child_killed_mid_job_is_replaced_and_its_job_retried_at_once(
     assert wait_status(api, job_id, {"started"}, timeout=10)["attempt"] == 2
     wait_until(lambda: len(children(redis_client, proc.name)) == 2, message="a fresh child in its place")
     assert worker_name not in {w.name for w in children(redis_client, proc.name)}
+    api.post(f"/api/v1/jobs/{job_id}/cancel")
+
+
+def test_a_child_killed_between_its_claim_and_its_slot_has_its_job_retried_at_once(
+    api: TestClient, env: Backend, redis_client: Redis
+):
+    """The claim script records the start before the child's slot names the job: a child killed
+    in that moment (its claim done, its reply not yet read) has its attempt ended by the pool as
+    it reaps the child, not by the reconciler a heartbeat TTL later."""
+    job_id = submit(api, "retrying_sleeper", {"seconds": 30}, queue=QUEUE)["job_id"]
+    supervisor = Pool([QUEUE], name=f"pool-{uuid.uuid4().hex[:6]}", concurrency=1)
+    # A process of this test's own stands for the child: the claim below is the one it made.
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    name = f"{supervisor.name}.0.1"
+    supervisor.children[0] = _Child(0, victim.pid, name)
+    try:
+        claimed = Engine(redis_client, name).claim([QUEUE])
+        assert isinstance(claimed, Claimed) and claimed.job_id == job_id
+        assert all(supervisor.slots.read(slot).job_id is None for slot in supervisor.slots.of(0))
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: supervisor._reap() or not supervisor.children, timeout=5, message="the reap")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.pid, signal.SIGKILL)
+        supervisor.slots.close()
+    snap = wait_status(api, job_id, {"queued"}, timeout=5)
+    assert snap["attempt"] == 2
+    assert snap["error"]["type"] == "WorkHorseKilled"
+    assert job_id in get_queue(QUEUE, redis_client).get_job_ids()  # back in its queue, to run again
     api.post(f"/api/v1/jobs/{job_id}/cancel")
 
 

@@ -75,12 +75,15 @@ class AsyncJobs:
         with self._cond:
             self._cond.wait_for(lambda: self._count == 0)
 
-    def start(self, job: Callable[[int], Coroutine[Any, Any, None]]) -> int:
+    def start(self, job: Callable[[int], Coroutine[Any, Any, None]], begin: Callable[[int], None]) -> int:
         """Run ``job(slot)`` on the loop in a free slot (there is one: see `wait_for_room`);
-        returns the slot, which ``job`` must fill with `Slots.begin` before it awaits anything."""
+        ``begin(slot)`` fills the slot first, on the calling thread, so that from its claim to its
+        end the job is in a slot the supervisor reads (a child killed before the loop got to it
+        would otherwise leave its start unsettled). Returns the slot."""
         with self._cond:
             slot = self._free.pop()
             self._count += 1
+        begin(slot)
         self._loop.call_soon_threadsafe(self._launch, job, slot)
         return slot
 

@@ -328,10 +328,12 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
             self.async_jobs = AsyncJobs(self.slots, room[1:], get_settings().async_concurrency)
         jobs = self.async_jobs
         timeout = claimed.timeout or get_settings().job_timeout
+        hard = timeout + get_settings().hard_stop_after
+
+        def begin(slot: int) -> None:
+            self.slots.begin(slot, claimed.job_id, timeout=hard, concurrent=True)
 
         async def run(slot: int) -> None:
-            hard = timeout + get_settings().hard_stop_after
-            self.slots.begin(slot, claimed.job_id, timeout=hard, concurrent=True)
             entries = None
             try:
                 entries = await self._run_async(jobs, claimed, timeout, slot)
@@ -344,7 +346,7 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
                 if self.notes is not None:
                     self.notes.ended(claimed.job_id, entries)
 
-        jobs.start(run)
+        jobs.start(run, begin)
 
     async def _run_async(
         self, jobs: AsyncJobs, claimed: Claimed, timeout: int, slot: int

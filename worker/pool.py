@@ -57,8 +57,16 @@ from rq.worker import Worker
 from jobs.attempts import end_failed_attempt, pending_cancel, record_canceled
 from jobs.clock import utcnow
 from jobs.lifecycle import record
-from jobs.live import HeadField, decode_head, heartbeat_key, live_store, read_head_in
-from jobs.queueing import SERIALIZER, fetch, get_queue, release_abandoned, retry_in, run_due_scheduled
+from jobs.live import HeadField, decode_head, heartbeat_key, live_store, read_head, read_head_in
+from jobs.queueing import (
+    CLAIMED_FIELD,
+    SERIALIZER,
+    fetch,
+    get_queue,
+    release_abandoned,
+    retry_in,
+    run_due_scheduled,
+)
 from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
 from jobs.status import RUNNING, JobStatus
@@ -70,6 +78,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 BEAT_HEAD: tuple[HeadField, ...] = ("status",)
+CLAIM_HEAD: tuple[HeadField, ...] = ("status", "attempt", "worker")
 SCHEDULER_INTERVAL = 1.0  # seconds between passes over the scheduled registries (RQ's default)
 TICK = 0.1  # seconds between the supervisor's looks at its children
 WORKER_TTL = 480  # seconds a child's RQ worker hash outlives its last heartbeat (RQ's 420 + 60)
@@ -260,11 +269,40 @@ class Pool:
         views = ((slot, self.slots.read(slot)) for slot in self.slots.of(child.index))
         return [(slot, view) for slot, view in views if view.job_id is not None]
 
+    def _held(self, child: _Child) -> list[tuple[int | None, SlotView]]:
+        """(slot, view) of every job a child that is gone held: those its slots name, and the one
+        its last claim took if no slot names it (slot None).
+
+        The claim script records the start, and names the job in the child's RQ worker hash, in
+        one step; the child fills a slot only once the script's reply is back. A child that died
+        in between leaves a started job that no slot names: without this, nothing would end that
+        attempt until the reconciler found its heartbeat gone, a heartbeat TTL later."""
+        held: list[tuple[int | None, SlotView]] = list(self._in_flight(child))
+        claimed = self._claimed_by(child)
+        if claimed is not None and all(view.job_id != claimed.job_id for _, view in held):
+            held.append((None, claimed))
+        return held
+
+    def _claimed_by(self, child: _Child) -> SlotView | None:
+        """The job the child's last claim took, if it is still running that attempt: a job ended,
+        retried or taken by another child since names another worker or status."""
+        try:
+            raw = self.client.hget(Worker.redis_worker_namespace_prefix + child.name, CLAIMED_FIELD)
+            if raw is None:
+                return None
+            job_id = raw.decode()
+            head = read_head(self.client, job_id, CLAIM_HEAD)
+        except redis.exceptions.RedisError:
+            return None  # the reconciler settles it once its heartbeat is gone
+        if head.status not in RUNNING or head.worker != child.name:
+            return None
+        return SlotView(0, job_id, head.attempt or 0, 0.0, 0.0)
+
     def _kill_running(self, child: _Child, slot: int, cause: str) -> None:
         """Kill a child to stop the job in ``slot`` (recorded as ``cause``); the other jobs it ran
         end as a dead worker's do (retried when their task retries)."""
         self._kill(child)
-        for other, view in self._in_flight(child):
+        for other, view in self._held(child):
             assert view.job_id is not None
             self._settle(view.job_id, view.attempt, cause if other == slot else "bystander")
 
@@ -308,8 +346,8 @@ class Pool:
                 continue
             del self.children[child.index]
             self._worked = True
-            running = self._in_flight(child)
             code = os.waitstatus_to_exitcode(status)
+            running = self._held(child)
             for _, view in running:  # it died in the middle of its jobs
                 assert view.job_id is not None
                 log.error(
@@ -476,19 +514,17 @@ class Pool:
         if now < self.stopping.until:
             return
         for child in list(self.children.values()):
-            requeued = [
-                job_id for _, view in self._in_flight(child) if (job_id := self._requeue(child, view))
-            ]
             self._kill(child)  # before its jobs go back to a queue: it must not take one of them
+            requeued = [job_id for _, view in self._held(child) if (job_id := self._requeue(child, view))]
             for job_id in requeued:
                 rq_job = fetch(job_id, self.client)
                 if rq_job is not None:
                     release_abandoned(rq_job, self.client, outcome="requeue")
 
     def _requeue(self, child: _Child, view: SlotView) -> str | None:
-        """Record a job still running at shutdown as a new attempt, to go back to its queue once
-        its child is stopped (its id; None if it ended meanwhile). The new attempt is recorded
-        first, so the old one's last writes are refused as stale; it does not use up a retry."""
+        """Record a job still running at shutdown, whose child was just stopped, as a new attempt
+        to go back to its queue (its id; None if it ended meanwhile). A last write of the old
+        attempt that reaches Redis after this is refused as stale; it does not use up a retry."""
         assert self.stopping is not None
         if self.stopping.forced:
             reason = "worker shutdown (forced)"
