@@ -71,7 +71,7 @@ def test_children_run_jobs_side_by_side(
         wait_status(api, job_id, {"finished"}, timeout=15)
     took = time.monotonic() - started
     assert took < 4, f"three 1.5 s jobs on three children took {took:.1f}s: they did not overlap"
-    workers = {next(e for e in sql_events(j) if e.event == "started").data["worker"] for j in ids}
+    workers = {next(sql_events_eventually(j, "started")).data["worker"] for j in ids}
     assert len(workers) == 3  # one job per child
 
 
