@@ -21,8 +21,8 @@ fresh one. The supervisor (this module):
 - replaces a child that exited (after ``child_max_jobs`` jobs, past
   ``child_max_memory_mb``, or dead);
 - on SIGTERM lets running jobs finish for ``shutdown_grace`` seconds, then
-  requeues what still runs as a new attempt and stops its child; a second
-  SIGTERM does that at once.
+  stops the children that still run one and requeues their jobs as a new
+  attempt; a second SIGTERM does that at once.
 
 Only the job concerned is stopped: a child runs one sync job at a time, alone. An
 async job (a child runs many side by side, see worker/async_jobs.py) is first
