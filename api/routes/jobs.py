@@ -82,6 +82,8 @@ class TaskInfo(LazyModel):
     timeout: int
     retries: int
     payload_schema: dict[str, Any]
+    max_timeout_seconds: int = 0  # the longest `timeout` a submission may ask for (0: no task cap)
+    max_running: int = 0  # how many may run at once over all workers (0: no task cap)
 
 
 def etag_of(seq: int | str) -> str:
@@ -241,6 +243,13 @@ def _redacted_event_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
     return cleaned
 
 
+def _caps(spec: Any) -> dict[str, int]:
+    from jobs.limits import task_caps
+
+    caps = task_caps(spec)
+    return {"max_timeout_seconds": caps.max_timeout_seconds, "max_running": caps.max_running}
+
+
 @router.get("/tasks", response_model=list[TaskInfo], tags=["tasks"])
 def get_tasks(principal: CurrentPrincipal) -> list[TaskInfo]:
     """Every task you can submit, with its payload's JSON Schema."""
@@ -253,6 +262,7 @@ def get_tasks(principal: CurrentPrincipal) -> list[TaskInfo]:
             timeout=spec.timeout or settings.job_timeout,
             retries=spec.retries,
             payload_schema=spec.schema(),
+            **_caps(spec),
         )
         for spec in sorted(load_tasks().values(), key=lambda s: s.name)
     ]
