@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -219,6 +220,17 @@ class Client:
 
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/api/v1/tasks").json())
+
+    # --- limits ----------------------------------------------------------------------------------
+
+    def limits(self, tenant: str) -> dict[str, Any]:
+        """A tenant's limits in force (an admin key: its own tenant; an operator key: any)."""
+        return dict(self.request("GET", f"/api/v1/tenants/{quote(tenant, safe='')}/limits").json())
+
+    def set_limits(self, tenant: str, **changes: int | None) -> dict[str, Any]:
+        """Change the named limits (None: back to the default); an operator key only."""
+        path = f"/api/v1/tenants/{quote(tenant, safe='')}/limits"
+        return dict(self.request("PUT", path, json=changes).json())
 
     # --- following a job -------------------------------------------------------------------------
 

@@ -7,9 +7,10 @@ did not override it. Reads go through two brief caches: this process's (for
 as JSON, for a minute), so a submit costs no SQL read for its limits. A change is written to
 SQL, then to Redis, so every API process sees it within the process cache's time.
 
-The API imports this module to declare its routes, so Redis's and SQL's clients are imported
-inside the functions that use them (the Lambda cold start). `jobs.admission` enforces these at submit time; ``max_running`` (and a task's) is stored and
-served here for the worker's scheduler to enforce.
+The API imports this module to declare its routes, so Redis's and SQL's clients are
+imported inside the functions that use them (the Lambda cold start). `jobs.admission`
+enforces these at submit time; ``max_running`` (and a task's) is stored and served here for
+the worker's scheduler to enforce.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def limits_for(tenant: str, *, session: Session, client: Redis) -> Limits:
     Redis is only a cache here: unreachable or refusing writes, SQL answers.
     """
     import redis.exceptions
+
     now = time.monotonic()
     with _cache_lock:
         hit = _cache.get(tenant)
