@@ -8,8 +8,8 @@
 2. the submit rate: a token bucket for the tenant and one for the calling key, taken together
    by one Lua script, so several API processes share them and a refusal takes from neither
    (429 with ``Retry-After`` and ``RateLimit-*`` headers);
-3. the tenant's ``max_waiting`` jobs (queued, scheduled or deferred), counted in SQL
-   (429 naming the quota).
+3. the tenant's ``max_waiting`` jobs (queued, scheduled or deferred), counted in SQL (429
+   naming the quota) when the last count could be near the quota (see `_surely_under_quota`).
 
 A batch takes its ``n`` tokens and quota places at once with ``admit_submission(..., count=n)``,
 then submits each job inside ``admitted_batch()``, where only the per-job caps are checked.
@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 USAGE_KEY = "cv:limits:used"
 UNLIMITED_OWNERS = frozenset({"cron"})
 NO_KEY = "-"
+RECOUNT_SECONDS = 2.0
 
 # KEYS: the usage hash, then one hash per bucket ({t: tokens, ts: seconds}).
 # ARGV: cost, the usage field suffix ("tenant|key"), then per bucket its rate (tokens/s) and burst.
@@ -96,6 +99,8 @@ return out
 """
 
 _batch_admitted: ContextVar[bool] = ContextVar("conveyor_batch_admitted", default=False)
+# The headers of this context's last admitted submit, for the route to send with its 201.
+_admitted_headers: ContextVar[dict[str, str] | None] = ContextVar("conveyor_rate_headers", default=None)
 
 
 @dataclass(frozen=True)
@@ -241,12 +246,19 @@ def admit_submission(
         name = "key_submits_per_minute" if decision.bucket == "key" else "submits_per_minute"
         rate = limits.key_submits_per_minute if decision.bucket == "key" else limits.submits_per_minute
         raise TooManyRequests(
-            f"Too many submissions: {per} may submit {rate} jobs a minute ({name}, bursts of "
+            f"Too many submissions: {per} is limited to {rate} a minute ({name}, bursts of "
             f"{decision.limit}). Retry after {decision.headers()['Retry-After']} s.",
             headers=decision.headers(),
             limit=name,
         )
     _check_waiting(session, client, limits, key_id=owner, count=count)
+    if decision is not None:
+        _admitted_headers.set(decision.headers())
+
+
+def rate_headers() -> dict[str, str]:
+    """The `RateLimit-*` headers of the last submit admitted in this context ({} if none was)."""
+    return dict(_admitted_headers.get() or {})
 
 
 def _check_timeout(
@@ -270,10 +282,36 @@ def _check_timeout(
             )
 
 
+# tenant -> (monotonic time, jobs waiting then), this process's last count of each tenant's.
+_waiting_seen: dict[str, tuple[float, int]] = {}
+_waiting_lock = threading.Lock()
+
+
+def _surely_under_quota(limits: Limits, count: int) -> bool:
+    """Whether ``count`` more jobs fit under ``max_waiting`` without counting again in SQL.
+
+    Since this process last counted, all processes together can have admitted at most what the
+    tenant's bucket held then and refilled since (its burst, plus its rate times the time gone),
+    so while the last count plus that bound plus ``count`` fits, the quota cannot be exceeded.
+    A tenant far from its quota is counted every RECOUNT_SECONDS, one near it on every submit.
+    """
+    if not limits.submits_per_minute:
+        return False  # no bucket bounds what other processes admitted meanwhile
+    with _waiting_lock:
+        seen = _waiting_seen.get(limits.tenant)
+    if seen is None:
+        return False
+    age = time.monotonic() - seen[0]
+    if age > RECOUNT_SECONDS:
+        return False
+    most_since = limits.submit_burst + limits.submits_per_minute / 60 * age
+    return seen[1] + most_since + count <= limits.max_waiting
+
+
 def _check_waiting(
     session: Session, client: Redis, limits: Limits, *, key_id: str | None, count: int
 ) -> None:
-    if not limits.max_waiting:
+    if not limits.max_waiting or _surely_under_quota(limits, count):
         return
     try:
         waiting = count_waiting(session, tenant=limits.tenant)
@@ -281,6 +319,10 @@ def _check_waiting(
         session.rollback()
         log.warning("limits: SQL unavailable, max_waiting not checked: %s", _first_line(exc))
         return
+    with _waiting_lock:
+        if len(_waiting_seen) >= 10_000:
+            _waiting_seen.clear()
+        _waiting_seen[limits.tenant] = (time.monotonic(), waiting)
     if waiting + count <= limits.max_waiting:
         return
     count_refusal(client, tenant=limits.tenant, key_id=key_id, limit="max_waiting")

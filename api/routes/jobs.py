@@ -132,7 +132,12 @@ def submit(
         delay=body.delay,
         depends_on=body.depends_on or (),
     )
-    headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
+    from jobs.admission import rate_headers
+
+    headers = {
+        "Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id)),
+        **rate_headers(),
+    }
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
     return _doc_response(submission.doc, status_code=201 if submission.created else 200, headers=headers)
