@@ -189,6 +189,55 @@ def test_max_waiting_refuses_with_a_429_naming_the_quota(
     assert sample("conveyor_submits_refused_total", 1, **labels) in text
 
 
+def test_max_waiting_holds_exactly_across_processes_that_count_rarely(
+    env: Backend, two_servers: list[ServerProcess], operator: Tenant, tenant: Tenant
+):
+    """Each process counts a tenant's waiting jobs only when its last count could be near the
+    quota: 900 jobs already wait (written straight to SQL, unseen by either process's count),
+    then submits alternate between the processes until the quota refuses: exactly 1000 wait."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from jobs.admission import count_waiting
+    from jobs.clock import utcnow
+    from jobs.db import session_scope
+    from jobs.models import Job
+
+    first, second = two_servers
+    changes = {"max_waiting": 1000, "submits_per_minute": 1200, "submit_burst": 20}
+    assert httpx.put(
+        f"{first.url}{limits_url(tenant.name)}", json=changes, headers=operator.headers
+    ).is_success
+    assert httpx.post(f"{first.url}/api/v1/jobs", json=JOB, headers=tenant.headers).status_code == 201
+    assert httpx.post(f"{second.url}/api/v1/jobs", json=JOB, headers=tenant.headers).status_code == 201
+    now = utcnow()
+    rows = [
+        {"job_id": str(uuid.uuid4()), "tenant": tenant.name, "task": "long_task", "queue": QUEUE}
+        | {"status": "queued", "params": {}, "created_at": now, "updated_at": now}
+        for _ in range(898)
+    ]
+    try:
+        with session_scope() as session:
+            session.execute(sa.insert(Job), rows)
+        refusals, deadline = 0, time.monotonic() + 60
+        while refusals < 2 and time.monotonic() < deadline:
+            for server in (first, second):
+                response = httpx.post(f"{server.url}/api/v1/jobs", json=JOB, headers=tenant.headers)
+                if response.status_code == 429 and response.json().get("quota") == "max_waiting":
+                    refusals += 1
+                elif response.status_code == 429:
+                    time.sleep(0.05)  # the bucket: 20 a second
+                else:
+                    assert response.status_code == 201, response.text
+        assert refusals == 2
+        with session_scope() as session:
+            assert count_waiting(session, tenant=tenant.name) == 1000
+    finally:
+        with session_scope() as session:
+            session.execute(sa.delete(Job).where(Job.job_id.in_([r["job_id"] for r in rows])))  # type: ignore[attr-defined]
+
+
 def test_the_seed_routes_and_the_web_form_are_limited_alike(
     env: Backend, client: TestClient, operator: Tenant, tenant: Tenant
 ):
