@@ -52,7 +52,7 @@ BOUNDS = {
     "key_submit_burst": (1, 1_000_000),
     "max_waiting": (0, 100_000_000),
     "max_running": (0, 1_000_000),
-    "max_timeout_seconds": (1, 366 * 86400),
+    "max_timeout_seconds": (1, 7 * 86400),  # the most a submission's `timeout` may be at all
 }
 LIMIT_NAMES = tuple(SETTING_OF)
 
@@ -154,9 +154,8 @@ def limits_for(tenant: str, *, session: Session, client: Redis) -> Limits:
         raw, redis_up = None, False
     else:
         redis_up = True
-    if raw is not None:
-        stored = json.loads(raw)
-    else:
+    stored = _decoded(raw)
+    if stored is None:
         stored = _stored(session, tenant)
         if redis_up:
             with contextlib.suppress(redis.exceptions.RedisError):  # read-only, out of memory...
@@ -164,6 +163,17 @@ def limits_for(tenant: str, *, session: Session, client: Redis) -> Limits:
     limits = _effective(tenant, stored)
     _remember(limits, now)
     return limits
+
+
+def _decoded(raw: bytes | str | None) -> dict[str, Any] | None:
+    """Redis's copy of a tenant's overrides, or None when missing or not ours (then SQL answers)."""
+    if raw is None:
+        return None
+    try:
+        stored = json.loads(raw)
+    except ValueError:
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def stored_limits(tenant: str, *, session: Session) -> Limits:

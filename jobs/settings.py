@@ -27,7 +27,7 @@ SECRET_MIN_LENGTH = 32
 SECRET_HOW_TO = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
 SECRET_FILE = "secret-key"
 # The caps CONVEYOR_TASK_LIMITS may set per task, with the largest value each accepts.
-TASK_CAPS = {"max_timeout_seconds": 366 * 86400, "max_running": 1_000_000}
+TASK_CAPS = {"max_timeout_seconds": 7 * 86400, "max_running": 1_000_000}
 
 
 class Settings(BaseSettings):
@@ -170,16 +170,16 @@ class Settings(BaseSettings):
     # Defaults for every tenant; an operator overrides them per tenant (PUT
     # /api/v1/tenants/{tenant}/limits, `conveyor limits set`). 0 means no limit.
     # Submit rate: a token bucket per tenant and one per API key (each job of a batch counts).
-    tenant_submits_per_minute: int = Field(default=3000, ge=0, le=1_000_000)
-    tenant_submit_burst: int = Field(default=500, ge=1, le=1_000_000)
-    key_submits_per_minute: int = Field(default=1200, ge=0, le=1_000_000)
-    key_submit_burst: int = Field(default=200, ge=1, le=1_000_000)
+    tenant_submits_per_minute: int = Field(default=6000, ge=0, le=1_000_000)
+    tenant_submit_burst: int = Field(default=1000, ge=1, le=1_000_000)
+    key_submits_per_minute: int = Field(default=3000, ge=0, le=1_000_000)
+    key_submit_burst: int = Field(default=500, ge=1, le=1_000_000)
     # Jobs a tenant may have waiting (queued, scheduled, deferred); over it a submit is 429.
     tenant_max_waiting: int = Field(default=10_000, ge=0, le=100_000_000)
     # Jobs a tenant may have running at once across all workers (enforced by the scheduler).
     tenant_max_running: int = Field(default=0, ge=0, le=1_000_000)
     # The longest `timeout` (seconds) a submission may ask for.
-    max_timeout_seconds: int = Field(default=3600, ge=1, le=366 * 86400)
+    max_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
     # Per-task caps, by task name, over what `@task(max_timeout=..., max_running=...)` declares:
     # {"long_task": {"max_timeout_seconds": 600, "max_running": 2}}.
     task_limits: dict[str, dict[str, int]] = Field(default_factory=dict)

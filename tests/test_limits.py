@@ -420,3 +420,23 @@ def test_readme_names_every_limit_setting():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for setting in [*SETTING_OF.values(), "task_limits", "limits_cache_seconds"]:
         assert f"CONVEYOR_{setting.upper()}" in readme, setting
+
+
+def test_declared_schedules_are_not_rate_limited_and_a_bad_redis_copy_is_ignored(
+    env: Backend, client: TestClient, redis_client: Any, operator: Tenant, tenant: Tenant
+):
+    from jobs.admission import admit_submission
+    from jobs.db import session_scope
+    from jobs.limits import clear_cache, redis_key
+
+    put_limits(client, operator, tenant.name, submits_per_minute=1, submit_burst=1, max_waiting=1)
+    common = {"tenant": tenant.name, "task": "long_task", "timeout": None}
+    with session_scope() as session:
+        for _ in range(3):  # a refused firing would be lost: cron is the operator's own
+            admit_submission(session=session, client=redis_client, owner="cron", **common)
+    redis_client.set(redis_key(tenant.name), b"\xff not json")
+    clear_cache()
+    assert client.get(limits_url(tenant.name), headers=tenant.headers).json()["max_waiting"] == 1
+    assert client.post("/api/v1/jobs", json=JOB, headers=tenant.headers).status_code == 201
+    refused = client.post("/api/v1/jobs", json=JOB, headers=tenant.headers)  # SQL's limits held
+    assert refused.status_code == 429 and refused.json()["limit"] == "submits_per_minute"
