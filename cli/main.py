@@ -229,6 +229,7 @@ def _print_limits(limits: dict[str, Any], as_json: bool) -> None:
     for name in LIMIT_OPTIONS:
         source = "set for this tenant" if name in limits["overridden"] else "default"
         print(f"  {name:<24} {limits[name]:>10}  ({source})")
+    print(f"  {'jobs waiting now':<24} {limits.get('waiting', '?'):>10}")
 
 
 def cmd_limits(args: argparse.Namespace) -> int:

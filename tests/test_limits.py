@@ -176,6 +176,7 @@ def test_max_waiting_refuses_with_a_429_naming_the_quota(
     assert scheduled.status_code == 429  # scheduled jobs wait too
     body = scheduled.json()
     assert body["quota"] == "max_waiting" and body["limit"] == 2 and body["waiting"] == 2
+    assert client.get(limits_url(tenant.name), headers=tenant.headers).json()["waiting"] == 2
     assert "max_waiting" in body["detail"] and "at most 2" in body["detail"]
 
     # Another tenant is not held back, and a canceled job frees its place.

@@ -68,6 +68,7 @@ class TenantLimitsOut(BaseModel):
     defaults: dict[str, int] = Field(description="The settings' defaults (CONVEYOR_*).")
     updated_at: str | None = None
     updated_by: str | None = Field(default=None, description="The id of the key that last changed them.")
+    waiting: int = Field(description="The tenant's jobs waiting now: what `max_waiting` counts.")
 
 
 def _may_read(principal: Principal, tenant: str) -> None:
@@ -80,11 +81,11 @@ def _may_read(principal: Principal, tenant: str) -> None:
 
 @router.get("/tenants/{tenant}/limits", response_model=TenantLimitsOut)
 def get_limits(tenant: TenantPath, principal: CurrentPrincipal, session: SessionDep) -> Any:
-    """The tenant's limits in force, which of them it overrides, and the defaults."""
+    """The tenant's limits in force, which of them it overrides, the defaults, and its jobs waiting now."""
     from jobs.limits import stored_limits
 
     _may_read(principal, tenant)
-    return stored_limits(tenant, session=session).as_dict()
+    return _with_waiting(stored_limits(tenant, session=session).as_dict(), session)
 
 
 @router.put("/tenants/{tenant}/limits", response_model=TenantLimitsOut)
@@ -97,4 +98,11 @@ def put_limits(
     if principal.role != Role.OPERATOR:
         raise HTTPException(403, "Only an operator key sets limits.")
     changes = {name: getattr(body, name) for name in LIMIT_NAMES if name in body.model_fields_set}
-    return set_limits(tenant, changes, session=session, client=redis, by=principal.key_id).as_dict()
+    limits = set_limits(tenant, changes, session=session, client=redis, by=principal.key_id)
+    return _with_waiting(limits.as_dict(), session)
+
+
+def _with_waiting(limits: dict[str, Any], session: Any) -> dict[str, Any]:
+    from jobs.admission import count_waiting
+
+    return {**limits, "waiting": count_waiting(session, tenant=limits["tenant"])}
