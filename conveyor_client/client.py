@@ -82,6 +82,10 @@ def not_an_event_stream(response: httpx.Response) -> bool:
     return not response.headers.get("content-type", "").startswith("text/event-stream")
 
 
+def limits_path(tenant: str) -> str:
+    return f"/api/v1/tenants/{quote(tenant, safe='')}/limits"
+
+
 class Deadline:
     """An optional time limit shared by the steps of one wait."""
 
@@ -225,12 +229,11 @@ class Client:
 
     def limits(self, tenant: str) -> dict[str, Any]:
         """A tenant's limits in force (an admin key: its own tenant; an operator key: any)."""
-        return dict(self.request("GET", f"/api/v1/tenants/{quote(tenant, safe='')}/limits").json())
+        return dict(self.request("GET", limits_path(tenant)).json())
 
     def set_limits(self, tenant: str, **changes: int | None) -> dict[str, Any]:
         """Change the named limits (None: back to the default); an operator key only."""
-        path = f"/api/v1/tenants/{quote(tenant, safe='')}/limits"
-        return dict(self.request("PUT", path, json=changes).json())
+        return dict(self.request("PUT", limits_path(tenant), json=changes).json())
 
     # --- following a job -------------------------------------------------------------------------
 

@@ -441,3 +441,27 @@ def test_declared_schedules_are_not_rate_limited_and_a_bad_redis_copy_is_ignored
     assert client.post("/api/v1/jobs", json=JOB, headers=tenant.headers).status_code == 201
     refused = client.post("/api/v1/jobs", json=JOB, headers=tenant.headers)  # SQL's limits held
     assert refused.status_code == 429 and refused.json()["limit"] == "submits_per_minute"
+
+
+def test_the_python_clients_read_and_set_limits(
+    env: Backend, live_server: ServerProcess, operator: Tenant, tenant: Tenant
+):
+    import asyncio
+
+    from conveyor_client import Client, ConveyorAPIError
+    from conveyor_client.aio import AsyncClient
+
+    with Client(live_server.url, operator.key) as client:
+        assert client.set_limits(tenant.name, max_running=4)["max_running"] == 4
+    with Client(live_server.url, tenant.key) as client:
+        assert client.limits(tenant.name)["max_running"] == 4
+        with pytest.raises(ConveyorAPIError) as refused:
+            client.set_limits(tenant.name, max_running=5)
+        assert refused.value.status_code == 403
+
+    async def steer() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with AsyncClient(live_server.url, operator.key) as client:
+            return await client.set_limits(tenant.name, max_running=None), await client.limits(tenant.name)
+
+    changed, read = asyncio.run(steer())
+    assert changed["max_running"] == read["max_running"] == read["defaults"]["max_running"]
