@@ -389,6 +389,10 @@ def test_a_change_reaches_another_process_within_its_cache_time(
 def test_conveyor_limits_show_and_set(
     env: Backend, live_server: ServerProcess, operator: Tenant, tenant: Tenant
 ):
+    from cli.main import LIMIT_OPTIONS
+    from jobs.limits import LIMIT_NAMES
+
+    assert tuple(LIMIT_OPTIONS) == LIMIT_NAMES  # the CLI offers every limit the API has
     as_operator = ["--url", live_server.url, "--key", operator.key]
     done = conveyor(
         "limits", "set", tenant.name, "--max-waiting", "7", "--submits-per-minute", "120", *as_operator
