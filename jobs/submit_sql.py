@@ -99,8 +99,10 @@ def _sqlite_event_statement() -> sa.Insert:
 
 
 # Built once: SQLAlchemy caches each one's compiled form, so a submit pays only for its values.
-POSTGRES_INSERT = _postgres_statement()
-SQLITE_JOB_INSERT = _job_insert(sqlite)
+# `preserve_rowcount`: without it SQLAlchemy 2.1 reports -1 rows for an INSERT without RETURNING.
+COUNTED = {"preserve_rowcount": True}
+POSTGRES_INSERT = _postgres_statement().execution_options(**COUNTED)
+SQLITE_JOB_INSERT = _job_insert(sqlite).execution_options(**COUNTED)
 SQLITE_EVENT_INSERT = _sqlite_event_statement()
 
 
@@ -114,9 +116,9 @@ def insert_new_job(session: Session, job: NewJob | Job, *, data: dict[str, Any] 
     values = row_values(job, data)
     if session.get_bind().dialect.name == "postgresql":
         options = {} if session.in_transaction() else {"isolation_level": "AUTOCOMMIT"}
-        return bool(session.connection(execution_options=options).execute(POSTGRES_INSERT, values).rowcount)
+        return session.connection(execution_options=options).execute(POSTGRES_INSERT, values).rowcount == 1
     connection = session.connection()
-    if not connection.execute(SQLITE_JOB_INSERT, values).rowcount:
+    if connection.execute(SQLITE_JOB_INSERT, values).rowcount != 1:
         return False
     connection.execute(SQLITE_EVENT_INSERT, values)
     return True
