@@ -44,7 +44,7 @@ from jobs.snapshot import assemble, doc_from_row, row_fields
 from jobs.status import WAITING, JobStatus
 from jobs.storable import Unstorable, find_unstorable
 from jobs.store import find_by_idempotency_key, get_job
-from jobs.submit_sql import NewJob, insert_new_job
+from jobs.submit_sql import NewJob, insert_new_job, one_writer
 from jobs.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -239,10 +239,14 @@ def _store_row(
                 job.status = JobStatus.DEFERRED.value
         if when is not None:
             details["scheduled_for"] = isoformat(when)
-        if not insert_new_job(session, job, data=details or None):
-            session.rollback()
+        with one_writer(session):
+            inserted = insert_new_job(session, job, data=details or None)
+            if inserted:
+                session.commit()
+            else:
+                session.rollback()
+        if not inserted:
             return _replay_taken_key(session, tenant, idempotency_key or "", digest, client)
-        session.commit()
     except sa.exc.IntegrityError:
         session.rollback()
         if not idempotency_key:

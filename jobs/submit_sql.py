@@ -11,6 +11,9 @@ round trip in process. A batch of jobs can reuse :func:`row_values` and the stat
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -122,3 +125,22 @@ def insert_new_job(session: Session, job: NewJob | Job, *, data: dict[str, Any] 
         return False
     connection.execute(SQLITE_EVENT_INSERT, values)
     return True
+
+
+_sqlite_writer = threading.Lock()
+
+
+@contextmanager
+def one_writer(session: Session) -> Iterator[None]:
+    """Around a write transaction: on SQLite, one thread of the process at a time.
+
+    SQLite lets one writer in and the others poll for the lock with growing sleeps (up to
+    100 ms each), so 20 concurrent submits spent their time waiting in those sleeps (p95 over
+    200 ms). Queued on a lock here they take turns as soon as the lock is free. PostgreSQL
+    takes concurrent writers as they come.
+    """
+    if session.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    with _sqlite_writer:
+        yield
