@@ -147,6 +147,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_sessions(url: str) -> int | None:
+    """Connections PostgreSQL has accepted into this database so far (None off PostgreSQL)."""
+    if not url.startswith("postgresql"):
+        return None
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) - 1 if row else None  # not counting this one
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
@@ -224,6 +237,7 @@ async def single_submits(target: Target) -> list[str]:
         ),
         "anchor": (target.anchor_port, target.anchor_pid, post_request("/jobs", BODY, {})),
     }
+    sql_url = target.stack.env["DATABASE_URL"]
     rates: dict[str, list[float]] = {name: [] for name in requests}
     cpu: dict[str, list[float]] = {name: [] for name in requests}
     latencies: dict[str, list[float]] = {name: [] for name in requests}
@@ -232,8 +246,9 @@ async def single_submits(target: Target) -> list[str]:
         order = list(requests) if round_no % 2 else list(requests)[::-1]
         for name in order:
             port, pid, request = requests[name]
-            cpu_before = cpu_seconds(pid)
+            cpu_before, sessions_before = cpu_seconds(pid), postgres_sessions(sql_url)
             rate, sample = await load(port, request, args.concurrency, args.seconds)
+            sessions_after = postgres_sessions(sql_url)
             if sample.bad:
                 raise RuntimeError(f"{name}: {sample.bad} answers were not 201; first:\n{sample.first_error}")
             # Warm-up and measured window alike: the server's CPU per answer it gave.
@@ -243,7 +258,10 @@ async def single_submits(target: Target) -> list[str]:
             latencies[name] += sample.latencies
             line = f"{target.backend:8s} round {round_no} {name:8s} {rate:7.0f} req/s"
             p50 = percentile(sample.latencies, 0.5) * 1000
-            print(f"{line}  p50 {p50:6.1f} ms  server CPU {per_request:4.2f} ms/req", flush=True)
+            opened = ""
+            if sessions_before is not None and sessions_after is not None:  # less this bench's own
+                opened = f"  new PG connections {sessions_after - sessions_before - 1}"
+            print(f"{line}  p50 {p50:6.1f} ms  server CPU {per_request:4.2f} ms/req{opened}", flush=True)
     for name in requests:
         rate = statistics.median(rates[name])
         p50, p95 = (percentile(latencies[name], share) * 1000 for share in (0.5, 0.95))
@@ -278,7 +296,10 @@ def in_process(backend: str, count: int, profile: bool) -> list[str]:
 
     def submit() -> None:
         with open_session() as session:
-            submit_job(session=session, client=client, tenant="bench", owner=None, **BODY)
+            submit_job(
+                session=session, client=client, tenant="bench", owner=None,
+                task="long_task", payload={"n": 1}, queue=QUEUE,
+            )  # fmt: skip
 
     queue = get_queue(QUEUE, client)
 
