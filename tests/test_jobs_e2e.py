@@ -79,7 +79,12 @@ def test_long_task_runs_to_finished_with_progress_and_history(
     assert row.progress == 100.0
     assert row.run_ms is not None and row.wait_ms is not None
     assert row.finished_at is not None and row.failed_at is None
-    events = sql_events(job_id)
+    # The worker writes a job's start and end to SQL itself; its progress comes with the
+    # recorder, which may still be starting (this is often the session's first job).
+    events = wait_until(
+        lambda: (found := sql_events(job_id)) and "progress" in [e.event for e in found] and found,
+        message="the progress event in SQL",
+    )
     names = [e.event for e in events]
     assert names[0] == "queued" and names[1] == "started" and names[-1] == "finished"
     assert "progress" in names
