@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URLPath
 
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
 from api.outages import noting_outage
@@ -124,10 +125,20 @@ async def submit(
         idempotency_key=idempotency_key,
         trace_id=trace_id_from_headers(traceparent, x_trace_id or x_request_id),
     )
-    headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
+    headers = {"Location": _snapshot_url(request, submission.job_id)}
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
     return _doc_response(submission.doc, status_code=201 if submission.created else 200, headers=headers)
+
+
+def _snapshot_url(request: Request, job_id: str) -> str:
+    """`request.url_for("get_job_snapshot", ...)` without searching the routes on every submit
+    (~50 µs of a 2 ms submit): the path up to the id is the same for every job of the app."""
+    state = request.app.state
+    prefix = getattr(state, "snapshot_path_prefix", None)
+    if prefix is None:
+        prefix = state.snapshot_path_prefix = request.app.url_path_for("get_job_snapshot", job_id="-")[:-1]
+    return str(URLPath(prefix + job_id).make_absolute_url(base_url=request.base_url))
 
 
 def _submit_in_thread(
