@@ -164,6 +164,17 @@ class Settings(BaseSettings):
     # stop at its timeout (a task stuck in C code never sees the alarm); RQ's worker waits 60.
     hard_stop_after: float = Field(default=10.0, ge=1, le=3600)
 
+    # --- Job logs (issue 14). ---
+    # What one job's log may hold, over all its attempts; past either cap the log says so once.
+    job_log_max_lines: int = Field(default=10_000, ge=2, le=1_000_000)
+    job_log_max_bytes: int = Field(default=4 * 1_048_576, ge=1024, le=256 * 1_048_576)
+    # Characters of one line's message kept; a longer one is cut and marked.
+    job_log_max_line: int = Field(default=4000, ge=80, le=1_000_000)
+    # Also capture what a task prints (stdout and stderr), line by line, as level PRINT.
+    job_log_capture_print: bool = False
+    # Seconds the worker gathers a job's lines before one write to Redis.
+    job_log_flush_interval: float = Field(default=0.1, ge=0.01, le=10)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if not self.secret_key:

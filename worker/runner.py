@@ -39,6 +39,7 @@ from jobs.results import discard_blob, result_patch
 from jobs.status import WAITING, JobStatus
 from jobs.tasks import get_task
 from jobs.tracing import current_trace_id
+from worker.job_log import capturing
 from worker.progress import JobCanceled, JobInterrupted, Progress
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def perform(
     try:
         spec = get_task(task)
         model = spec.validate(payload)
-        value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
+        with capturing(job_id, attempt, client):
+            value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
         fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
     except JobCanceled as exc:
         progress.close()
