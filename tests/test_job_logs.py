@@ -6,6 +6,7 @@ A real `conveyor worker --concurrency 2` on the `logs` queue, real Redis and SQL
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -182,3 +183,80 @@ def test_a_stream_of_another_tenants_job_is_refused(
     other = make_tenant("admin", f"other-{uuid.uuid4().hex[:6]}")
     status, _, _ = collect_stream(f"{live_server.url}/api/v1/jobs/{job_id}/logs/stream", other.headers)
     assert status == 404
+
+
+def test_the_cli_prints_and_follows_a_log(
+    live_server: ServerProcess, tenant: Tenant, api: TestClient, log_worker: WorkerProcess
+):
+    from tests.test_cli import conveyor
+
+    common = ["--url", live_server.url, "--key", tenant.key]
+    job_id = submit(api, "log_lines", {"lines": 30, "step": 0.05}, queue=QUEUE)["job_id"]
+    followed = conveyor("logs", job_id, "--follow", *common)
+    assert followed.returncode == 0, followed.stderr
+    printed = followed.stdout.splitlines()
+    assert len(printed) == 30 and printed[-1].endswith("tests.chatty:  line 29"), printed[-3:]
+    again = conveyor("logs", job_id, "--json", "--after", "25", *common)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["seq"] for line in again.stdout.splitlines()] == [26, 27, 28, 29, 30]
+    bad = conveyor("logs", job_id, "--after", "-3", *common)
+    assert bad.returncode != 0 and "after" in bad.stderr
+
+
+def test_the_client_pages_and_follows_a_log(
+    live_server: ServerProcess, tenant: Tenant, api: TestClient, log_worker: WorkerProcess
+):
+    from conveyor_client import Client
+
+    job_id = submit(api, "log_lines", {"lines": 25, "step": 0.04}, queue=QUEUE)["job_id"]
+    with Client(live_server.url, api_key=tenant.key) as client:
+        followed = list(client.follow_logs(job_id, timeout=30))
+        assert [line.seq for line in followed] == list(range(1, 26))
+        assert client.get(job_id).status == "finished"
+        page = client.logs(job_id, after=10, limit=5)
+        assert [line.seq for line in page.items] == [11, 12, 13, 14, 15] and page.next_cursor == 15
+        assert [line.seq for line in client.follow_logs(job_id, after=20)] == [21, 22, 23, 24, 25]
+
+
+def test_lines_of_jobs_side_by_side_in_one_process_stay_apart(env: Backend):
+    """Threads and asyncio tasks in one process (as async tasks run): the context decides."""
+    import asyncio
+    import logging
+    import threading
+
+    from worker.job_log import capturing
+
+    client = get_redis()
+    logger = logging.getLogger("tests.side_by_side")
+    logger.setLevel(logging.INFO)
+    ids = [f"inproc-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+
+    def in_thread(job_id: str) -> None:
+        with capturing(job_id, 1, client):
+            for i in range(300):
+                logger.info("%s %d", job_id, i)
+
+    threads = [threading.Thread(target=in_thread, args=(job_id,)) for job_id in ids[:2]]
+    for thread in threads:
+        thread.start()
+
+    async def in_task(job_id: str) -> None:
+        with capturing(job_id, 1, client):
+            for i in range(300):
+                logger.info("%s %d", job_id, i)
+                await asyncio.sleep(0)
+
+    async def both() -> None:
+        await asyncio.gather(*(in_task(job_id) for job_id in ids[2:]))
+
+    asyncio.run(both())
+    for thread in threads:
+        thread.join()
+    from jobs.job_logs import read_live
+
+    for job_id in ids:
+        lines, exists = read_live(client, job_id, after=0, limit=1000)
+        assert exists
+        assert [line.message for line in lines] == [f"{job_id} {i}" for i in range(300)]
+    client.delete(*(lines_key(j) for j in ids), *(meta_key(j) for j in ids))
+    client.zrem(DIRTY, *ids)
