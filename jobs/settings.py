@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     job_log_capture_print: bool = False
     # Seconds the worker gathers a job's lines before one write to Redis.
     job_log_flush_interval: float = Field(default=0.1, ge=0.01, le=10)
+    # Pages (job page, jobs table) receive their updates over one SSE stream each where streams
+    # are served (not under AWS Lambda, where they poll); off: they poll everywhere.
+    web_push: bool = True
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.status import JobStatus
-from tests.conftest import ROOT, Backend, Tenant, WorkerProcess, make_tenant, seed_job
+from tests.conftest import ROOT, Backend, Tenant, WorkerProcess, configure, make_tenant, seed_job
 from tests.services import wait_until
 from tests.web_support import csrf_from, sign_in
 
@@ -151,7 +151,12 @@ def test_sign_out_needs_the_token_and_clears_the_cookie(web: TestClient):
 # --- what every page carries ------------------------------------------------------------------------
 
 
-def test_pages_carry_the_csp_and_no_inline_script_or_style(web: TestClient, tenant: Tenant):
+@pytest.mark.parametrize("push", [False, True], ids=["polling", "pushed"])
+def test_pages_carry_the_csp_and_no_inline_script_or_style(
+    web: TestClient, tenant: Tenant, env: Backend, monkeypatch: pytest.MonkeyPatch, push: bool
+):
+    monkeypatch.setenv("CONVEYOR_WEB_PUSH", "true" if push else "false")
+    configure(env.env())
     job_id = seed_job(tenant=tenant.name)
     for path in ("/jobs", "/jobs/new", "/jobs/new/long_task", f"/jobs/{job_id}", "/queue", "/analytics"):
         response = web.get(path)
@@ -164,7 +169,11 @@ def test_pages_carry_the_csp_and_no_inline_script_or_style(web: TestClient, tena
         assert re.findall(r"\s(on\w+|style|hx-on[:\w-]*)=", html) == [], path
         assert '"allowEval":false' in html.replace("&#34;", '"') and "includeIndicatorStyles" in html
         assert 'hx-headers=\'{"X-CSRF-Token": "' in html
-        assert "sse-connect" not in html and "hx-ext" not in html
+        if not push:
+            assert "sse-connect" not in html and "hx-ext" not in html
+        elif path in ("/jobs", f"/jobs/{job_id}"):  # a live job: its pages stream, from 'self' only
+            assert re.search(r'hx-ext="sse" sse-connect="/jobs/[^"]*stream[^"]*" sse-close="end"', html), path
+            assert '<script src="/static/htmx-ext-sse.min.js' in html
 
 
 def test_htmx_is_the_vendored_2x_release(web: TestClient):
