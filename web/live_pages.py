@@ -121,6 +121,68 @@ class PageStream(StreamingResponse):
             await self.frames.aclose()
 
 
+# --- the jobs table (its route first: `/jobs/table/stream` is not a job's) ------------------------
+
+
+async def table_frames(
+    request: Request,
+    session: WebSession,
+    filters: tuple[str | None, str | None, str | None, str | None],
+) -> AsyncGenerator[bytes, None]:
+    """``table`` events each time the table would render differently (its live rows looked at in
+    Redis every quarter second, the page of jobs asked of SQL every two), and ``end`` once nothing
+    in it can change, as the polling table then stops polling."""
+    status, task, queue, cursor = filters
+    heartbeat = get_settings().live_heartbeat
+    values = {"request": request, "base": request.scope.get("root_path", ""), "session": session}
+    yield b"retry: %d\n\n" % RETRY_MS
+    etag, found, asked_sql = "", None, 0.0
+    shown: list[Any] | None = None
+    last_sent = time.monotonic()
+    while True:
+        if found is None or time.monotonic() - asked_sql >= TABLE_SQL_EVERY:
+            found = await run_in_threadpool(_sql_rows, session.scope, _filters(status, task, queue), cursor)
+            asked_sql = time.monotonic()
+        rows = await run_in_threadpool(_overlaid, found)
+        context, now_etag, _ = await run_in_threadpool(
+            _table_context, request, session, status, task, queue, cursor, rows
+        )
+        if now_etag != etag:
+            statuses = [row.status for row in context["rows"]]
+            if shown is not None and statuses != shown:
+                asked_sql = 0.0  # a row changed status: SQL may list the page differently now
+            shown = statuses
+            etag = now_etag
+            yield sse_html("table", render_text("_jobs_table.html", {**values, **context, "mode": "push"}))
+            last_sent = time.monotonic()
+        if context["trigger"] is None:
+            yield sse_html("end", "ended")
+            return
+        if await request.is_disconnected():
+            return
+        if time.monotonic() - last_sent >= heartbeat:
+            yield b": heartbeat\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(TABLE_EVERY)
+
+
+@router.get("/jobs/table/stream")
+async def jobs_table_stream(
+    request: Request,
+    session: CurrentSession,
+    status: StatusFilter = None,
+    task: TaskFilter = None,
+    queue: QueueFilter = None,
+    cursor: CursorParam = None,
+) -> Response:
+    """The jobs table's one stream, for its whole page of rows (404 where pages poll)."""
+    live = live_source(request)
+    if live is None or not pushes(request):
+        return Response(status_code=404)
+    release = live.hold_stream(session.key_id)
+    return PageStream(table_frames(request, session, (status, task, queue, cursor)), release=release)
+
+
 # --- the job page ---------------------------------------------------------------------------------
 
 
@@ -205,7 +267,7 @@ async def job_frames(
         if len(lines) == STREAM_BATCH:
             continue
         if ended and provisional_since is None:
-            yield sse_html("end", "")
+            yield sse_html("end", "ended")
             return
         await feed.next(feed.current.seq, timeout=FOLLOW_EVERY)
         if feed.gone or feed.revoked:
@@ -251,65 +313,3 @@ async def job_log(
     polls = not job.is_terminal or len(lines) == STREAM_BATCH
     context = {"job": job, "lines": lines, "after": last, "polls": polls, "fallback": fallback, "oob": True}
     return page(request, "_log_poller.html", context, cache="private, no-cache")
-
-
-# --- the jobs table -------------------------------------------------------------------------------
-
-
-async def table_frames(
-    request: Request,
-    session: WebSession,
-    filters: tuple[str | None, str | None, str | None, str | None],
-) -> AsyncGenerator[bytes, None]:
-    """``table`` events each time the table would render differently (its live rows looked at in
-    Redis every quarter second, the page of jobs asked of SQL every two), and ``end`` once nothing
-    in it can change, as the polling table then stops polling."""
-    status, task, queue, cursor = filters
-    heartbeat = get_settings().live_heartbeat
-    values = {"request": request, "base": request.scope.get("root_path", ""), "session": session}
-    yield b"retry: %d\n\n" % RETRY_MS
-    etag, found, asked_sql = "", None, 0.0
-    shown: list[Any] | None = None
-    last_sent = time.monotonic()
-    while True:
-        if found is None or time.monotonic() - asked_sql >= TABLE_SQL_EVERY:
-            found = await run_in_threadpool(_sql_rows, session.scope, _filters(status, task, queue), cursor)
-            asked_sql = time.monotonic()
-        rows = await run_in_threadpool(_overlaid, found)
-        context, now_etag, _ = await run_in_threadpool(
-            _table_context, request, session, status, task, queue, cursor, rows
-        )
-        if now_etag != etag:
-            statuses = [row.status for row in context["rows"]]
-            if shown is not None and statuses != shown:
-                asked_sql = 0.0  # a row changed status: SQL may list the page differently now
-            shown = statuses
-            etag = now_etag
-            yield sse_html("table", render_text("_jobs_table.html", {**values, **context, "mode": "push"}))
-            last_sent = time.monotonic()
-        if context["trigger"] is None:
-            yield sse_html("end", "")
-            return
-        if await request.is_disconnected():
-            return
-        if time.monotonic() - last_sent >= heartbeat:
-            yield b": heartbeat\n\n"
-            last_sent = time.monotonic()
-        await asyncio.sleep(TABLE_EVERY)
-
-
-@router.get("/jobs/table/stream")
-async def jobs_table_stream(
-    request: Request,
-    session: CurrentSession,
-    status: StatusFilter = None,
-    task: TaskFilter = None,
-    queue: QueueFilter = None,
-    cursor: CursorParam = None,
-) -> Response:
-    """The jobs table's one stream, for its whole page of rows (404 where pages poll)."""
-    live = live_source(request)
-    if live is None or not pushes(request):
-        return Response(status_code=404)
-    release = live.hold_stream(session.key_id)
-    return PageStream(table_frames(request, session, (status, task, queue, cursor)), release=release)
