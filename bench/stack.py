@@ -79,8 +79,9 @@ class Stack:
             _, key = create_key(session, tenant="bench", role="admin")
         return key
 
-    def serve(self, app: str, port: int) -> subprocess.Popen[bytes]:
-        """uvicorn serving ``app`` with one worker, and wait until it answers."""
+    def serve(self, app: str, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """uvicorn serving ``app`` with one worker (``extra_env`` on top of the stack's), and wait
+        until it answers."""
         log = (self.tmp / f"uvicorn-{port}.log").open("ab")
         proc = subprocess.Popen(
             [
@@ -89,7 +90,7 @@ class Stack:
                 "--workers", "1", "--no-access-log", "--log-level", "warning",
                 "--backlog", "8192",
             ],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**self.env, **(extra_env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.processes.append(proc)
         deadline = time.monotonic() + 30
