@@ -72,7 +72,7 @@ def main() -> int:
     finally:
         server.stop()
     print(f"{args.lines} lines: {bare:.2f} us/line uncaptured, {captured:.2f} us/line captured")
-    print(f"{kept} lines kept, {calls} Redis calls in {took:.2f} s ({calls / took:.1f} per second of logging)")
+    print(f"{kept} lines kept, {calls} Redis calls in {took:.2f} s ({calls / took:.1f}/s)")
     print(f"ratio {captured / bare:.2f}")
     return 0
 

@@ -115,7 +115,12 @@ def test_two_jobs_side_by_side_never_mix_lines(api: TestClient, log_worker: Work
         wait_status(api, job_id, {"finished"}, timeout=30)
     from tests.test_jobs_e2e import sql_events
 
-    workers = {next(e for e in sql_events(j) if e.event == "started").data["worker"] for j in ids.values()}
+    def started_on(job_id: str) -> str | None:
+        started = [e for e in sql_events(job_id) if e.event == "started"]
+        return started[0].data["worker"] if started else None
+
+    wait_until(lambda: all(started_on(j) for j in ids.values()), message="the starts in SQL")
+    workers = {started_on(j) for j in ids.values()}
     assert len(workers) == 2, "the two jobs did not run side by side on two children"
     for tag, job_id in ids.items():
         messages = [line["message"] for line in all_lines(api, job_id)]
@@ -260,3 +265,29 @@ def test_lines_of_jobs_side_by_side_in_one_process_stay_apart(env: Backend):
         assert [line.message for line in lines] == [f"{job_id} {i}" for i in range(300)]
     client.delete(*(lines_key(j) for j in ids), *(meta_key(j) for j in ids))
     client.zrem(DIRTY, *ids)
+
+
+def test_log_streams_count_against_the_stream_caps(
+    backend: Backend,
+    tmp_path_factory: pytest.TempPathFactory,
+    api: TestClient,
+    tenant: Tenant,
+    log_worker: WorkerProcess,
+):
+    import httpx
+
+    server = ServerProcess(
+        backend, tmp_path_factory.mktemp("capped") / "server.log", {"CONVEYOR_MAX_STREAMS_PER_KEY": "1"}
+    ).start()
+    try:
+        job_id = submit(api, "log_lines", {"lines": 100, "step": 0.05}, queue=QUEUE)["job_id"]
+        url = f"{server.url}/api/v1/jobs/{job_id}/logs/stream"
+        with httpx.stream("GET", url, headers=tenant.headers, timeout=30) as first:
+            assert first.status_code == 200
+            lines = first.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)
+            second = httpx.get(url, headers=tenant.headers, timeout=10)
+            assert second.status_code == 429, second.text
+            assert "CONVEYOR_MAX_STREAMS_PER_KEY" in second.json()["detail"] and second.headers["Retry-After"]
+    finally:
+        server.stop()

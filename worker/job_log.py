@@ -43,11 +43,12 @@ CUT = " [cut]"
 class JobLog:
     """One attempt's lines not yet sent to Redis."""
 
-    __slots__ = ("attempt", "count", "job_id", "lines", "partial", "size")
+    __slots__ = ("attempt", "client", "count", "job_id", "lines", "partial", "size")
 
-    def __init__(self, job_id: str, attempt: int) -> None:
+    def __init__(self, job_id: str, attempt: int, client: Redis) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        self.client = client
         self.lines: list[str] = []
         self.count = 0
         self.size = 0
@@ -83,21 +84,22 @@ class Sink:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.sending = threading.Lock()  # one flush at a time: a job's batches land in order
         self.open: dict[int, JobLog] = {}
-        self.client: Redis | None = None
         self.pid = 0
         self._wake = threading.Event()
 
-    def start(self, client: Redis) -> None:
-        """Install the handler and start the flusher, once per process (again after a fork)."""
-        if self.pid == os.getpid():
-            return
-        self.pid = os.getpid()
-        self.client = client
-        self.open = {}
+    def start(self) -> None:
+        """Install the handler (again if logging was reconfigured since) and start the flusher,
+        once per process (again after a fork)."""
         root = logging.getLogger()
         if not any(isinstance(h, JobLogHandler) for h in root.handlers):
             root.addHandler(JobLogHandler())
+        if self.pid == os.getpid():
+            return
+        self.pid = os.getpid()
+        self.open = {}
+        self.lock, self.sending = threading.Lock(), threading.Lock()  # a fork may copy them held
         if get_settings().job_log_capture_print:
             for name in ("stdout", "stderr"):
                 stream = getattr(sys, name)
@@ -117,21 +119,32 @@ class Sink:
 
     def flush(self, only: JobLog | None = None) -> None:
         """Send the new lines of every open log (or of ``only``) in one pipeline."""
+        with self.sending:
+            self._flush(only)
+
+    def _flush(self, only: JobLog | None) -> None:
         with self.lock:
             logs = [only] if only is not None else list(self.open.values())
+            taken = [(job_log, job_log.lines) for job_log in logs if job_log.lines]
+            for job_log, _ in taken:
+                job_log.lines = []
+        by_client: dict[int, tuple[Redis, list[tuple[JobLog, list[str]]]]] = {}
+        for job_log, lines in taken:  # in practice one client per process
+            by_client.setdefault(id(job_log.client), (job_log.client, []))[1].append((job_log, lines))
+        failed: Exception | None = None
+        for client, group in by_client.values():
             batches: dict[str, list[str]] = {}
-            for job_log in logs:
-                if job_log.lines:
-                    batches.setdefault(job_log.job_id, []).extend(job_log.lines)
-                    job_log.lines = []
-        if batches and self.client is not None:
+            for job_log, lines in group:
+                batches.setdefault(job_log.job_id, []).extend(lines)
             try:
-                append_lines(self.client, batches, now=time.time())
-            except Exception:
+                append_lines(client, batches, now=time.time())
+            except Exception as exc:
+                failed = exc
                 with self.lock:  # put them back in front, for the next flush
-                    for job_log in logs:
-                        job_log.lines[:0] = batches.pop(job_log.job_id, [])
-                raise
+                    for job_log, lines in group:
+                        job_log.lines[:0] = lines
+        if failed is not None:
+            raise failed
 
 
 _sink = Sink()
@@ -140,8 +153,8 @@ _sink = Sink()
 @contextlib.contextmanager
 def capturing(job_id: str, attempt: int, client: Redis) -> Iterator[JobLog]:
     """Route what is logged in this context to the job's log; its last lines are sent on exit."""
-    _sink.start(client)
-    job_log = JobLog(job_id, attempt)
+    _sink.start()
+    job_log = JobLog(job_id, attempt, client)
     with _sink.lock:
         _sink.open[id(job_log)] = job_log
     token = current_job_log.set(job_log)
