@@ -97,6 +97,13 @@ def test_bad_cursor_and_other_tenants(api: TestClient, log_worker: WorkerProcess
     wait_status(api, job_id, {"finished"})
     assert api.get(f"/api/v1/jobs/{job_id}/logs", params={"after": -1}).status_code == 422
     assert api.get(f"/api/v1/jobs/{job_id}/logs", params={"limit": 5000}).status_code == 422
+    huge = api.get(f"/api/v1/jobs/{job_id}/logs", params={"after": 10**12})
+    assert huge.status_code == 422 and "after" in huge.text
+    for bad in ("abc", "-1", "99999999999999"):
+        refused = api.get(f"/api/v1/jobs/{job_id}/logs/stream", headers={"Last-Event-ID": bad})
+        assert refused.status_code == 422, (bad, refused.text)
+        assert "Last-Event-ID" in refused.json()["detail"]
+    assert api.get("/api/v1/jobs/not-a-job/logs").status_code == 404
     from tests.conftest import make_tenant
 
     other = make_tenant("admin", f"other-{uuid.uuid4().hex[:6]}")

@@ -207,6 +207,15 @@ def test_pages_poll_under_lambda_and_their_streams_are_not_served(
     assert "sse-connect" not in web.get("/jobs").text
 
 
+def test_a_page_stream_refuses_a_bad_resume_point(web: TestClient, tenant: Tenant):
+    job_id = seed_job(tenant=tenant.name)
+    assert web.get(f"/jobs/{job_id}/stream", params={"seq": -1}).status_code == 422
+    for bad in ("7", "a.b", "1.99999999999999"):
+        refused = web.get(f"/jobs/{job_id}/stream", headers={"Last-Event-ID": bad})
+        assert refused.status_code == 422 and "Last-Event-ID" in refused.text, bad
+    assert web.get(f"/jobs/{job_id}/log", params={"after": 10**12}).status_code == 422
+
+
 def test_the_log_poller_appends_out_of_band_and_stops_at_the_end(web: TestClient, tenant: Tenant):
     job_id = seed_job(tenant=tenant.name)
     from jobs.clock import utcnow

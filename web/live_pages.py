@@ -56,6 +56,7 @@ TABLE_SQL_EVERY = 2.0  # seconds between its SQL queries for the page of jobs (n
 PANEL_LINES = 1000  # lines the job page shows at first; the stream appends the rest
 STREAM_BATCH = 500
 RETRY_MS = 2000
+MAX_SEQ = 2**31 - 1  # seqs are SQL integers
 
 # Event name for the timeline entry of a status SQL has not recorded yet (the recorder trails).
 PROVISIONAL_EVENT = {"started": "started", "finished": "finished", "failed": "failed", "canceled": "canceled"}
@@ -72,7 +73,7 @@ def resume_point(last_event_id: str | None, seq: int, after: int) -> tuple[int, 
     """(snapshot seq, log seq) a page stream resumes after: Last-Event-ID ("seq.line") or the page's."""
     if last_event_id:
         parts = last_event_id.strip().split(".")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        if len(parts) != 2 or not all(p.isdigit() and len(p) < 10 for p in parts):
             raise InvalidRequest(f"Last-Event-ID must be '<seq>.<line>', not {last_event_id!r}.")
         return int(parts[0]), int(parts[1])
     return seq, after
@@ -281,8 +282,8 @@ async def job_stream(
     request: Request,
     job_id: str,
     session: CurrentSession,
-    seq: Annotated[int, Query(ge=0)] = 0,
-    after: Annotated[int, Query(ge=0)] = 0,
+    seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Response:
     """The job page's one stream (404 where pages are not pushed: they poll there)."""
@@ -299,7 +300,7 @@ async def job_log(
     request: Request,
     job_id: str,
     session: CurrentSession,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     fallback: Annotated[bool, Query()] = False,
 ) -> Response:
     """The log panel's poller (under Lambda, or while a page's stream is down): the lines after

@@ -14,6 +14,7 @@ from api.event_stream import HEARTBEAT_FRAME, RETRY_MS, REVOKED_FRAME, EventStre
 from api.lambda_limits import LAMBDA_MAX_WAIT, under_lambda
 from api.outages import noting_outage
 from api.routes.live import resume_point
+from jobs.errors import InvalidRequest
 from jobs.lazy_model import LazyModel
 from jobs.reads import snapshot_for
 from jobs.settings import get_settings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 router = APIRouter(prefix="/api/v1", tags=["logs"])
 
 MAX_PAGE = 1000
+MAX_SEQ = 2**31 - 1  # a line's seq is an SQL integer; past it no line can follow
 STREAM_BATCH = 500
 FOLLOW_EVERY = 0.25
 """Seconds between a followed log's reads while nothing else wakes it (the worker writes a job's
@@ -57,7 +59,12 @@ async def get_logs(
     job_id: str,
     principal: CurrentPrincipal,
     after: Annotated[
-        int, Query(ge=0, description="Lines after this seq: 0 from the start, else a page's `next_cursor`.")
+        int,
+        Query(
+            ge=0,
+            le=MAX_SEQ,
+            description="Lines after this seq: 0 from the start, else a page's `next_cursor`.",
+        ),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 200,
 ) -> Response:
@@ -138,7 +145,8 @@ async def stream_logs(
     request: Request,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Resume after this seq (when Last-Event-ID cannot be sent).")
+        int | None,
+        Query(ge=0, le=MAX_SEQ, description="Resume after this seq (when Last-Event-ID cannot be sent)."),
     ] = None,
 ) -> Response:
     """Server-Sent Events of the job's log lines. Reconnect with Last-Event-ID to resume."""
@@ -146,6 +154,8 @@ async def stream_logs(
     from jobs.log_records import read_log_async
 
     start = resume_point(last_event_id, after)
+    if start > MAX_SEQ:
+        raise InvalidRequest(f"Last-Event-ID must be a line's seq, at most {MAX_SEQ}.")
     feed: JobFeed = await JobFeed.open(job_id, principal.scope, key_id=principal.key_id)
     if feed.current.is_terminal and not await read_log_async(job_id, after=start, limit=1):
         feed.close()
