@@ -17,7 +17,7 @@ import pytest
 
 from tests import test_web_browser
 from tests.conftest import FAST_ENV, Backend, ServerProcess, Tenant, WorkerProcess, make_tenant
-from tests.test_web_browser import PageWatch
+from tests.test_web_browser import PageWatch, shoot
 
 browser = test_web_browser.browser  # the fixture: one headless Chromium for the module
 
@@ -72,7 +72,7 @@ def status_of(page: Any) -> str | None:
 
 
 def test_a_running_jobs_page_moves_over_one_stream_without_polling(
-    browser: Any, live_server: ServerProcess, push_worker: WorkerProcess
+    browser: Any, live_server: ServerProcess, push_worker: WorkerProcess, backend: Backend
 ):
     context, page, watch, tenant = signed_in(browser, live_server)
     job_id = submit(live_server, tenant, {"lines": 60, "step": 0.08, "tag": "pushed"})
@@ -81,6 +81,7 @@ def test_a_running_jobs_page_moves_over_one_stream_without_polling(
     seen: set[int] = set()
     messages: set[str] = set()
     started_in_timeline = False
+    shot = False
     deadline = time.monotonic() + 40
     while status_of(page) != "finished" and time.monotonic() < deadline:
         value = page.get_attribute("#job-live [role=progressbar]", "aria-valuenow")
@@ -90,6 +91,9 @@ def test_a_running_jobs_page_moves_over_one_stream_without_polling(
             messages.add(page.inner_text("#job-message"))
         if status_of(page) == "started" and page.locator("#timeline >> text=started").count():
             started_in_timeline = True
+        if not shot and 40 <= max(seen, default=0) < 80:
+            shoot(page, "job-log", backend)
+            shot = True
         page.wait_for_timeout(50)
     assert status_of(page) == "finished"
     assert len([v for v in seen if 0 < v < 100]) >= 5, f"the bar did not move: {sorted(seen)}"
