@@ -20,7 +20,19 @@ from api.error_responses import conveyor_error, document_error_shapes, invalid_r
 from api.lambda_limits import under_lambda
 from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
-from api.routes import api_docs, control, health, history, insights, jobs, journal, live, logs, metrics
+from api.routes import (
+    api_docs,
+    control,
+    health,
+    history,
+    insights,
+    jobs,
+    journal,
+    limits,
+    live,
+    logs,
+    metrics,
+)
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
@@ -111,6 +123,7 @@ def create_app() -> FastAPI:
     app.include_router(journal.router)
     app.include_router(control.router)
     app.include_router(live.router)
+    app.include_router(limits.router)
     app.include_router(logs.router)
     if settings.compat_endpoints:
         from api import compat

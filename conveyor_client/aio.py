@@ -18,6 +18,7 @@ from conveyor_client.client import (
     STREAM_READ_TIMEOUT,
     Deadline,
     channel_unserved,
+    limits_path,
     list_params,
     not_an_event_stream,
     submit_body,
@@ -123,6 +124,14 @@ class AsyncClient:
 
     async def tasks(self) -> list[dict[str, Any]]:
         return list((await self.request("GET", "/api/v1/tasks")).json())
+
+    async def limits(self, tenant: str) -> dict[str, Any]:
+        """A tenant's limits in force (an admin key: its own tenant; an operator key: any)."""
+        return dict((await self.request("GET", limits_path(tenant))).json())
+
+    async def set_limits(self, tenant: str, **changes: int | None) -> dict[str, Any]:
+        """Change the named limits (None: back to the default); an operator key only."""
+        return dict((await self.request("PUT", limits_path(tenant), json=changes)).json())
 
     async def logs(self, job_id: str, *, after: int = 0, limit: int = 200) -> LogPage:
         """A page of the job's log (see `Client.logs`)."""

@@ -1,7 +1,7 @@
 """job logs: what each job's task logged, kept after Redis forgot the job (issue 14)
 
-Revision ID: 0007_job_logs
-Revises: 0006_recent_sweep_index
+Revision ID: 0008_job_logs
+Revises: 0007_tenant_limits
 Create Date: 2026-12-04 19:00:00
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0007_job_logs"
-down_revision: str | None = "0006_recent_sweep_index"
+revision: str = "0008_job_logs"
+down_revision: str | None = "0007_tenant_limits"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
