@@ -297,3 +297,29 @@ def test_log_streams_count_against_the_stream_caps(
             assert "CONVEYOR_MAX_STREAMS_PER_KEY" in second.json()["detail"] and second.headers["Retry-After"]
     finally:
         server.stop()
+
+
+def test_under_lambda_a_log_stream_answers_one_batch_and_resumes(
+    api: TestClient, log_worker: WorkerProcess, monkeypatch: pytest.MonkeyPatch
+):
+    """Lambda delivers a response only when it ends: each stream is one batch of lines, and the
+    client comes back with Last-Event-ID for the next (as the snapshot stream does there)."""
+    from tests.live_support import read_events
+
+    job_id = submit(api, "log_lines", {"lines": 40, "step": 0.05}, queue=QUEUE)["job_id"]
+    wait_until(lambda: all_lines(api, job_id), message="a first line")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "conveyor-api")
+    seqs: list[int] = []
+    batches = 0
+    for _ in range(200):
+        headers = {"Last-Event-ID": str(seqs[-1] if seqs else 0)}
+        with api.stream("GET", f"/api/v1/jobs/{job_id}/logs/stream", headers=headers) as response:
+            if response.status_code == 204:
+                break
+            assert response.status_code == 200
+            batch = [int(e.id or 0) for e in read_events(response.iter_lines())]
+        assert batch, "a Lambda stream ended without a line"
+        seqs.extend(batch)
+        batches += 1
+    assert seqs == list(range(1, 41))
+    assert batches >= 2, "one stream carried the whole log: it did not end after its first batch"
