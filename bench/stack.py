@@ -82,16 +82,25 @@ class Stack:
     def serve(self, app: str, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """uvicorn serving ``app`` with one worker (``extra_env`` on top of the stack's), and wait
         until it answers."""
-        log = (self.tmp / f"uvicorn-{port}.log").open("ab")
-        proc = subprocess.Popen(
+        return self.serve_command(
             [
                 sys.executable, "-m", "uvicorn", app,
                 "--host", "127.0.0.1", "--port", str(port),
                 "--workers", "1", "--no-access-log", "--log-level", "warning",
                 "--backlog", "8192",
             ],
-            env={**self.env, **(extra_env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            port,
+            extra_env,
         )  # fmt: skip
+
+    def serve_command(
+        self, argv: list[str], port: int, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a server (``argv``) that listens on ``port``, and wait until /healthz answers."""
+        log = (self.tmp / f"server-{port}.log").open("ab")
+        env = {**self.env, **(extra_env or {})}
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        app = " ".join(argv[2:4])
         self.processes.append(proc)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
