@@ -9,21 +9,36 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from api.error_responses import conveyor_error, document_error_shapes, invalid_request
+from api.lambda_limits import under_lambda
 from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
-from api.routes import api_docs, control, health, history, insights, jobs, journal, limits, live, metrics
+from api.routes import (
+    api_docs,
+    control,
+    health,
+    history,
+    insights,
+    jobs,
+    journal,
+    limits,
+    live,
+    logs,
+    metrics,
+)
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
 from jobs.settings import get_settings
 from web import mount_web
+from web.live_source import LiveSource
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +75,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pipelined.close_pipelined_redis()
 
 
+async def _open_page_feed(job_id: str, tenant: str | None, key_id: str) -> Any:
+    from api.live_feed import JobFeed  # loads Redis's asyncio client: only when a page streams
+
+    return await JobFeed.open(job_id, tenant, key_id=key_id)
+
+
+def _hold_stream(key_id: str) -> Callable[[], None]:
+    from api.stream_limits import stream_slots
+
+    return stream_slots.acquire(key_id).release
+
+
+def page_feeds() -> LiveSource:
+    """What the pages' streams use: this process's snapshot hub, and whether streams are served."""
+    return LiveSource(
+        open_feed=_open_page_feed,
+        streams_served=lambda scope: not under_lambda(scope),
+        hold_stream=_hold_stream,
+    )
+
+
 def create_app() -> FastAPI:
     from api.json_headers import JsonResponseHeaders
 
@@ -88,11 +124,12 @@ def create_app() -> FastAPI:
     app.include_router(control.router)
     app.include_router(live.router)
     app.include_router(limits.router)
+    app.include_router(logs.router)
     if settings.compat_endpoints:
         from api import compat
 
         app.include_router(compat.router)
-    mount_web(app)  # the HTMX pages and /static
+    mount_web(app, live=page_feeds())  # the HTMX pages and /static
     hide_access_tokens_in_access_log()
     app.add_middleware(NulInQuery)
     app.add_middleware(JsonNestingLimit, max_depth=settings.max_json_depth)  # inside: bodies are bounded

@@ -79,8 +79,9 @@ class Stack:
             _, key = create_key(session, tenant="bench", role="admin")
         return key
 
-    def serve(self, app: str, port: int) -> subprocess.Popen[bytes]:
-        """uvicorn serving ``app`` with one worker, and wait until it answers."""
+    def serve(self, app: str, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """uvicorn serving ``app`` with one worker (``extra_env`` on top of the stack's), and wait
+        until it answers."""
         return self.serve_command(
             [
                 sys.executable, "-m", "uvicorn", app,
@@ -89,12 +90,16 @@ class Stack:
                 "--backlog", "8192",
             ],
             port,
+            extra_env,
         )  # fmt: skip
 
-    def serve_command(self, argv: list[str], port: int) -> subprocess.Popen[bytes]:
+    def serve_command(
+        self, argv: list[str], port: int, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a server (``argv``) that listens on ``port``, and wait until /healthz answers."""
         log = (self.tmp / f"server-{port}.log").open("ab")
-        proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        env = {**self.env, **(extra_env or {})}
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         app = " ".join(argv[2:4])
         self.processes.append(proc)
         deadline = time.monotonic() + 30

@@ -40,6 +40,7 @@ class TimedProgressPayload(BaseModel):
     updates: int = 40
     interval: float = 0.2
     go_key: str = ""
+    times_key: str = ""  # if set, each update's time is also appended there (bench/page_latency.py)
 
 
 @task(queue="bench")
@@ -53,7 +54,10 @@ def timed_progress(payload: TimedProgressPayload, progress: Progress) -> int:
             time.sleep(0.01)
     for i in range(payload.updates):
         time.sleep(payload.interval)
-        progress.update(i + 1, total=payload.updates, message=f"{time.time():.6f}")
+        now = time.time()
+        if payload.times_key:
+            get_redis().rpush(payload.times_key, f"{now:.6f}")
+        progress.update(i + 1, total=payload.updates, message=f"{now:.6f}")
     return payload.updates
 
 

@@ -193,6 +193,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _api_call(run)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a job's log (all of it, page by page), or follow it until the job ends."""
+
+    def show(line: Any) -> None:
+        print(json.dumps(line.raw) if args.json else str(line), flush=args.follow)
+
+    def run() -> int:
+        with _client(args) as client:
+            try:
+                if args.follow:
+                    for line in client.follow_logs(args.job_id, after=args.after, timeout=args.timeout):
+                        show(line)
+                    return 0
+                after: int | None = args.after
+                while after is not None:
+                    page = client.logs(args.job_id, after=after, limit=1000)
+                    for line in page.items:
+                        show(line)
+                    after = page.next_cursor
+            except TimeoutError as exc:
+                return timed_out(str(exc))
+        return 0
+
+    return _api_call(run)
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     """cancel, pause, resume, restart: print the job as the API answered; --wait for its end."""
 
@@ -404,6 +430,17 @@ def _add_client_commands(sub: Commands) -> None:
     _watch_options(p)
     _client_options(p)
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser(
+        "logs",
+        help="print what a job logged; --follow prints lines as they come, until the job ends",
+    )
+    p.add_argument("job_id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the job ends")
+    p.add_argument("--after", type=int, default=0, help="start after this line's seq")
+    p.add_argument("--timeout", type=float, help="with --follow: give up after this many seconds (exit 3)")
+    _client_options(p)
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("status", help="show a job's status")
     p.add_argument("job_id")

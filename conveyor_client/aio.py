@@ -32,6 +32,7 @@ from conveyor_client.errors import (
     is_safe_to_repeat,
     raise_for_error,
 )
+from conveyor_client.log_lines import LogLine, LogPage
 from conveyor_client.snapshot import Page, Snapshot
 from conveyor_client.sse import EventParser
 
@@ -131,6 +132,79 @@ class AsyncClient:
     async def set_limits(self, tenant: str, **changes: int | None) -> dict[str, Any]:
         """Change the named limits (None: back to the default); an operator key only."""
         return dict((await self.request("PUT", limits_path(tenant), json=changes)).json())
+
+    async def logs(self, job_id: str, *, after: int = 0, limit: int = 200) -> LogPage:
+        """A page of the job's log (see `Client.logs`)."""
+        params = {"after": after, "limit": limit}
+        response = await self.request("GET", f"/api/v1/jobs/{job_id}/logs", params=params)
+        return LogPage.from_json(response.json())
+
+    async def follow_logs(
+        self, job_id: str, *, after: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[LogLine]:
+        """The job's log lines as they are written, until its end (see `Client.follow_logs`)."""
+        deadline = Deadline(timeout, job_id)
+        try:
+            async for line in self._follow_log_stream(job_id, after, deadline):
+                after = line.seq
+                yield line
+            return
+        except ChannelUnavailable:
+            pass
+        while True:
+            ended = (await self.get(job_id)).is_terminal
+            page = await self.logs(job_id, after=after, limit=1000)
+            for line in page.items:
+                after = line.seq
+                yield line
+            if page.next_cursor is not None:
+                continue
+            if ended:
+                return
+            deadline.check()
+            await asyncio.sleep(deadline.left(0.5))
+
+    async def _follow_log_stream(self, job_id: str, after: int, deadline: Deadline) -> AsyncIterator[LogLine]:
+        failures = 0
+        while True:
+            deadline.check()
+            read = deadline.left(STREAM_READ_TIMEOUT) or 0.001
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+            try:
+                async with self._http.stream(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/logs/stream",
+                    headers=headers,
+                    timeout=httpx.Timeout(10.0, read=read),
+                ) as response:
+                    if response.status_code == 204:
+                        return
+                    if response.status_code >= 400:
+                        await response.aread()
+                        try:
+                            raise_for_error(response)
+                        except ConveyorAPIError as exc:
+                            if channel_unserved(exc):
+                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
+                            if exc.status_code not in RETRY_STATUSES:
+                                raise
+                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
+                    if not_an_event_stream(response):
+                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    parser = EventParser()
+                    async for text in response.aiter_lines():
+                        event = parser.feed(text)
+                        if event is None:
+                            deadline.check()
+                            continue
+                        line = LogLine.from_json(json.loads(event.data))
+                        failures, after = 0, line.seq
+                        yield line
+            except (*NOT_SENT, *MAYBE_SENT):
+                failures += 1
+                if failures > self.retries:
+                    raise ChannelUnavailable("SSE keeps failing") from None
+                await asyncio.sleep(min(0.25 * 2**failures, 5.0, deadline.left(5.0)))
 
     async def cancel(self, job_id: str, *, reason: str | None = None) -> Snapshot:
         """Cancel a job (a running one is asked to stop; it may still show `started` for a moment)."""

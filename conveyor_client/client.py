@@ -22,6 +22,7 @@ from conveyor_client.errors import (
     is_safe_to_repeat,
     raise_for_error,
 )
+from conveyor_client.log_lines import LogLine, LogPage
 from conveyor_client.snapshot import Page, Snapshot
 from conveyor_client.sse import EventParser
 
@@ -234,6 +235,86 @@ class Client:
     def set_limits(self, tenant: str, **changes: int | None) -> dict[str, Any]:
         """Change the named limits (None: back to the default); an operator key only."""
         return dict(self.request("PUT", limits_path(tenant), json=changes).json())
+
+    # --- a job's log -----------------------------------------------------------------------------
+
+    def logs(self, job_id: str, *, after: int = 0, limit: int = 200) -> LogPage:
+        """A page of the job's log: up to ``limit`` lines after ``after`` (a line's seq)."""
+        params = {"after": after, "limit": limit}
+        return LogPage.from_json(self.request("GET", f"/api/v1/jobs/{job_id}/logs", params=params).json())
+
+    def follow_logs(self, job_id: str, *, after: int = 0, timeout: float | None = None) -> Iterator[LogLine]:
+        """Yield the job's log lines after ``after`` as they are written, ending once the job has
+        ended and its last lines are in. Follows the SSE stream (resumed where it stopped);
+        where streams are not served, pages the log every half second. TimeoutError after
+        ``timeout`` seconds."""
+        deadline = Deadline(timeout, job_id)
+        try:
+            for line in self._follow_log_stream(job_id, after, deadline):
+                after = line.seq
+                yield line
+            return
+        except ChannelUnavailable:
+            pass
+        yield from self._follow_log_pages(job_id, after, deadline)
+
+    def _follow_log_stream(self, job_id: str, after: int, deadline: Deadline) -> Iterator[LogLine]:
+        failures = 0
+        while True:
+            deadline.check()
+            read = deadline.left(STREAM_READ_TIMEOUT) or 0.001
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/logs/stream",
+                    headers=headers,
+                    timeout=httpx.Timeout(10.0, read=read),
+                ) as response:
+                    if response.status_code == 204:
+                        return  # the job has ended and nothing follows `after`
+                    if response.status_code >= 400:
+                        response.read()
+                        try:
+                            raise_for_error(response)
+                        except ConveyorAPIError as exc:
+                            if channel_unserved(exc):
+                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
+                            if exc.status_code not in RETRY_STATUSES:
+                                raise
+                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
+                    if not_an_event_stream(response):
+                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    parser = EventParser()
+                    for text in response.iter_lines():
+                        event = parser.feed(text)
+                        if event is None:
+                            deadline.check()
+                            continue
+                        line = LogLine.from_json(json.loads(event.data))
+                        failures, after = 0, line.seq
+                        yield line
+            except (*NOT_SENT, *MAYBE_SENT):
+                failures += 1
+                if failures > self.retries:
+                    raise ChannelUnavailable("SSE keeps failing") from None
+                time.sleep(min(0.25 * 2**failures, 5.0, deadline.left(5.0)))
+            # A stream that ended (the job's end, a proxy's limit, Lambda's one batch) is resumed:
+            # after the job's end the server answers 204.
+
+    def _follow_log_pages(self, job_id: str, after: int, deadline: Deadline) -> Iterator[LogLine]:
+        while True:
+            ended = self.get(job_id).is_terminal  # before the page: its last lines are in by then
+            page = self.logs(job_id, after=after, limit=1000)
+            for line in page.items:
+                after = line.seq
+                yield line
+            if page.next_cursor is not None:
+                continue
+            if ended:
+                return
+            deadline.check()
+            time.sleep(deadline.left(0.5))
 
     # --- following a job -------------------------------------------------------------------------
 

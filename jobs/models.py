@@ -1,4 +1,4 @@
-"""SQL tables: jobs, their append-only events, large results, and API keys.
+"""SQL tables: jobs, their append-only events and logs, large results, and API keys.
 
 Alembic owns the schema (`migrations/`); a test checks that the migrations
 produce exactly these models.
@@ -123,6 +123,21 @@ class JobEvent(SQLModel, table=True):
     message: str | None = Field(default=None, sa_type=sa.Text)
     data: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class JobLogLine(SQLModel, table=True):
+    """One line of a job's log (what its task logged), copied from Redis by the recorder process;
+    ``seq`` is the line's place in the job's log, the API's cursor."""
+
+    __tablename__ = "job_logs"
+
+    job_id: str = Field(primary_key=True, max_length=36, foreign_key="jobs.job_id", ondelete="CASCADE")
+    seq: int = Field(primary_key=True)
+    attempt: int = 1
+    level: str = Field(max_length=16)
+    logger: str = Field(max_length=200)
+    message: str = Field(sa_type=sa.Text)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
 class JobResult(SQLModel, table=True):

@@ -1,8 +1,8 @@
 """Retention: delete old ended jobs and compact old progress events, in small batches.
 
 `conveyor prune --older-than 90d` (default `CONVEYOR_RETENTION_DAYS`) deletes
-jobs that ended before the cutoff, with their events and stored results, and
-drops their live snapshots from Redis. Jobs that never ended are kept however
+jobs that ended before the cutoff, with their events, logs and stored results, and
+drops their live snapshots and logs from Redis. Jobs that never ended are kept however
 old they are: they are the reconciler's business, not history.
 
 Events are compacted separately (`--compact-events-older-than 30d`, default
@@ -28,8 +28,9 @@ from redis import Redis
 from sqlmodel import Session, col, select
 
 from jobs.clock import utcnow
+from jobs.job_logs import forget as forget_logs
 from jobs.live import job_key
-from jobs.models import Job, JobEvent, JobResult
+from jobs.models import Job, JobEvent, JobLogLine, JobResult
 from jobs.status import TERMINAL
 
 COMPACTED_EVENTS = ("progress",)
@@ -43,6 +44,7 @@ class PruneReport:
     jobs: int = 0
     events: int = 0
     results: int = 0
+    log_lines: int = 0
     compacted_events: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -113,10 +115,14 @@ def prune(
         report.results += _rowcount(
             session.execute(sa.delete(JobResult).where(col(JobResult.job_id).in_(ids)))
         )
+        report.log_lines += _rowcount(
+            session.execute(sa.delete(JobLogLine).where(col(JobLogLine.job_id).in_(ids)))
+        )
         report.jobs += _rowcount(session.execute(sa.delete(Job).where(col(Job.job_id).in_(ids))))
         session.commit()
         if client is not None:
             client.delete(*(job_key(job_id) for job_id in ids))
+            forget_logs(client, ids)
         _batch_done(report, batch_started, progress, pause)
         if len(ids) < batch_size:
             break

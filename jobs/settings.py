@@ -192,6 +192,20 @@ class Settings(BaseSettings):
     # How long an API process keeps a tenant's limits before asking Redis (and Redis, SQL) again.
     limits_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
+    # --- Job logs (issue 14). ---
+    # What one job's log may hold, over all its attempts; past either cap the log says so once.
+    job_log_max_lines: int = Field(default=10_000, ge=2, le=1_000_000)
+    job_log_max_bytes: int = Field(default=4 * 1_048_576, ge=1024, le=256 * 1_048_576)
+    # Characters of one line's message kept; a longer one is cut and marked.
+    job_log_max_line: int = Field(default=4000, ge=80, le=1_000_000)
+    # Also capture what a task prints (stdout and stderr), line by line, as level PRINT.
+    job_log_capture_print: bool = False
+    # Seconds the worker gathers a job's lines before one write to Redis.
+    job_log_flush_interval: float = Field(default=0.1, ge=0.01, le=10)
+    # Pages (job page, jobs table) receive their updates over one SSE stream each where streams
+    # are served (not under AWS Lambda, where they poll); off: they poll everywhere.
+    web_push: bool = True
+
     @field_validator("task_limits")
     @classmethod
     def _known_task_caps(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:

@@ -25,8 +25,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_ENV = {
     "CONVEYOR_ENVIRONMENT": "test",
     "CONVEYOR_SECRET_KEY": "test-secret-key-not-for-production-7Qz9xWk2",
-    "CONVEYOR_QUEUES": '["default", "other", "control", "isolated"]',
-    "CONVEYOR_TASK_MODULES": '["worker.tasks", "tests.control_tasks", "tests.history_tasks"]',
+    "CONVEYOR_QUEUES": '["default", "other", "control", "isolated", "logs"]',
+    "CONVEYOR_TASK_MODULES": (
+        '["worker.tasks", "tests.control_tasks", "tests.history_tasks", "tests.log_tasks"]'
+    ),
     "CONVEYOR_LOG_LEVEL": "WARNING",
 }
 

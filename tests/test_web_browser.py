@@ -55,6 +55,16 @@ def _chromium_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
+def polling_server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose pages poll, as under AWS Lambda (CONVEYOR_WEB_PUSH=false): the polling these
+    tests count (tests/test_web_push.py has the pushed pages)."""
+    log_path = tmp_path_factory.mktemp("polling-server") / "server.log"
+    server = ServerProcess(backend, log_path, {"CONVEYOR_WEB_PUSH": "false"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     _chromium_or_skip()
     from playwright.sync_api import sync_playwright
@@ -119,8 +129,9 @@ def submit_from_form(page: Any, server: ServerProcess, task: str, values: dict[s
 
 
 def test_sign_in_submit_watch_cancel_and_fail(
-    browser: Any, live_server: ServerProcess, worker: WorkerProcess, backend: Backend
+    browser: Any, polling_server: ServerProcess, worker: WorkerProcess, backend: Backend
 ):
+    live_server = polling_server
     tenant: Tenant = make_tenant("member")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -226,8 +237,9 @@ def test_sign_in_submit_watch_cancel_and_fail(
 
 
 def test_the_jobs_table_polls_while_a_job_runs_and_stops_after(
-    browser: Any, live_server: ServerProcess, worker: WorkerProcess
+    browser: Any, polling_server: ServerProcess, worker: WorkerProcess
 ):
+    live_server = polling_server
     tenant = make_tenant("member")
     context = browser.new_context()
     page = context.new_page()

@@ -16,12 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.status import JobStatus
-from tests.conftest import ROOT, Backend, Tenant, WorkerProcess, make_tenant, seed_job
+from tests.conftest import ROOT, Backend, Tenant, WorkerProcess, configure, make_tenant, seed_job
 from tests.services import wait_until
 from tests.web_support import csrf_from, sign_in
 
 HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
 HTMX_SHA256 = "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717"
+SSE_EXT_SHA256 = "98a46496de0c3605fbffdce9167ba427bdd9553184f83f149c261891a92c0136"
 
 
 @pytest.fixture
@@ -151,7 +152,12 @@ def test_sign_out_needs_the_token_and_clears_the_cookie(web: TestClient):
 # --- what every page carries ------------------------------------------------------------------------
 
 
-def test_pages_carry_the_csp_and_no_inline_script_or_style(web: TestClient, tenant: Tenant):
+@pytest.mark.parametrize("push", [False, True], ids=["polling", "pushed"])
+def test_pages_carry_the_csp_and_no_inline_script_or_style(
+    web: TestClient, tenant: Tenant, env: Backend, monkeypatch: pytest.MonkeyPatch, push: bool
+):
+    monkeypatch.setenv("CONVEYOR_WEB_PUSH", "true" if push else "false")
+    configure(env.env())
     job_id = seed_job(tenant=tenant.name)
     for path in ("/jobs", "/jobs/new", "/jobs/new/long_task", f"/jobs/{job_id}", "/queue", "/analytics"):
         response = web.get(path)
@@ -164,7 +170,11 @@ def test_pages_carry_the_csp_and_no_inline_script_or_style(web: TestClient, tena
         assert re.findall(r"\s(on\w+|style|hx-on[:\w-]*)=", html) == [], path
         assert '"allowEval":false' in html.replace("&#34;", '"') and "includeIndicatorStyles" in html
         assert 'hx-headers=\'{"X-CSRF-Token": "' in html
-        assert "sse-connect" not in html and "hx-ext" not in html
+        if not push:
+            assert "sse-connect" not in html and "hx-ext" not in html
+        elif path in ("/jobs", f"/jobs/{job_id}"):  # a live job: its pages stream, from 'self' only
+            assert re.search(r'hx-ext="sse" sse-connect="/jobs/[^"]*stream[^"]*" sse-close="end"', html), path
+            assert '<script src="/static/htmx-ext-sse.min.js' in html
 
 
 def test_htmx_is_the_vendored_2x_release(web: TestClient):
@@ -174,6 +184,54 @@ def test_htmx_is_the_vendored_2x_release(web: TestClient):
     assert hashlib.sha256(response.content).hexdigest() == HTMX_SHA256
     assert (ROOT / "web" / "static" / "htmx.LICENSE").read_text().startswith("Zero-Clause BSD")
     assert 'version:"2.0.11"' in response.text.replace(" ", "")
+
+
+def test_the_sse_extension_is_the_vendored_release(web: TestClient):
+    response = web.get("/static/htmx-ext-sse.min.js")
+    assert response.status_code == 200 and "javascript" in response.headers["content-type"]
+    assert hashlib.sha256(response.content).hexdigest() == SSE_EXT_SHA256
+    assert (ROOT / "web" / "static" / "htmx-ext-sse.LICENSE").read_text().startswith("BSD Zero Clause")
+
+
+def test_pages_poll_under_lambda_and_their_streams_are_not_served(
+    web: TestClient, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+):
+    job_id = seed_job(tenant=tenant.name)
+    assert "sse-connect" in web.get(f"/jobs/{job_id}").text  # a container: pushed
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "conveyor-api")  # what caps long polls there
+    html = web.get(f"/jobs/{job_id}").text
+    assert "sse-connect" not in html and 'hx-trigger="every 1s"' in html
+    assert 'id="log-poller"' in html and f"/jobs/{job_id}/log?after=0" in html
+    assert web.get(f"/jobs/{job_id}/stream").status_code == 404
+    assert web.get("/jobs/table/stream").status_code == 404
+    assert "sse-connect" not in web.get("/jobs").text
+
+
+def test_a_page_stream_refuses_a_bad_resume_point(web: TestClient, tenant: Tenant):
+    job_id = seed_job(tenant=tenant.name)
+    assert web.get(f"/jobs/{job_id}/stream", params={"seq": -1}).status_code == 422
+    for bad in ("7", "a.b", "1.99999999999999"):
+        refused = web.get(f"/jobs/{job_id}/stream", headers={"Last-Event-ID": bad})
+        assert refused.status_code == 422 and "Last-Event-ID" in refused.text, bad
+    assert web.get(f"/jobs/{job_id}/log", params={"after": 10**12}).status_code == 422
+
+
+def test_the_log_poller_appends_out_of_band_and_stops_at_the_end(web: TestClient, tenant: Tenant):
+    job_id = seed_job(tenant=tenant.name)
+    from jobs.clock import utcnow
+    from jobs.job_logs import append_lines, encode_line
+    from jobs.redis_conn import get_redis
+
+    line = encode_line(at=utcnow(), level="INFO", logger="t", message="<b>hello</b>", attempt=1)
+    append_lines(get_redis(), {job_id: [line, line]}, now=time.time())
+    polled = web.get(f"/jobs/{job_id}/log", params={"after": 1}).text
+    assert 'hx-swap-oob="beforeend:#log-lines"' in polled and 'data-seq="2"' in polled
+    assert 'data-seq="1"' not in polled and "&lt;b&gt;hello&lt;/b&gt;" in polled
+    assert f"/jobs/{job_id}/log?after=2" in polled and 'hx-trigger="every 1s"' in polled
+    drive(job_id, JobStatus.STARTED)
+    drive(job_id, JobStatus.FINISHED, result={"ok": True})
+    done = web.get(f"/jobs/{job_id}/log", params={"after": 2}).text
+    assert "hx-trigger" not in done and "hx-swap-oob" not in done
 
 
 # --- scoping ----------------------------------------------------------------------------------------

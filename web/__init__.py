@@ -15,6 +15,8 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from web.live_source import LiveSource
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -35,9 +37,13 @@ class StaticAssets(StaticFiles):
         return response
 
 
-def mount_web(app: FastAPI) -> None:
-    """Add the pages and their static files to ``app``."""
-    from web import insight_pages, job_pages, sign_in, submit_pages
+def mount_web(app: FastAPI, *, live: LiveSource | None = None) -> None:
+    """Add the pages and their static files to ``app``; with ``live``, pages that follow jobs
+    get their updates pushed over one stream each (web/live_pages.py), else they poll."""
+    from web import insight_pages, job_pages, live_pages, sign_in, submit_pages
+
+    app.state.conveyor_live = live
+    app.include_router(live_pages.router)  # before job_pages: /jobs/{id}/stream is not an action
 
     app.include_router(sign_in.router)
     app.include_router(submit_pages.router)  # before job_pages: /jobs/new is not a job id

@@ -23,15 +23,18 @@ from starlette.concurrency import run_in_threadpool
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.status import JobStatus
 from web.job_view import table_trigger, view_of
+from web.live_source import pushes
 from web.rendering import PageRoute, etag_matches, is_htmx, not_modified, page, ui_version
 from web.session import ChangingSession, CurrentSession, WebSession
 
 if TYPE_CHECKING:
     from jobs.reads import JobRead, JobsPage
+    from jobs.store import Page
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 PAGE_SIZE = 25
+PAGE_MODES = ("push", "fallback")  # how a job page that posts an action gets its updates
 Action = Literal["cancel", "pause", "resume", "restart"]
 
 
@@ -98,13 +101,22 @@ def _filters(status: str | None, task: str | None, queue: str | None) -> dict[st
 
 def _table_rows(tenant: str | None, filters: dict[str, str], cursor: str | None) -> JobsPage:
     """One page of the tenant's jobs (one SQL query), live rows overlaid from Redis (one round trip)."""
-    from jobs.db import session_scope
+    return _overlaid(_sql_rows(tenant, filters, cursor))
+
+
+def _overlaid(found: Page) -> JobsPage:
     from jobs.reads import live_page
     from jobs.redis_conn import get_redis
+
+    return live_page(found, client=get_redis())
+
+
+def _sql_rows(tenant: str | None, filters: dict[str, str], cursor: str | None) -> Page:
+    from jobs.db import session_scope
     from jobs.store import list_jobs
 
     with session_scope() as session:
-        found = list_jobs(
+        return list_jobs(
             session,
             tenant=tenant,
             status=[JobStatus(filters["status"])] if filters["status"] else (),
@@ -113,7 +125,6 @@ def _table_rows(tenant: str | None, filters: dict[str, str], cursor: str | None)
             limit=PAGE_SIZE,
             cursor=cursor,
         )
-    return live_page(found, client=get_redis())
 
 
 def _table_context(
@@ -123,9 +134,11 @@ def _table_context(
     task: str | None,
     queue: str | None,
     cursor: str | None,
+    found: JobsPage | None = None,
 ) -> tuple[dict[str, Any], str, dict[str, str]]:
     filters = _filters(status, task, queue)
-    found = _table_rows(session.scope, filters, cursor)
+    if found is None:
+        found = _table_rows(session.scope, filters, cursor)
     rows, next_cursor = [view_of(doc, with_actions=False) for doc in found.docs], found.next_cursor
     query = request.url.query
     digest = hashlib.sha256(f"{query}|{next_cursor}".encode())
@@ -169,6 +182,7 @@ def jobs_page(
     from jobs.tasks import load_tasks
 
     context, _, headers = _table_context(request, session, status, task, queue, cursor)
+    context["push"] = pushes(request) and context["trigger"] is not None
     context["task_names"] = sorted(load_tasks())
     context["queue_names"] = get_settings().queues
     context["statuses"] = [s.value for s in JobStatus]
@@ -183,10 +197,12 @@ def jobs_table(
     task: TaskFilter = None,
     queue: QueueFilter = None,
     cursor: CursorParam = None,
+    fallback: Annotated[bool, Query()] = False,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The jobs table alone: the page's one poller."""
+    """The jobs table alone: the page's one poller (``fallback``: while the page's stream is down)."""
     context, etag, headers = _table_context(request, session, status, task, queue, cursor)
+    context["mode"] = "fallback" if fallback else "poll"
     if etag_matches(etag, if_none_match):
         return not_modified(etag)
     headers["ETag"] = etag
@@ -199,10 +215,22 @@ def jobs_table(
 @router.get("/jobs/{job_id}")
 async def job_page(request: Request, job_id: str, session: CurrentSession) -> Response:
     """The job: live part (status, progress, result or error, buttons), details and timeline."""
+    from web.live_pages import PANEL_LINES, first_lines
+
     read = await read_job(job_id, session.scope)
     job = view_of(read.doc, control=read.control)
     record, events = await run_in_threadpool(_history, job_id, session.scope)
-    context = {"job": job, "record": record, "events": events, "notice": None}
+    lines = await first_lines(job_id)
+    context = {
+        "job": job,
+        "record": record,
+        "events": events,
+        "notice": None,
+        "push": pushes(request) and not job.is_terminal,
+        "lines": lines,
+        "after": lines[-1].seq if lines else 0,
+        "panel_lines": PANEL_LINES,
+    }
     return page(request, "job.html", context, headers=live_headers(read))
 
 
@@ -211,20 +239,21 @@ async def job_live(
     request: Request,
     job_id: str,
     session: CurrentSession,
+    fallback: Annotated[bool, Query()] = False,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The job page's live part; it stops polling (no hx-trigger) once the job is terminal."""
+    """The job page's live part; it stops polling (no hx-trigger) once the job is terminal.
+    ``fallback``: polled while the page's stream is down (it keeps its place for the stream)."""
     read = await read_job(job_id, session.scope)
-    etag = _live_etag(read.seq, session)
+    etag = _live_etag(read.seq, session) + ("f" if fallback else "")
     if etag_matches(etag, if_none_match):
         return not_modified(etag)
     job = view_of(read.doc, control=read.control)
     headers = {**live_headers(read), "ETag": etag}
     if job.is_terminal:
         headers["HX-Trigger"] = "job-ended"  # the timeline reloads itself once
-    return page(
-        request, "_job_live.html", {"job": job, "notice": None}, headers=headers, cache="private, no-cache"
-    )
+    context = {"job": job, "notice": None, "mode": "fallback" if fallback else "poll"}
+    return page(request, "_job_live.html", context, headers=headers, cache="private, no-cache")
 
 
 @router.get("/jobs/{job_id}/timeline")
@@ -267,6 +296,8 @@ def _act(action: Action, job_id: str, session: WebSession) -> None:
 async def job_action(request: Request, job_id: str, action: Action, session: ChangingSession) -> Response:
     """Cancel, pause, resume or restart. htmx gets the live part back; a plain form, a redirect.
     An action the job's status no longer allows answers 409 with the job as it is now."""
+    from web.live_pages import PANEL_LINES, first_lines
+
     notice = None
     status_code = 200
     try:
@@ -279,8 +310,20 @@ async def job_action(request: Request, job_id: str, action: Action, session: Cha
     job = view_of(read.doc, control=read.control)
     headers = live_headers(read)
     if is_htmx(request):
-        context: dict[str, Any] = {"job": job, "notice": notice}
+        mode = (await request.form()).get("mode")
+        shown = mode if mode in PAGE_MODES else "poll"
+        context: dict[str, Any] = {"job": job, "notice": notice, "mode": shown}
         return page(request, "_job_live.html", context, status_code=status_code, headers=headers)
     record, events = await run_in_threadpool(_history, job_id, session.scope)
-    context = {"job": job, "record": record, "events": events, "notice": notice}
+    lines = await first_lines(job_id)
+    context = {
+        "job": job,
+        "record": record,
+        "events": events,
+        "notice": notice,
+        "push": False,
+        "lines": lines,
+        "after": lines[-1].seq if lines else 0,
+        "panel_lines": PANEL_LINES,
+    }
     return page(request, "job.html", context, status_code=status_code, headers=headers)

@@ -13,6 +13,7 @@ from typing import Any
 
 from redis import Redis
 
+from jobs.log_records import run_copier
 from jobs.maintenance import Maintenance
 from jobs.recorder import Recorder
 from jobs.redis_conn import redis_url, use_redis
@@ -27,7 +28,8 @@ def run_recorder(
     """Replay the journal into SQL until SIGTERM/SIGINT (or ``stop``); then drain what is left.
 
     Beside it, a thread runs the maintenance loop: the reconciler and the
-    recurring (cron) jobs, both of which need SQL, which the pool's processes never open.
+    recurring (cron) jobs, both of which need SQL, which the pool's processes never open;
+    another copies jobs' logs from Redis into SQL (jobs/log_records.py).
     """
     configure_logging()
     if stop is None:
@@ -49,8 +51,11 @@ def run_recorder(
         loop = Maintenance(client, name=consumer)
         thread = threading.Thread(target=loop.run, args=(stop,), name="maintenance", daemon=True)
         thread.start()
+    copier = threading.Thread(target=run_copier, args=(client, stop), name="log-copier", daemon=True)
+    copier.start()
     recorder = Recorder(client, consumer=consumer, claim_idle=settings.recorder_claim_idle)
     recorder.run(stop, block=0.5)
     recorder.drain()
+    copier.join(timeout=10)
     if thread is not None:
         thread.join(timeout=10)

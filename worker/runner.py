@@ -48,6 +48,7 @@ from jobs.results import discard_blob, result_patch
 from jobs.status import WAITING, JobStatus
 from jobs.tasks import get_task
 from jobs.tracing import current_trace_id
+from worker.job_log import capturing
 from worker.progress import JobCanceled, JobInterrupted, Progress
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,10 @@ def perform(
     with _recording(progress, client, rq_job, no_retry):
         spec = get_task(task)
         model = spec.validate(payload)
-        value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
-        if inspect.iscoroutine(value):  # an async task on RQ's own path: it runs alone
-            value = _run_alone(value)
+        with capturing(job_id, attempt, client):
+            value = spec.func(model, progress) if spec.takes_progress else spec.func(model)
+            if inspect.iscoroutine(value):  # an async task on RQ's own path: it runs alone
+                value = _run_alone(value)
         fields = result_patch(job_id, attempt, redact(jsonable(value)), client)
     return _success(fields, progress)
 
@@ -155,7 +157,8 @@ async def perform_async(
         try:
             async with asyncio.timeout(timeout) as scope:
                 progress.timeout_scope = scope
-                value = await (spec.func(model, progress) if spec.takes_progress else spec.func(model))
+                with capturing(job_id, attempt, client):  # this task's context: its lines only
+                    value = await (spec.func(model, progress) if spec.takes_progress else spec.func(model))
         except TimeoutError:
             if not scope.expired():
                 raise  # the task's own TimeoutError
