@@ -210,6 +210,40 @@ def cmd_control(args: argparse.Namespace) -> int:
     return _api_call(run)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """webhooks add/list/rm: the API's /api/v1/webhooks; `add` prints the secret (shown once)."""
+
+    def run() -> int:
+        with _client(args) as client:
+            if args.webhooks_command == "add":
+                body: dict[str, Any] = {"url": args.webhook_url, "events": args.event or ["job.finished"]}
+                if args.description:
+                    body["description"] = args.description
+                if args.progress_interval is not None:
+                    body["progress_interval"] = args.progress_interval
+                if args.tenant:
+                    body["tenant"] = args.tenant
+                hook = client.request("POST", "/api/v1/webhooks", json=body).json()
+                if args.json:
+                    print(json.dumps(hook, indent=2))
+                else:
+                    print(f"{hook['id']}  {hook['url']}  {','.join(hook['events'])}")
+                    print("signing secret (shown once):")
+                    print(hook["secret"])
+            elif args.webhooks_command == "list":
+                items = client.request("GET", "/api/v1/webhooks").json()["items"]
+                if args.json:
+                    print(json.dumps(items, indent=2))
+                for hook in [] if args.json else items:
+                    print(f"{hook['id']}  {hook['url']}  {','.join(hook['events'])}  {hook['tenant'] or '*'}")
+            else:
+                client.request("DELETE", f"/api/v1/webhooks/{args.webhook_id}")
+                print(f"deleted {args.webhook_id}")
+        return 0
+
+    return _api_call(run)
+
+
 # --- the parser ---------------------------------------------------------------------------------
 
 
@@ -371,6 +405,30 @@ def _add_client_commands(sub: Commands) -> None:
             p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
         _client_options(p)
         p.set_defaults(func=cmd_control)
+
+    hooks = sub.add_parser("webhooks", help="manage webhook endpoints (admin key)").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    p = hooks.add_parser("add", help="register an endpoint; prints its signing secret once")
+    p.add_argument("webhook_url", metavar="URL")
+    p.add_argument(
+        "--event",
+        action="append",
+        choices=["job.finished", "job.failed", "job.canceled", "job.progress", "batch.completed"],
+        help="an event to deliver (repeatable; default job.finished)",
+    )
+    p.add_argument("--description")
+    p.add_argument("--progress-interval", type=float, help="seconds between a job's job.progress deliveries")
+    p.add_argument("--tenant", help="operators: a tenant's name, or * for every tenant")
+    _client_options(p)
+    p.set_defaults(func=cmd_webhooks)
+    p = hooks.add_parser("list", help="list the endpoints this key manages")
+    _client_options(p)
+    p.set_defaults(func=cmd_webhooks)
+    p = hooks.add_parser("rm", help="delete an endpoint (and its deliveries)")
+    p.add_argument("webhook_id")
+    _client_options(p)
+    p.set_defaults(func=cmd_webhooks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

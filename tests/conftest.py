@@ -28,6 +28,11 @@ TEST_ENV = {
     "CONVEYOR_QUEUES": '["default", "other", "control", "isolated"]',
     "CONVEYOR_TASK_MODULES": '["worker.tasks", "tests.control_tasks", "tests.history_tasks"]',
     "CONVEYOR_LOG_LEVEL": "WARNING",
+    # Webhooks (tests/test_webhooks.py): receivers on loopback, quick retries and timeouts.
+    "CONVEYOR_WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1", "localhost"]',
+    "CONVEYOR_WEBHOOK_RETRY_BASE": "0.3",
+    "CONVEYOR_WEBHOOK_TIMEOUT": "1.5",
+    "CONVEYOR_WEBHOOK_POLL_INTERVAL": "0.1",
 }
 
 # Short heartbeats and reconciler intervals for workers whose tests wait on them.
