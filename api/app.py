@@ -18,7 +18,19 @@ from fastapi.exceptions import RequestValidationError
 from api.error_responses import conveyor_error, document_error_shapes, invalid_request
 from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
-from api.routes import api_docs, control, health, history, insights, jobs, journal, live, metrics, webhooks
+from api.routes import (
+    api_docs,
+    bulk,
+    control,
+    health,
+    history,
+    insights,
+    jobs,
+    journal,
+    live,
+    metrics,
+    webhooks,
+)
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
@@ -85,6 +97,7 @@ def create_app() -> FastAPI:
     app.include_router(insights.router)
     app.include_router(metrics.router)
     app.include_router(journal.router)
+    app.include_router(bulk.router)  # before control: /jobs/bulk/cancel is not a job's cancel
     app.include_router(control.router)
     app.include_router(live.router)
     app.include_router(webhooks.router)
