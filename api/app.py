@@ -29,6 +29,7 @@ from api.routes import (
     journal,
     live,
     metrics,
+    queues,
     webhooks,
 )
 from api.snapshot_fast_path import SnapshotFastPath
@@ -101,6 +102,7 @@ def create_app() -> FastAPI:
     app.include_router(control.router)
     app.include_router(live.router)
     app.include_router(webhooks.router)
+    app.include_router(queues.router)
     if settings.compat_endpoints:
         from api import compat
 

@@ -33,6 +33,7 @@ from jobs import set_aside
 from jobs.clock import utcnow
 from jobs.live import JobHead, read_heads
 from jobs.models import Job
+from jobs.queue_control import queue_states
 from jobs.queueing import SERIALIZER, get_queue
 from jobs.reports import (
     Counts,
@@ -222,6 +223,7 @@ def queue_stats(
     rows = _count_rows(session, tenant=tenant, since=now - window)
 
     workers = _workers(client, tenant, now)
+    paused, draining = queue_states(client)
     names = list(dict.fromkeys([*settings.queues, *sorted({str(r[0]) for r in rows})]))
     per_queue = {name: Counts() for name in names}
     by_status = {name: {s.value: 0 for s in JobStatus} for name in names}
@@ -247,6 +249,8 @@ def queue_stats(
             oldest_waiting_age_s=age(oldest.get(name)),
             workers=sum(1 for w in workers if name in w.queues),
             rq=_rq_depth(client, name) if include_rq else None,
+            paused=name in paused,
+            draining=name in draining,
         )
         for name in names
     ]

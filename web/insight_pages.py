@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jobs import lazy
 from jobs.clock import utcnow
-from jobs.errors import InvalidRequest
+from jobs.errors import Forbidden, InvalidRequest
 from jobs.reports import BUCKETS
 from jobs.status import JobStatus
 from web.charts import percentile_chart, throughput_chart
@@ -30,6 +30,23 @@ def queue_page(request: Request, session: CurrentSession) -> Response:
     with lazy.open_session() as db:  # a sync route: FastAPI runs it in its thread pool
         report = lazy.queue_stats(db, lazy.get_redis(), tenant=session.tenant, include_rq=session.is_admin)
     return page(request, "queue.html", {"report": report, "buckets": BUCKETS})
+
+
+def _steer_queue(name: str, action: str) -> None:
+    from jobs.queue_control import drain_queue, pause_queue, resume_queue
+
+    {"pause": pause_queue, "resume": resume_queue, "drain": drain_queue}[action](lazy.get_redis(), name)
+
+
+@router.post("/queue/{name}/{action}")
+async def queue_action(
+    request: Request, name: str, action: Literal["pause", "resume", "drain"], session: ChangingSession
+) -> Response:
+    """Pause, resume or drain a queue (operators: a queue serves every tenant)."""
+    if session.scope is not None:
+        raise Forbidden("A queue serves every tenant: pausing or draining it needs an operator key.")
+    await run_in_threadpool(_steer_queue, name[:64], action)
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/queue", status_code=303)
 
 
 @router.get("/analytics")
