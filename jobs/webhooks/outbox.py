@@ -5,7 +5,7 @@ the worker's end writer, the API's write-through) calls :func:`enqueue_for_entri
 delivery exists if and only if SQL holds the end, and nothing is sent from the job's path:
 the senders (`jobs.webhooks.sender`) pick the rows up. Replays of the same change are no-ops
 (one row per endpoint and ``dedupe_key``: a job's end once per attempt, its progress once
-per seq).
+per ``progress_interval`` of the job's clock).
 """
 
 from __future__ import annotations
@@ -135,19 +135,21 @@ def enqueue_for_entries(
     for entry, event in wanted:
         tenant = tenants.get(entry.job_id)
         body: str | None = None
+        at = datetime.fromisoformat(str(entry.doc["updated_at"]).replace("Z", "+00:00"))
         for hook in hooks:
             if event not in hook.events or (hook.tenant is not None and hook.tenant != tenant):
                 continue
             if event == "job.progress":
                 previous = last.get((hook.id, entry.job_id))
-                interval = hook.progress_interval or 0.0
+                interval = hook.progress_interval or 1.0
                 if previous is not None and (now - previous).total_seconds() < interval:
                     continue
-                dedupe = f"{event}:{entry.job_id}:{entry.seq}"
+                # One per interval of the job's own clock, whoever applies it: the recorders and
+                # the end writer may apply a job's progress in concurrent transactions.
+                dedupe = f"{event}:{entry.job_id}:{int(at.timestamp() // interval)}"
             else:
                 dedupe = f"{event}:{entry.job_id}:{entry.doc.get('attempt') or 1}"
             if body is None:
-                at = datetime.fromisoformat(str(entry.doc["updated_at"]).replace("Z", "+00:00"))
                 body = message_body(event, public_snapshot(entry.doc), at=at)
             rows.append(_delivery(hook.id, event, entry.job_id, dedupe, body, now, give_up))
     if rows:

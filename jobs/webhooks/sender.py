@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_EXCERPT = 4096  # bytes of an answer that are read (and kept); the rest is never read
 JITTER = 0.2
+PRUNE_EVERY = 3600.0  # seconds between deletions of deliveries past retention
 SLOT_KEY = "cv:webhooks:slot:{webhook_id}:{index}"
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -119,6 +120,24 @@ def post(
     return done(None, error)
 
 
+def prune_deliveries(*, older_than: timedelta, batch: int = 1000) -> int:
+    """Delete deliveries (with their attempts) made before ``older_than`` ago; returns how many."""
+    cutoff = utcnow() - older_than
+    total = 0
+    while True:
+        with session_scope() as session:
+            ids = list(
+                session.exec(
+                    select(WebhookDelivery.id).where(col(WebhookDelivery.created_at) < cutoff).limit(batch)
+                ).all()
+            )
+            if not ids:
+                return total
+            session.execute(sa.delete(WebhookAttempt).where(col(WebhookAttempt.delivery_id).in_(ids)))
+            session.execute(sa.delete(WebhookDelivery).where(col(WebhookDelivery.id).in_(ids)))
+        total += len(ids)
+
+
 class WebhookSender:
     """One process's sender: call :meth:`run` in a thread of its own."""
 
@@ -145,11 +164,17 @@ class WebhookSender:
         self._release = client.register_script(_RELEASE)
 
     def run(self, stop: threading.Event) -> None:
-        """Send due deliveries until ``stop`` is set; what is in flight then finishes or is leased out."""
+        """Send due deliveries until ``stop`` is set; what is in flight then finishes or is leased out.
+
+        About hourly, deliveries past `CONVEYOR_RETENTION_DAYS` are deleted (as jobs are)."""
+        next_prune = time.monotonic() + random.uniform(60, PRUNE_EVERY)
         try:
             while not stop.is_set():
                 try:
                     self.tick()
+                    if time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + PRUNE_EVERY
+                        prune_deliveries(older_than=timedelta(days=self.settings.retention_days))
                 except Exception:
                     log.exception("webhooks: a sending pass failed")
                 stop.wait(self.settings.webhook_poll_interval)
