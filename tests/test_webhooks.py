@@ -446,3 +446,37 @@ def test_old_deliveries_are_pruned_with_their_attempts(
     with session_scope() as session:
         left = session.exec(select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivered["id"])).all()
         assert left == []
+
+
+def test_a_canceled_job_is_delivered_from_the_apis_own_write(api: TestClient, receiver: Receiver) -> None:
+    """A waiting job's cancel is written through by the API process: its outbox row comes from there."""
+    where = path()
+    hook = register(api, receiver.url + where, ["job.canceled"])
+    job = submit(api, "long_task", {"n": 1}, delay=3600)
+    assert api.post(f"/api/v1/jobs/{job['job_id']}/cancel").status_code == 200
+    wait_until(lambda: receiver.requests(where), timeout=20, message="the job.canceled delivery")
+    body = json.loads(receiver.requests(where)[0].body)
+    assert body["type"] == "job.canceled" and body["data"]["job_id"] == job["job_id"]
+    assert deliveries(api, hook["id"])[0]["event"] == "job.canceled"
+
+
+def test_the_readmes_receiver_verifies_a_signed_delivery() -> None:
+    """The README's few lines of Python accept what the sender signs, and refuse a changed body."""
+    import re
+
+    from jobs.webhooks.signing import headers_for, new_secret
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Webhooks") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    scope: dict[str, Any] = {}
+    exec(code.group(1), scope)
+    secret, body = new_secret(), b'{"type":"job.finished","data":{}}'
+    headers = headers_for(secret, "msg_abc", int(time.time()), body)
+    assert scope["verify"](secret, headers, body) is True
+    assert scope["verify"](secret, headers, body + b"x") is False
+    assert scope["verify"](new_secret(), headers, body) is False
+    stale = headers_for(secret, "msg_abc", int(time.time()) - 3600, body)
+    assert scope["verify"](secret, stale, body) is False
