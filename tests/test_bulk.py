@@ -44,7 +44,8 @@ def test_cancel_by_tag_counts_first_then_cancels_only_the_matching(api: TestClie
 def test_delete_ended_jobs_by_status_and_time_needs_an_admin(app: Any, tenant: Tenant) -> None:
     with TestClient(app, headers=tenant.headers) as api:
         ids = [submit(api, "long_task", {"n": 1}, delay=3600, tags=["doomed"])["job_id"] for _ in range(2)]
-        waiting = submit(api, "long_task", {"n": 1}, delay=3600, tags=["doomed"])["job_id"]
+        # Restarted below, it is live again (queued, or running for minutes if a worker takes it).
+        waiting = submit(api, "long_task", {"n": 1000, "delay": 1}, delay=3600, tags=["doomed"])["job_id"]
         bulk(api, "cancel", {"tag": "doomed", "status": ["scheduled"]}, dry_run=False)
         restarted = api.post(f"/api/v1/jobs/{waiting}/restart")
         assert restarted.status_code == 200, restarted.text  # live again: delete must leave it
