@@ -27,6 +27,7 @@ from api.routes import (
     insights,
     jobs,
     journal,
+    limits,
     live,
     metrics,
     queues,
@@ -101,6 +102,7 @@ def create_app() -> FastAPI:
     app.include_router(bulk.router)  # before control: /jobs/bulk/cancel is not a job's cancel
     app.include_router(control.router)
     app.include_router(live.router)
+    app.include_router(limits.router)
     app.include_router(webhooks.router)
     app.include_router(queues.router)
     if settings.compat_endpoints:

@@ -156,6 +156,23 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = _ts()
 
 
+class TenantLimits(SQLModel, table=True):
+    """A tenant's own limits (issue 13); a null column means the setting's default applies."""
+
+    __tablename__ = "tenant_limits"
+
+    tenant: str = Field(primary_key=True, max_length=64)
+    submits_per_minute: int | None = None
+    submit_burst: int | None = None
+    key_submits_per_minute: int | None = None
+    key_submit_burst: int | None = None
+    max_waiting: int | None = None
+    max_running: int | None = None
+    max_timeout_seconds: int | None = None
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    updated_by: str | None = Field(default=None, max_length=64)
+
+
 class Webhook(SQLModel, table=True):
     """An endpoint a tenant registered to be told about its jobs (issue 15, jobs/webhooks/).
 
