@@ -208,6 +208,25 @@ def _health(
     return Health(status=status, reasons=reasons)
 
 
+def _steered_reasons(queues: list[QueueStats]) -> list[HealthReason]:
+    """A paused or draining queue is said so: its backlog grows on purpose (jobs.queue_control)."""
+    reasons = []
+    for queue in queues:
+        if queue.paused or queue.draining:
+            what = "paused: no new job starts" if queue.paused else "draining: submits are refused"
+            if queue.paused and queue.draining:
+                what = "paused and draining: nothing new starts and submits are refused"
+            reasons.append(
+                HealthReason(
+                    code="queue_paused" if queue.paused else "queue_draining",
+                    severity="degraded",
+                    message=f"Queue {queue.name!r} is {what} until an operator resumes it.",
+                    queue=queue.name,
+                )
+            )
+    return reasons
+
+
 def queue_stats(
     session: Session,
     client: Redis,
@@ -266,5 +285,10 @@ def queue_stats(
         oldest_waiting_age_s=age(min(oldest.values())) if oldest else None,
         queues=queues,
         workers=summary,
-        health=_health(queues, totals, summary, [r for r in [_set_aside_reason(client, tenant)] if r]),
+        health=_health(
+            queues,
+            totals,
+            summary,
+            [r for r in [_set_aside_reason(client, tenant)] if r] + _steered_reasons(queues),
+        ),
     )

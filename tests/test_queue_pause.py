@@ -45,6 +45,8 @@ def test_a_paused_queue_holds_new_jobs_and_resume_releases_them(
     assert held in queue.get_job_ids()  # back at the head, not lost in an intermediate list
     assert redis_client.llen(queue.intermediate_queue_key) == 0
     assert stats_of(operator)["paused"] is True
+    health = operator.get("/api/v1/queue/stats").json()["health"]
+    assert any(r["code"] == "queue_paused" and r["queue"] == QUEUE for r in health["reasons"])
 
     resumed = operator.post(f"/api/v1/queues/{QUEUE}/resume")
     assert resumed.json()["paused"] is False
