@@ -51,6 +51,7 @@ bench: $(STAMP) $(BENCH_STAMP)  ## every benchmark; each prints its ratio on the
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/get_throughput.py
+	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/web_fragments.py
 	$(BIN)/python bench/pipelined_redis.py
 	$(BENCH_VENV)/bin/python bench/peers.py

@@ -81,16 +81,21 @@ class Stack:
 
     def serve(self, app: str, port: int) -> subprocess.Popen[bytes]:
         """uvicorn serving ``app`` with one worker, and wait until it answers."""
-        log = (self.tmp / f"uvicorn-{port}.log").open("ab")
-        proc = subprocess.Popen(
+        return self.serve_command(
             [
                 sys.executable, "-m", "uvicorn", app,
                 "--host", "127.0.0.1", "--port", str(port),
                 "--workers", "1", "--no-access-log", "--log-level", "warning",
                 "--backlog", "8192",
             ],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            port,
         )  # fmt: skip
+
+    def serve_command(self, argv: list[str], port: int) -> subprocess.Popen[bytes]:
+        """Start a server (``argv``) that listens on ``port``, and wait until /healthz answers."""
+        log = (self.tmp / f"server-{port}.log").open("ab")
+        proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        app = " ".join(argv[2:4])
         self.processes.append(proc)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -48,8 +48,9 @@ def make_engine(url: str) -> sa.Engine:
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    size = get_settings().database_pool_size
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, hide_parameters=True
+        url, pool_pre_ping=True, pool_size=size, max_overflow=size, pool_recycle=1800, hide_parameters=True
     )
 
 

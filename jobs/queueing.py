@@ -38,6 +38,7 @@ from jobs.tasks import TaskSpec
 
 if TYPE_CHECKING:  # the worker's processes import no SQL library (see worker/main.py)
     from jobs.models import Job
+    from jobs.submit_sql import NewJob
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def retry_for(spec: TaskSpec, retries_left: int | None = None) -> Retry | None:
 
 
 def enqueue(
-    job: Job,
+    job: Job | NewJob,
     spec: TaskSpec,
     payload: dict[str, Any],
     *,

@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     # stop at its timeout (a task stuck in C code never sees the alarm); RQ's worker waits 60.
     hard_stop_after: float = Field(default=10.0, ge=1, le=3600)
 
+    # --- A fast submit (issue 16). ---
+    # PostgreSQL connections each process keeps open (plus as many again opened for a burst and
+    # closed after it). The API serves up to 40 requests at once in its thread pool: at 5 kept,
+    # a burst of 20 submits opened a new connection for one request in four.
+    database_pool_size: int = Field(default=20, ge=1, le=200)
+
     # --- Tenant limits (issue 13: one tenant must not take the system over; docs/decisions.md). ---
     # Defaults for every tenant; an operator overrides them per tenant (PUT
     # /api/v1/tenants/{tenant}/limits, `conveyor limits set`). 0 means no limit.

@@ -26,6 +26,7 @@ from jobs.storable import storable_json
 
 if TYPE_CHECKING:
     from jobs.models import Job
+    from jobs.submit_sql import NewJob
 
 
 class ErrorInfo(LazyModel):
@@ -88,13 +89,13 @@ def assemble(fields: dict[str, str]) -> bytes:
     return ("{" + body + "}").encode()
 
 
-def error_of(job: Job) -> dict[str, str] | None:
+def error_of(job: Job | NewJob) -> dict[str, str] | None:
     if job.error_type is None:
         return None
     return {"type": job.error_type, "detail": job.error_detail or ""}
 
 
-def row_fields(job: Job) -> dict[str, str]:
+def row_fields(job: Job | NewJob) -> dict[str, str]:
     """A SQL row as JSON-encoded public fields."""
     values: dict[str, Any] = {
         "job_id": job.job_id,

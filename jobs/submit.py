@@ -45,7 +45,8 @@ from jobs.settings import get_settings
 from jobs.snapshot import assemble, doc_from_row, row_fields
 from jobs.status import WAITING, JobStatus
 from jobs.storable import Unstorable, find_unstorable
-from jobs.store import add_job, find_by_idempotency_key, get_job
+from jobs.store import find_by_idempotency_key, get_job
+from jobs.submit_sql import NewJob, insert_new_job, one_writer
 from jobs.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def submit_job(
     digest = request_hash(
         task, payload, queue, run_at=isoformat(run_at), delay=delay, depends_on=list(depends_on)
     )
-    job = Job(
+    job = NewJob(
         job_id=str(uuid.uuid4()),
         tenant=tenant,
         owner=owner,
@@ -212,7 +213,7 @@ def _validated(spec: TaskSpec, payload: Any, queue: str | None) -> tuple[dict[st
 
 
 def _store_row(
-    job: Job,
+    job: NewJob | Job,
     *,
     session: Session,
     client: Redis,
@@ -223,17 +224,18 @@ def _store_row(
     """Step 2: the SQL row, before anything reaches Redis (database down: nothing is enqueued).
 
     Returns the earlier submission an Idempotency-Key replays, or else the parents that have
-    not finished yet (the job then waits as ``deferred``).
+    not finished yet (the job then waits as ``deferred``). The key is checked by the insert
+    itself (it stores nothing when the key is taken), so a new job costs no extra read.
     """
     tenant, idempotency_key = job.tenant, job.idempotency_key
     unfinished: list[str] = []
     try:
-        if idempotency_key:
-            earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key)
-            if earlier is not None:
-                return _replay(earlier, digest, client)
         details: dict[str, Any] = {}
         if depends_on:
+            if idempotency_key:  # replay before refusing parents that have failed since
+                earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key)
+                if earlier is not None:
+                    return _replay(earlier, digest, client)
             parents, unfinished = _parents(session, tenant, depends_on)
             job.parent_id, job.depends_on = parents[0], parents
             details["depends_on"] = parents
@@ -241,15 +243,19 @@ def _store_row(
                 job.status = JobStatus.DEFERRED.value
         if when is not None:
             details["scheduled_for"] = isoformat(when)
-        add_job(session, job=job, data=details or None)
-        session.commit()
+        with one_writer(session):
+            inserted = insert_new_job(session, job, data=details or None)
+            if inserted:
+                session.commit()
+            else:
+                session.rollback()
+        if not inserted:
+            return _replay_taken_key(session, tenant, idempotency_key or "", digest, client)
     except sa.exc.IntegrityError:
-        # A concurrent submission with the same Idempotency-Key won the race.
         session.rollback()
-        earlier = find_by_idempotency_key(session, tenant=tenant, key=idempotency_key or "")
-        if earlier is None:
+        if not idempotency_key:
             raise
-        return _replay(earlier, digest, client)
+        return _replay_taken_key(session, tenant, idempotency_key, digest, client)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         session.rollback()
         log.error("submit: database unavailable: %s", exc)
@@ -257,8 +263,17 @@ def _store_row(
     return unfinished
 
 
+def _replay_taken_key(session: Session, tenant: str, key: str, digest: str, client: Redis) -> Submission:
+    """The earlier submission holding ``key`` (a concurrent one may just have won the race)."""
+    earlier = find_by_idempotency_key(session, tenant=tenant, key=key)
+    if earlier is None:
+        # Released between our insert and this read (its enqueue failed): the client retries.
+        raise ServiceUnavailable("A submission with this Idempotency-Key was in flight; retry it.")
+    return _replay(earlier, digest, client)
+
+
 def _enqueue_with_live_state(
-    job: Job,
+    job: NewJob | Job,
     spec: TaskSpec,
     clean: dict[str, Any],
     *,
@@ -325,7 +340,7 @@ def _refuse_unstorable(task: str, problem: Unstorable | None) -> None:
     raise InvalidPayload(task, [problem.error()], message=f"`{where}`: {problem.msg}.")
 
 
-def _mark_enqueue_failed(job: Job, detail: str, *, session: Session, client: Redis) -> None:
+def _mark_enqueue_failed(job: NewJob | Job, detail: str, *, session: Session, client: Redis) -> None:
     """Mark the job that could not be enqueued `failed` (EnqueueFailed), so nothing runs it later.
 
     Through the gate like any change (the live state is seeded from the row, failed, journaled,
@@ -355,7 +370,7 @@ def _mark_enqueue_failed(job: Job, detail: str, *, session: Session, client: Red
         _release_idempotency_key(job, session)
 
 
-def _release_idempotency_key(job: Job, session: Session) -> None:
+def _release_idempotency_key(job: NewJob | Job, session: Session) -> None:
     """A 503 is not a stored outcome: the client's retry with the same key makes a new job."""
     if job.idempotency_key is None:
         return
@@ -369,7 +384,7 @@ def _release_idempotency_key(job: Job, session: Session) -> None:
         log.exception("submit: could not release the Idempotency-Key of job %s", job.job_id)
 
 
-def _fail_in_sql_without_redis(job: Job, error: dict[str, str], session: Session) -> None:
+def _fail_in_sql_without_redis(job: NewJob | Job, error: dict[str, str], session: Session) -> None:
     """The one status change made in SQL alone, when the gate cannot run (Redis unreachable or
     refusing writes). Nothing of the job reached Redis (its transaction did not run), so there
     is no live state to disagree with; the row must not stay waiting for the reconciler to run it.
