@@ -22,6 +22,7 @@ from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
 from api.routes import (
     api_docs,
+    bulk,
     control,
     health,
     history,
@@ -32,6 +33,8 @@ from api.routes import (
     live,
     logs,
     metrics,
+    queues,
+    webhooks,
 )
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
@@ -121,10 +124,13 @@ def create_app() -> FastAPI:
     app.include_router(insights.router)
     app.include_router(metrics.router)
     app.include_router(journal.router)
+    app.include_router(bulk.router)  # before control: /jobs/bulk/cancel is not a job's cancel
     app.include_router(control.router)
     app.include_router(live.router)
     app.include_router(limits.router)
     app.include_router(logs.router)
+    app.include_router(webhooks.router)
+    app.include_router(queues.router)
     if settings.compat_endpoints:
         from api import compat
 

@@ -11,6 +11,7 @@ turns all of them off.
   WS /ws/{id}, POST /workflow/run (runs `long_task`).
 - seed 002: GET /api/v1/jobs/status/{id}[/poll|/stream], GET /api/v1/jobs/queue/stats,
   POST /api/v1/jobs/cancel/{id} and /restart/{id} (pending/running/completed/failed/cancelled).
+- seed 003: GET /analytics/summary?days=7 (its flat `AnalyticsOut`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import resource
 import sys
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, WebSocket
@@ -396,6 +398,54 @@ def restart_seed002(
 
     restart_job(session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id)
     return _message(200, f"Job {job_id} restarted successfully")
+
+
+# --- seed 003: GET /analytics/summary?days=7 ---------------------------------------------------
+
+
+class AnalyticsSeed003(BaseModel):
+    """Seed 003's `AnalyticsOut`, flat: success over finished + failed, p95 of run times, the mean
+    wait per queue, of the jobs that ended in [from_ts, to_ts)."""
+
+    from_ts: datetime
+    to_ts: datetime
+    success_rate: float
+    total_finished: int
+    total_failed: int
+    p95_run_ms: float
+    avg_wait_ms_by_queue: dict[str, float]
+
+
+@router.get("/analytics/summary", response_model=AnalyticsSeed003)
+def analytics_summary_seed003(
+    principal: CurrentPrincipal, session: SessionDep, days: Annotated[int, Query(ge=1, le=3660)] = 7
+) -> AnalyticsSeed003:
+    """Seed 003: the last ``days`` days' summary (your tenant's; every tenant's for an operator),
+    from the same queries as `GET /api/v1/analytics/summary`. An empty range reports 0."""
+    from datetime import timedelta
+
+    from jobs.analytics import Window, summary
+    from jobs.clock import utcnow
+    from jobs.errors import InvalidRequest
+    from jobs.settings import get_settings
+
+    bound = get_settings().analytics_max_days
+    if days > bound:
+        raise InvalidRequest(f"`days` is at most {bound} (CONVEYOR_ANALYTICS_MAX_DAYS); got {days}.")
+    end = utcnow()
+    report = summary(session, Window(start=end - timedelta(days=days), end=end, tenant=principal.scope))
+    totals = report.totals
+    return AnalyticsSeed003(
+        from_ts=report.from_,
+        to_ts=report.to,
+        success_rate=totals.success_rate or 0.0,
+        total_finished=totals.finished,
+        total_failed=totals.failed,
+        p95_run_ms=float(totals.run_ms.p95 or 0),
+        avg_wait_ms_by_queue={
+            q.queue: round(q.wait_ms.avg, 3) for q in report.queues if q.wait_ms.avg is not None
+        },
+    )
 
 
 def _message(status_code: int, message: str) -> Response:

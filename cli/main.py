@@ -277,6 +277,40 @@ def cmd_limits(args: argparse.Namespace) -> int:
     return _api_call(run)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """webhooks add/list/rm: the API's /api/v1/webhooks; `add` prints the secret (shown once)."""
+
+    def run() -> int:
+        with _client(args) as client:
+            if args.webhooks_command == "add":
+                body: dict[str, Any] = {"url": args.webhook_url, "events": args.event or ["job.finished"]}
+                if args.description:
+                    body["description"] = args.description
+                if args.progress_interval is not None:
+                    body["progress_interval"] = args.progress_interval
+                if args.tenant:
+                    body["tenant"] = args.tenant
+                hook = client.request("POST", "/api/v1/webhooks", json=body).json()
+                if args.json:
+                    print(json.dumps(hook, indent=2))
+                else:
+                    print(f"{hook['id']}  {hook['url']}  {','.join(hook['events'])}")
+                    print("signing secret (shown once):")
+                    print(hook["secret"])
+            elif args.webhooks_command == "list":
+                items = client.request("GET", "/api/v1/webhooks").json()["items"]
+                if args.json:
+                    print(json.dumps(items, indent=2))
+                for hook in [] if args.json else items:
+                    print(f"{hook['id']}  {hook['url']}  {','.join(hook['events'])}  {hook['tenant'] or '*'}")
+            else:
+                client.request("DELETE", f"/api/v1/webhooks/{args.webhook_id}")
+                print(f"deleted {args.webhook_id}")
+        return 0
+
+    return _api_call(run)
+
+
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number of at least 0."""
     try:
@@ -286,6 +320,42 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def cmd_bulk(args: argparse.Namespace) -> int:
+    """bulk cancel/restart/delete by filter: counts first; acts only with --yes."""
+    from datetime import UTC, datetime
+
+    spec: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in ("task", "queue", "tag", "error_signature", "error_type", "batch_id")
+        if getattr(args, name)
+    }
+    if args.status:
+        spec["status"] = args.status
+    if args.since:
+        spec["ended_after" if args.action != "cancel" else "created_after"] = (
+            datetime.now(UTC) - args.since
+        ).isoformat()
+    body: dict[str, Any] = {"filter": spec, "dry_run": not args.yes, "limit": args.limit}
+    if args.reason:
+        body["reason"] = args.reason
+
+    def run() -> int:
+        with _client(args) as client:
+            answer = client.request("POST", f"/api/v1/jobs/bulk/{args.action}", json=body).json()
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        elif answer["dry_run"]:
+            done = {"cancel": "canceled", "restart": "restarted", "delete": "deleted"}[args.action]
+            print(f"{answer['matched']} jobs would be {done}; run again with --yes to do it")
+        else:
+            print(f"{args.action}: {answer['done']} done, {answer['skipped']} skipped of {answer['matched']}")
+            for error in answer["errors"]:
+                print(f"  {error['job_id']}: {error['detail']}")
+        return 0
+
+    return _api_call(run)
 
 
 # --- the parser ---------------------------------------------------------------------------------
@@ -461,6 +531,51 @@ def _add_client_commands(sub: Commands) -> None:
             p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
         _client_options(p)
         p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser(
+        "bulk",
+        help="cancel, restart or delete every job a filter matches (a dry-run count unless --yes)",
+    )
+    p.add_argument("action", choices=["cancel", "restart", "delete"])
+    p.add_argument("--task")
+    p.add_argument("--queue")
+    p.add_argument("--status", action="append", help="narrow to these statuses (repeatable)")
+    p.add_argument("--tag")
+    p.add_argument("--error-signature")
+    p.add_argument("--error-type")
+    p.add_argument("--batch-id")
+    p.add_argument(
+        "--since", type=_duration, help="only jobs that ended (cancel: were created) within 1h, 7d…"
+    )
+    p.add_argument("--limit", type=positive_int, default=1000, help="at most this many jobs (default 1000)")
+    p.add_argument("--reason", help="kept in each job's history")
+    p.add_argument("--yes", action="store_true", help="act; without it, only count")
+    _client_options(p)
+    p.set_defaults(func=cmd_bulk)
+
+    hooks = sub.add_parser("webhooks", help="manage webhook endpoints (admin key)").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    p = hooks.add_parser("add", help="register an endpoint; prints its signing secret once")
+    p.add_argument("webhook_url", metavar="URL")
+    p.add_argument(
+        "--event",
+        action="append",
+        choices=["job.finished", "job.failed", "job.canceled", "job.progress", "batch.completed"],
+        help="an event to deliver (repeatable; default job.finished)",
+    )
+    p.add_argument("--description")
+    p.add_argument("--progress-interval", type=float, help="seconds between a job's job.progress deliveries")
+    p.add_argument("--tenant", help="operators: a tenant's name, or * for every tenant")
+    _client_options(p)
+    p.set_defaults(func=cmd_webhooks)
+    p = hooks.add_parser("list", help="list the endpoints this key manages")
+    _client_options(p)
+    p.set_defaults(func=cmd_webhooks)
+    p = hooks.add_parser("rm", help="delete an endpoint (and its deliveries)")
+    p.add_argument("webhook_id")
+    _client_options(p)
+    p.set_defaults(func=cmd_webhooks)
 
 
 def _add_limits_commands(sub: Commands) -> None:

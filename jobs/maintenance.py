@@ -1,7 +1,8 @@
-"""The maintenance loop of a worker's recorder process: reconciler passes and cron firings.
+"""The maintenance loop of a worker's recorder process: reconciler passes and cron firings,
+with the webhook sender in a thread beside it.
 
-Both need SQL, which work-horses never open, and both are safe to run in
-every worker at once (see `jobs.reconciler` and `jobs.schedules`).
+All need SQL, which work-horses never open, and all are safe to run in
+every worker at once (see `jobs.reconciler`, `jobs.schedules` and `jobs.webhooks.sender`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jobs.db import open_session
 from jobs.reconciler import Reconciler
 from jobs.schedules import CronRunner, schedules
 from jobs.settings import get_settings
+from jobs.webhooks.sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Maintenance:
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; a failing step is logged and tried again on its next turn."""
         next_pass = time.monotonic()
+        sender = self._start_sender(stop)
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -56,6 +59,17 @@ class Maintenance:
         finally:
             if self.cron is not None:
                 self._step(self.cron.register_death)
+            if sender is not None:
+                sender.join(timeout=get_settings().webhook_timeout + 1)
+
+    def _start_sender(self, stop: threading.Event) -> threading.Thread | None:
+        """The webhook sender's thread (its own, so a slow endpoint never delays a reconciler pass)."""
+        if get_settings().webhook_senders <= 0:
+            return None
+        sender = WebhookSender(self.client, name=self.name)
+        thread = threading.Thread(target=sender.run, args=(stop,), name="webhooks", daemon=True)
+        thread.start()
+        return thread
 
     def _step(self, step: Callable[[], Any]) -> Any:
         try:

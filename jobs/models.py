@@ -186,3 +186,72 @@ class TenantLimits(SQLModel, table=True):
     max_timeout_seconds: int | None = None
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     updated_by: str | None = Field(default=None, max_length=64)
+
+
+class Webhook(SQLModel, table=True):
+    """An endpoint a tenant registered to be told about its jobs (issue 15, jobs/webhooks/).
+
+    ``tenant`` None: every tenant's jobs (only operators register those). The secret signs
+    deliveries, so it is kept as it is (it cannot be hashed); the API shows it once.
+    """
+
+    __tablename__ = "webhooks"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant: str | None = Field(default=None, max_length=64, index=True)
+    url: str = Field(max_length=2000)
+    events: list[str] = Field(default_factory=list, sa_type=JSONType)
+    progress_interval: float | None = None
+    description: str = Field(default="", max_length=200)
+    secret: str = Field(max_length=100)
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One message for one endpoint: the outbox row the sender works from, and its outcome.
+
+    ``id`` is the `webhook-id` header, the same on every attempt and re-send (receivers
+    de-duplicate by it); ``body`` is the exact JSON that is signed and sent.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("webhook_id", "dedupe_key", name="uq_webhook_deliveries_dedupe"),
+        sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        sa.Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at"),
+        sa.Index("ix_webhook_deliveries_subject", "subject", "event"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    webhook_id: str = Field(max_length=40, foreign_key="webhooks.id", ondelete="CASCADE")
+    event: str = Field(max_length=32)
+    subject: str = Field(max_length=64)
+    dedupe_key: str = Field(max_length=140)
+    body: str = Field(sa_type=sa.Text)
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    next_attempt_at: datetime | None = _ts()
+    give_up_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    last_attempt_at: datetime | None = _ts()
+    delivered_at: datetime | None = _ts()
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One try at sending a delivery: when, how long, and what came back (or why nothing did)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigIntPK)
+    delivery_id: str = Field(
+        max_length=40, foreign_key="webhook_deliveries.id", ondelete="CASCADE", index=True
+    )
+    attempt: int
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    duration_ms: int
+    status_code: int | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    response_excerpt: str | None = Field(default=None, sa_type=sa.Text)

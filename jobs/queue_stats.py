@@ -33,6 +33,7 @@ from jobs import set_aside
 from jobs.clock import utcnow
 from jobs.live import JobHead, read_heads
 from jobs.models import Job
+from jobs.queue_control import queue_states
 from jobs.queueing import SERIALIZER, get_queue
 from jobs.reports import (
     Counts,
@@ -207,6 +208,25 @@ def _health(
     return Health(status=status, reasons=reasons)
 
 
+def _steered_reasons(queues: list[QueueStats]) -> list[HealthReason]:
+    """A paused or draining queue is said so: its backlog grows on purpose (jobs.queue_control)."""
+    reasons = []
+    for queue in queues:
+        if queue.paused or queue.draining:
+            what = "paused: no new job starts" if queue.paused else "draining: submits are refused"
+            if queue.paused and queue.draining:
+                what = "paused and draining: nothing new starts and submits are refused"
+            reasons.append(
+                HealthReason(
+                    code="queue_paused" if queue.paused else "queue_draining",
+                    severity="degraded",
+                    message=f"Queue {queue.name!r} is {what} until an operator resumes it.",
+                    queue=queue.name,
+                )
+            )
+    return reasons
+
+
 def queue_stats(
     session: Session,
     client: Redis,
@@ -222,6 +242,7 @@ def queue_stats(
     rows = _count_rows(session, tenant=tenant, since=now - window)
 
     workers = _workers(client, tenant, now)
+    paused, draining = queue_states(client)
     names = list(dict.fromkeys([*settings.queues, *sorted({str(r[0]) for r in rows})]))
     per_queue = {name: Counts() for name in names}
     by_status = {name: {s.value: 0 for s in JobStatus} for name in names}
@@ -247,6 +268,8 @@ def queue_stats(
             oldest_waiting_age_s=age(oldest.get(name)),
             workers=sum(1 for w in workers if name in w.queues),
             rq=_rq_depth(client, name) if include_rq else None,
+            paused=name in paused,
+            draining=name in draining,
         )
         for name in names
     ]
@@ -262,5 +285,10 @@ def queue_stats(
         oldest_waiting_age_s=age(min(oldest.values())) if oldest else None,
         queues=queues,
         workers=summary,
-        health=_health(queues, totals, summary, [r for r in [_set_aside_reason(client, tenant)] if r]),
+        health=_health(
+            queues,
+            totals,
+            summary,
+            [r for r in [_set_aside_reason(client, tenant)] if r] + _steered_reasons(queues),
+        ),
     )

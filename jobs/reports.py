@@ -131,6 +131,8 @@ class QueueStats(LazyModel):
     oldest_waiting_age_s: float | None = Field(description="Age of the oldest job queued and ready to run.")
     workers: int = Field(description="Live workers listening on this queue.")
     rq: RQDepth | None = None
+    paused: bool = Field(default=False, description="No new job starts (running ones go on).")
+    draining: bool = Field(default=False, description="Submits to it are refused (409).")
 
 
 class WorkerInfo(LazyModel):

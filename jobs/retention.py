@@ -154,3 +154,21 @@ def _batch_done(
         progress(report)
     if pause:
         time.sleep(pause)
+
+
+def delete_ended(*, session: Session, client: Redis | None, job_ids: list[str]) -> list[str]:
+    """Delete these jobs, those of them that have ended, with their events and stored results
+    (bulk delete); commits, and drops their live state. Returns the ids deleted."""
+    ended = [s.value for s in TERMINAL]
+    ids = list(
+        session.exec(select(Job.job_id).where(col(Job.job_id).in_(job_ids), col(Job.status).in_(ended)))
+    )
+    if not ids:
+        return []
+    session.execute(sa.delete(JobEvent).where(col(JobEvent.job_id).in_(ids)))
+    session.execute(sa.delete(JobResult).where(col(JobResult.job_id).in_(ids)))
+    session.execute(sa.delete(Job).where(col(Job.job_id).in_(ids), col(Job.status).in_(ended)))
+    session.commit()
+    if client is not None:
+        client.delete(*(job_key(job_id) for job_id in ids))
+    return ids

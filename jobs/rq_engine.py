@@ -123,15 +123,23 @@ local function hand_to_rq(id, qname)
   end
 end
 
+-- A paused queue (jobs/queue_control.py) starts nothing: skipped, and a job a blocking wait took
+-- from it goes back to its head.
 local id, qname = false, false
 if A.popped ~= '' then
   id = A.popped
   qname = A.popped_from
   if A.intermediate == '1' then redis.call('LREM', RQ_QUEUE .. qname .. ':intermediate', 1, id) end
+  if redis.call('SISMEMBER', 'cv:queues:paused', qname) == 1 then
+    redis.call('LPUSH', RQ_QUEUE .. qname, id)
+    return {'empty'}
+  end
 else
   for name in string.gmatch(A.queues, '[^,]+') do
-    id = redis.call('LPOP', RQ_QUEUE .. name)
-    if id then qname = name break end
+    if redis.call('SISMEMBER', 'cv:queues:paused', name) == 0 then
+      id = redis.call('LPOP', RQ_QUEUE .. name)
+      if id then qname = name break end
+    end
   end
 end
 if not id then return {'empty'} end

@@ -8,6 +8,7 @@ Every variable is documented in `.env.example`. `REDIS_URL` and
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -225,6 +226,39 @@ class Settings(BaseSettings):
     # Seconds an async job has to end after a forced stop cancelled it (asyncio cancellation)
     # before the pool kills its child, and with it every job that child still runs.
     async_stop_grace: float = Field(default=3.0, ge=0.1, le=600)
+
+    # --- Webhooks (issue 15, jobs/webhooks/). ---
+    # Host names or networks (CIDR) a webhook may point at although they are private, loopback or
+    # link-local (JSON list): for tests and for deployments whose receivers live on such networks.
+    webhook_allowed_hosts: list[str] = []
+    # Seconds one attempt may take (connect, send, read the bounded answer).
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    # Retries: the first after about this many seconds, doubling (with jitter) up to the maximum,
+    # for at most `webhook_retry_for` seconds from the event (or a re-send); then it is failed.
+    webhook_retry_base: float = Field(default=5.0, gt=0)
+    webhook_retry_max_delay: float = Field(default=3600.0, gt=0)
+    webhook_retry_for: float = Field(default=3 * 86400.0, gt=0)
+    # Deliveries in flight to one endpoint at once, across every sender (1-2 keeps order roughly).
+    webhook_per_endpoint: int = Field(default=2, ge=1, le=8)
+    # Threads sending in each worker's recorder process (0: this process sends none), and how
+    # often it looks for deliveries that are due.
+    webhook_senders: int = Field(default=8, ge=0, le=256)
+    webhook_poll_interval: float = Field(default=0.5, gt=0, le=60)
+    # The shortest interval (seconds) an endpoint may ask between a job's `job.progress` deliveries.
+    webhook_progress_min_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _allowed_hosts_are_names_or_networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if "/" in entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"CONVEYOR_WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a network") from None
+            elif not entry or any(c in entry for c in " :@?#"):
+                raise ValueError(f"CONVEYOR_WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a host name or address")
+        return [entry.lower().rstrip(".") for entry in entries]
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -27,6 +27,7 @@ from jobs.error_signature import error_signature
 from jobs.errors import InvalidRequest
 from jobs.models import Job, JobEvent, JobResult
 from jobs.status import RUNNING, WAITING, JobStatus
+from jobs.webhooks.outbox import enqueue_for_entries
 
 
 def get_job(session: Session, *, job_id: str, tenant: str | None = None) -> Job | None:
@@ -263,7 +264,9 @@ _EVENTS: sa.Table = JobEvent.__table__  # type: ignore[attr-defined]
 
 # The replay's statements, built once: the recorder runs them for every batch, and a statement
 # built anew costs more CPU than the rows it carries (issue 17).
-_KNOWN_IDS = sa.select(_JOBS.c.job_id).where(_JOBS.c.job_id.in_(sa.bindparam("ids", expanding=True)))
+_KNOWN_IDS = sa.select(_JOBS.c.job_id, _JOBS.c.tenant).where(
+    _JOBS.c.job_id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 @functools.cache
@@ -332,7 +335,8 @@ def apply_journal(
     if not entries:
         return 0
     conn = session.connection()
-    known = set(conn.execute(_KNOWN_IDS, {"ids": list({e.job_id for e in entries})}).scalars())
+    ids = {"ids": list({e.job_id for e in entries})}
+    known: dict[str, str] = {job_id: tenant for job_id, tenant in conn.execute(_KNOWN_IDS, ids)}
     entries = [e for e in entries if e.job_id in known]
     if not entries:
         return 0
@@ -353,6 +357,7 @@ def apply_journal(
     if not events:
         return moved
     conn.execute(_insert_events(conn.dialect.name), [_event_row(e) for e in entries])
+    enqueue_for_entries(conn, entries, known)  # webhooks: in this transaction, sent by others
     if blobs:
         store_blobs(session, blobs)
     return moved

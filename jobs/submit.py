@@ -37,6 +37,7 @@ from jobs.errors import (
 from jobs.lifecycle import record, write_through_or_log
 from jobs.live import live_store, read_head
 from jobs.models import Job, JobEvent
+from jobs.queue_control import refuse_if_draining
 from jobs.queueing import enqueue
 from jobs.reads import valid_job_id
 from jobs.redaction import redact, redact_text
@@ -163,6 +164,7 @@ def submit_job(
     admit_submission(session=session, client=client, tenant=tenant, owner=owner, task=task, timeout=timeout)
     spec = get_task(task)
     clean, queue_name = _validated(spec, payload, queue)
+    refuse_if_draining(client, queue_name)
     now = utcnow()
     when = _run_at(now, run_at, delay)
     if when is not None and depends_on:

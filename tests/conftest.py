@@ -30,6 +30,13 @@ TEST_ENV = {
         '["worker.tasks", "tests.control_tasks", "tests.history_tasks", "tests.log_tasks"]'
     ),
     "CONVEYOR_LOG_LEVEL": "WARNING",
+    # Webhooks (tests/test_webhooks.py): receivers on loopback, quick retries and timeouts; sent
+    # only by the workers that module starts (so a test can stop every sender there is).
+    "CONVEYOR_WEBHOOK_SENDERS": "0",
+    "CONVEYOR_WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1", "localhost"]',
+    "CONVEYOR_WEBHOOK_RETRY_BASE": "0.3",
+    "CONVEYOR_WEBHOOK_TIMEOUT": "1.5",
+    "CONVEYOR_WEBHOOK_POLL_INTERVAL": "0.1",
 }
 
 # Short heartbeats and reconciler intervals for workers whose tests wait on them.

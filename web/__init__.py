@@ -40,7 +40,7 @@ class StaticAssets(StaticFiles):
 def mount_web(app: FastAPI, *, live: LiveSource | None = None) -> None:
     """Add the pages and their static files to ``app``; with ``live``, pages that follow jobs
     get their updates pushed over one stream each (web/live_pages.py), else they poll."""
-    from web import insight_pages, job_pages, live_pages, sign_in, submit_pages
+    from web import insight_pages, job_pages, live_pages, sign_in, submit_pages, webhook_pages
 
     app.state.conveyor_live = live
     app.include_router(live_pages.router)  # before job_pages: /jobs/{id}/stream is not an action
@@ -49,4 +49,5 @@ def mount_web(app: FastAPI, *, live: LiveSource | None = None) -> None:
     app.include_router(submit_pages.router)  # before job_pages: /jobs/new is not a job id
     app.include_router(job_pages.router)
     app.include_router(insight_pages.router)
+    app.include_router(webhook_pages.router)
     app.mount("/static", StaticAssets(directory=STATIC), name="static")

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from types import FrameType
@@ -49,6 +50,7 @@ from rq.worker import WorkerStatus
 from jobs.attempts import lost_our_start, reannounce_start
 from jobs.clock import utcnow
 from jobs.errors import UnknownTask
+from jobs.queue_control import PAUSED
 from jobs.queueing import HEARTBEAT_MARKER, RUNNER, SERIALIZER, fetch, get_queue, release_abandoned
 from jobs.redaction import redact_text
 from jobs.results import discard_blob
@@ -239,11 +241,16 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         try:
             if self._stop_requested:
                 return None
+            paused = {as_text(name) for name in self.connection.smembers(PAUSED)}
+            waiting_on = [q for q in self.queues if q.name not in paused]
+            if not waiting_on:  # every queue paused: look again in a second
+                time.sleep(min(1.0, self.wait_timeout or 1.0))
+                return None
             if len(names) == 1:
                 queue = self.queues[0]
                 job_id = self.connection.blmove(queue.key, queue.intermediate_queue_key, self.wait_timeout)
                 return (as_text(job_id), names[0]) if isinstance(job_id, bytes | str) else None
-            reply = self.connection.blpop([q.key for q in self.queues], self.wait_timeout)
+            reply = self.connection.blpop([q.key for q in waiting_on], self.wait_timeout)
             if reply is None:
                 return None
             key, job_id = reply
