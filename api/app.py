@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from api.error_responses import conveyor_error, document_error_shapes, invalid_request
 from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
-from api.routes import api_docs, control, health, history, insights, jobs, journal, live, metrics
+from api.routes import api_docs, batches, control, health, history, insights, jobs, journal, live, metrics
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
@@ -87,6 +87,7 @@ def create_app() -> FastAPI:
     app.include_router(journal.router)
     app.include_router(control.router)
     app.include_router(live.router)
+    app.include_router(batches.router)
     if settings.compat_endpoints:
         from api import compat
 
@@ -95,7 +96,14 @@ def create_app() -> FastAPI:
     hide_access_tokens_in_access_log()
     app.add_middleware(NulInQuery)
     app.add_middleware(JsonNestingLimit, max_depth=settings.max_json_depth)  # inside: bodies are bounded
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={
+            "/api/v1/batches": settings.batch_max_body_bytes,
+            "/batches/new": settings.batch_max_body_bytes,
+        },
+    )
     app.add_middleware(JsonResponseHeaders)  # job data: never cached, never sniffed
     app.add_middleware(DependencyOutages)  # last, so outermost: a 503 for an outage anywhere below
     return app

@@ -65,3 +65,9 @@ class ResultGone(ConveyorError):
 
 class Forbidden(ConveyorError):
     status_code = 403
+
+
+class TooLarge(ConveyorError):
+    """A request over a size the deployment caps (a batch's jobs): 413, naming the cap."""
+
+    status_code = 413

@@ -164,6 +164,15 @@ class Settings(BaseSettings):
     # stop at its timeout (a task stuck in C code never sees the alarm); RQ's worker waits 60.
     hard_stop_after: float = Field(default=10.0, ge=1, le=3600)
 
+    # --- Batches (issue 16). ---
+    # Jobs one `POST /api/v1/batches` may hold; past it the request is refused (413).
+    batch_max_jobs: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The request body a batch may have (its own cap: a batch is many submits in one body).
+    batch_max_body_bytes: int = Field(default=32 * 1_048_576, ge=1024)
+    # Seconds between two recomputations of a watched batch's snapshot: the changes of its
+    # jobs in between are coalesced into one message per watcher.
+    batch_live_interval: float = Field(default=0.1, ge=0.01, le=10)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if not self.secret_key:

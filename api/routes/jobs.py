@@ -172,6 +172,7 @@ def get_jobs(
     owner: Annotated[str | None, Query(max_length=64, description="The submitting key's id.")] = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
     trace_id: Annotated[str | None, Query(max_length=64)] = None,
+    batch: Annotated[str | None, Query(max_length=36, description="A batch's id: its jobs only.")] = None,
     tenant: TenantParam = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -192,6 +193,7 @@ def get_jobs(
             owner=owner,
             tag=tag,
             trace_id=trace_id,
+            batch_id=batch,
             limit=limit,
             cursor=cursor,
         )
