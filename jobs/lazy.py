@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from jobs.analytics import summary as summary
     from jobs.batch_control import cancel_batch as cancel_batch
     from jobs.batch_control import restart_batch as restart_batch
+    from jobs.batch_deps import batch_named as batch_named
+    from jobs.batch_deps import submit_after_batch as submit_after_batch
     from jobs.batch_state import list_batches as list_batches
     from jobs.batch_state import read_batch as read_batch
     from jobs.batches import JobRequest as JobRequest
@@ -51,6 +53,8 @@ HOMES: dict[str, str] = {
     "Window": "jobs.analytics",
     "summary": "jobs.analytics",
     "cancel_batch": "jobs.batch_control",
+    "batch_named": "jobs.batch_deps",
+    "submit_after_batch": "jobs.batch_deps",
     "restart_batch": "jobs.batch_control",
     "list_batches": "jobs.batch_state",
     "read_batch": "jobs.batch_state",

@@ -109,6 +109,9 @@ class Job(SQLModel, table=True):
     # No foreign key: retention deletes a batch's jobs before the batch, and a job's insert must
     # not pay for a lookup (a batch writes thousands of rows in one statement).
     batch_id: str | None = Field(default=None, max_length=36)
+    # A job that waits for a whole batch (its id is depends_on[0]): "finished" runs it once every
+    # job of the batch finished (else DependencyFailed), "ended" once every job ended at all.
+    after_batch: str | None = Field(default=None, max_length=16)
 
 
 class Batch(SQLModel, table=True):

@@ -163,6 +163,15 @@ def enqueue_many(
         get_queue(name, connection).enqueue_many(datas, pipeline=pipeline)
 
 
+def park(job: Job, spec: TaskSpec, payload: dict[str, Any], *, connection: Redis, pipeline: Pipeline) -> None:
+    """Keep RQ's record of a job that waits for something RQ cannot see (a whole batch), deferred and
+    in no queue or registry; :func:`jobs.requeue.enqueue_again` hands it to its queue when it may run."""
+    queue = get_queue(job.queue, connection)
+    rq_job = queue.create_job(**_job_options(job, spec, payload, None), status=RQStatus.DEFERRED)
+    rq_job.origin = queue.name
+    rq_job.save(pipeline=pipeline)
+
+
 def fetch(job_id: str, connection: Redis) -> RQJob | None:
     """RQ's record of a job, or None when RQ has none (expired, or Redis lost it)."""
     try:

@@ -173,3 +173,60 @@ def test_cancel_then_restart_a_whole_batch(server: ServerProcess, worker: Any, t
     assert final["counts"]["finished"] == 20 and final["seq"] > snap["seq"]
     again = httpx.post(f"{server.url}/api/v1/batches/{batch_id}/restart", headers=tenant.headers, timeout=30)
     assert again.json()["applied"] == 0
+
+
+def wait_job(server: ServerProcess, tenant: Tenant, job_id: str, statuses: set[str]) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        snap = httpx.get(f"{server.url}/api/v1/jobs/{job_id}", headers=tenant.headers).json()
+        return snap if snap["status"] in statuses else None
+
+    return wait_until(check, timeout=60, interval=0.1, message=f"job {job_id} to reach {statuses}")
+
+
+def submit_after(
+    server: ServerProcess, tenant: Tenant, batch_id: str, mode: str | None = None
+) -> httpx.Response:
+    body: dict[str, Any] = {"task": "long_task", "payload": {"n": 1, "delay": 0}, "depends_on": [batch_id]}
+    if mode:
+        body["batch_dependency"] = mode
+    return httpx.post(f"{server.url}/api/v1/jobs", json=body, headers=tenant.headers)
+
+
+def test_a_job_waits_for_a_whole_batch(server: ServerProcess, worker: Any, tenant: Tenant):
+    jobs = [{"task": "long_task", "payload": {"n": 2, "delay": 0.05}}] * 10
+    batch_id = submit_batch(server, tenant, jobs)["batch_id"]
+    waiter = submit_after(server, tenant, batch_id)
+    assert waiter.status_code == 201, waiter.text
+    assert waiter.json()["status"] == "deferred"
+    done = wait_job(server, tenant, waiter.json()["job_id"], {"finished", "failed"})
+    assert done["status"] == "finished"
+    batch = httpx.get(f"{server.url}/api/v1/batches/{batch_id}", headers=tenant.headers).json()
+    assert batch["status"] == "finished"
+    assert done["started_at"] >= batch["ended_at"], "the waiter ran before the batch ended"
+    # Once the batch has finished, a new waiter runs at once.
+    late = submit_after(server, tenant, batch_id)
+    assert late.status_code == 201 and late.json()["status"] == "queued"
+
+
+def test_a_batch_that_did_not_all_finish_fails_its_waiter_unless_all_ended_was_asked(
+    server: ServerProcess, worker: Any, tenant: Tenant
+):
+    jobs = [{"task": "long_task", "payload": {"n": 1, "delay": 0}}, {"task": "always_fails", "payload": {}}]
+    blocker = {"task": "long_task", "payload": {"n": 10, "delay": 0.05}}  # the batch waits behind it
+    assert httpx.post(f"{server.url}/api/v1/jobs", json=blocker, headers=tenant.headers).status_code == 201
+    batch_id = submit_batch(server, tenant, jobs)["batch_id"]
+    strict = submit_after(server, tenant, batch_id).json()
+    lenient = submit_after(server, tenant, batch_id, "all_ended").json()
+    assert (
+        wait_job(server, tenant, strict["job_id"], {"failed", "finished"})["error"]["type"]
+        == "DependencyFailed"
+    )
+    assert wait_job(server, tenant, lenient["job_id"], {"failed", "finished"})["status"] == "finished"
+    refused = submit_after(server, tenant, batch_id)
+    assert refused.status_code == 409 and "could never run" in refused.json()["detail"]
+    mixed = httpx.post(
+        f"{server.url}/api/v1/jobs",
+        json={"task": "long_task", "payload": {}, "depends_on": [batch_id, strict["job_id"]]},
+        headers=tenant.headers,
+    )
+    assert mixed.status_code == 422 and "nothing else" in mixed.json()["detail"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
@@ -50,7 +50,13 @@ class SubmitRequest(BaseModel):
     depends_on: list[str] | None = Field(
         default=None,
         max_length=20,
-        description="Ids of your jobs that must finish first; the job waits as `deferred`.",
+        description="Ids of your jobs that must finish first; the job waits as `deferred`. "
+        "Or one batch's id: the job waits for the whole batch (see `batch_dependency`).",
+    )
+    batch_dependency: Literal["all_finished", "all_ended"] = Field(
+        default="all_finished",
+        description="When `depends_on` names a batch: run once every job of it finished (else the "
+        "job fails as `DependencyFailed`), or once every job ended, however.",
     )
 
 
@@ -114,6 +120,29 @@ def submit(
     The job's trace id comes from `traceparent` (W3C), else `X-Trace-Id` / `X-Request-Id`,
     else a new one; it is stored with the job and tagged on the worker's log lines.
     """
+    trace_id = trace_id_from_headers(traceparent, x_trace_id or x_request_id)
+    batch_id = (
+        lazy.batch_named(session, tenant=principal.tenant, depends_on=body.depends_on)
+        if body.depends_on
+        else None
+    )
+    if batch_id is not None and body.run_at is None and body.delay is None:
+        submission = lazy.submit_after_batch(
+            session=session,
+            client=redis,
+            tenant=principal.tenant,
+            owner=principal.key_id,
+            batch_id=batch_id,
+            mode=body.batch_dependency,
+            task=body.task,
+            payload=body.payload,
+            queue=body.queue,
+            idempotency_key=idempotency_key,
+            timeout=body.timeout,
+            tags=body.tags,
+            trace_id=trace_id,
+        )
+        return _submitted(submission, request)
     submission = lazy.submit_job(
         session=session,
         client=redis,
@@ -125,11 +154,15 @@ def submit(
         idempotency_key=idempotency_key,
         timeout=body.timeout,
         tags=body.tags,
-        trace_id=trace_id_from_headers(traceparent, x_trace_id or x_request_id),
+        trace_id=trace_id,
         run_at=body.run_at,
         delay=body.delay,
         depends_on=body.depends_on or (),
     )
+    return _submitted(submission, request)
+
+
+def _submitted(submission: Any, request: Request) -> Response:
     headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"

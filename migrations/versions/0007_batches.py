@@ -1,4 +1,4 @@
-"""batches: a table of batches, and jobs.batch_id (indexed with created_at for a batch's pages)
+"""batches: a table of batches; jobs.batch_id (indexed with created_at) and jobs.after_batch
 
 Revision ID: 0007_batches
 Revises: 0006_recent_sweep_index
@@ -38,12 +38,14 @@ def upgrade() -> None:
         batch_op.create_index('ix_batches_created', ['created_at', 'batch_id'], unique=False)
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('batch_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=True))
+        batch_op.add_column(sa.Column('after_batch', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True))
         batch_op.create_index('ix_jobs_batch_created', ['batch_id', 'created_at'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_jobs_batch_created')
+        batch_op.drop_column('after_batch')
         batch_op.drop_column('batch_id')
     with op.batch_alter_table('batches', schema=None) as batch_op:
         batch_op.drop_index('ix_batches_created')
