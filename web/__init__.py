@@ -37,10 +37,11 @@ class StaticAssets(StaticFiles):
 
 def mount_web(app: FastAPI) -> None:
     """Add the pages and their static files to ``app``."""
-    from web import insight_pages, job_pages, sign_in, submit_pages
+    from web import batch_pages, insight_pages, job_pages, sign_in, submit_pages
 
     app.include_router(sign_in.router)
     app.include_router(submit_pages.router)  # before job_pages: /jobs/new is not a job id
+    app.include_router(batch_pages.router)
     app.include_router(job_pages.router)
     app.include_router(insight_pages.router)
     app.mount("/static", StaticAssets(directory=STATIC), name="static")

@@ -172,6 +172,10 @@ def jobs_page(
     context["task_names"] = sorted(load_tasks())
     context["queue_names"] = get_settings().queues
     context["statuses"] = [s.value for s in JobStatus]
+    if not cursor:
+        from web.batch_pages import recent_batches
+
+        context["batches"], _ = recent_batches(session.scope)
     return page(request, "jobs.html", context, headers=headers)
 
 
