@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import redis.exceptions
 import sqlalchemy as sa
@@ -147,29 +148,41 @@ def _plan(
             when = _run_at(now, request.run_at, request.delay)
         except ConveyorError as exc:
             raise _refuse_at(index, where, exc) from None
-        job = Job(
-            job_id=job_id,
-            tenant=tenant,
-            owner=owner,
-            task=spec.name,
-            queue=queue_name,
-            status=JobStatus.SCHEDULED.value if when else JobStatus.QUEUED.value,
-            params=redact(clean),
-            max_retries=spec.retries,
-            timeout_s=request.timeout or spec.timeout,
-            tags=list(dict.fromkeys([*spec.tags, *batch_tags, *request.tags])) or None,
-            trace_id=trace_id,
-            scheduled_for=when,
-            created_at=now,
-            enqueued_at=when or now,
-            updated_at=now,
-            batch_id=batch_id,
-        )
+        values = {
+            **_ROW_DEFAULTS,
+            "job_id": job_id,
+            "tenant": tenant,
+            "owner": owner,
+            "task": spec.name,
+            "queue": queue_name,
+            "status": JobStatus.SCHEDULED.value if when else JobStatus.QUEUED.value,
+            "params": redact(clean),
+            "max_retries": spec.retries,
+            "timeout_s": request.timeout or spec.timeout,
+            "tags": list(dict.fromkeys([*spec.tags, *batch_tags, *request.tags])) or None,
+            "trace_id": trace_id,
+            "scheduled_for": when,
+            "created_at": now,
+            "enqueued_at": when or now,
+            "updated_at": now,
+            "batch_id": batch_id,
+        }
+        # The row as attributes, for what reads a Job's attributes (its snapshot fields, RQ's
+        # options): an ORM instance costs ~0.3 ms to build, a namespace a microsecond.
+        job = cast(Job, SimpleNamespace(**values))
         planned.append(_Planned(job, spec, clean, when))
     return planned
 
 
 _JOB_COLUMNS = tuple(column.name for column in Job.__table__.columns)  # type: ignore[attr-defined]
+# Every column a batch's job row is inserted with: the model's defaults, else null.
+_ROW_DEFAULTS: dict[str, Any] = {
+    **dict.fromkeys(_JOB_COLUMNS),
+    "params": {},
+    "attempt": 1,
+    "max_retries": 0,
+    "seq": 1,
+}
 
 
 def _job_values(job: Job) -> dict[str, Any]:

@@ -461,7 +461,8 @@ class LiveStore:
         thousands sends kilobytes where one EVAL per job would send megabytes.
         """
         for fields, tenant, owner in seeds:
-            keys, args = self._seed_call(fields, tenant=tenant, owner=owner)
+            present = {name: value for name, value in fields.items() if value != "null"}  # absent reads null
+            keys, args = self._seed_call(present, tenant=tenant, owner=owner)
             self._seed(keys=keys, args=args, client=pipeline)
 
     @staticmethod

@@ -160,3 +160,36 @@ def test_every_batch_route_keeps_to_its_tenant(app: Any, api: TestClient, tenant
     listed = api.get("/api/v1/batches").json()["items"]
     assert [b["batch_id"] for b in listed] == [batch_id]
     assert api.get("/api/v1/batches/not-a-batch").status_code == 404
+
+
+def test_retention_prunes_a_batch_once_its_jobs_are_gone(api: TestClient, tenant: Tenant):
+    from datetime import timedelta
+
+    from jobs.clock import utcnow
+    from jobs.retention import prune
+
+    later = {"task": "long_task", "payload": {"n": 0}, "delay": 3600}  # no worker takes them meanwhile
+    created = submit_batch(api, [later, later])
+    batch_id = created["batch_id"]
+    long_ago = utcnow() - timedelta(days=400)
+    with session_scope() as session:
+        session.execute(sa.update(Batch).where(Batch.batch_id == batch_id).values(created_at=long_ago))
+        session.execute(  # one job ended long ago, the other still waits: the batch stays
+            sa.update(Job)
+            .where(Job.job_id == created["job_ids"][0])
+            .values(status="finished", ended_at=long_ago, created_at=long_ago)
+        )
+    with session_scope() as session:
+        report = prune(session=session, older_than=timedelta(days=90))
+    assert report.jobs >= 1 and report.job_batches == 0
+    assert api.get(f"/api/v1/batches/{batch_id}").status_code == 200
+    with session_scope() as session:
+        session.execute(
+            sa.update(Job)
+            .where(Job.job_id == created["job_ids"][1])
+            .values(status="canceled", ended_at=long_ago, created_at=long_ago)
+        )
+    with session_scope() as session:
+        report = prune(session=session, older_than=timedelta(days=90))
+    assert report.job_batches == 1
+    assert api.get(f"/api/v1/batches/{batch_id}").status_code == 404

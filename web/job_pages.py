@@ -172,6 +172,7 @@ def jobs_page(
     context["task_names"] = sorted(load_tasks())
     context["queue_names"] = get_settings().queues
     context["statuses"] = [s.value for s in JobStatus]
+    context["batches"] = []  # recent batches head the first page only
     if not cursor:
         from web.batch_pages import recent_batches
 
