@@ -193,3 +193,21 @@ def test_retention_prunes_a_batch_once_its_jobs_are_gone(api: TestClient, tenant
         report = prune(session=session, older_than=timedelta(days=90))
     assert report.job_batches == 1
     assert api.get(f"/api/v1/batches/{batch_id}").status_code == 404
+
+
+def test_an_operator_reaches_every_tenants_batches_and_a_member_its_own(
+    app: Any, api: TestClient, tenant: Tenant
+):
+    batch_id = submit_batch(api, [job(n=0)])["batch_id"]
+    member = make_tenant("member", name=tenant.name)
+    operator = make_tenant("operator")
+    with TestClient(app, headers=member.headers) as client:
+        assert client.get(f"/api/v1/batches/{batch_id}").status_code == 200
+        assert client.get("/api/v1/batches", params={"tenant": "*"}).status_code == 403
+    with TestClient(app, headers=operator.headers) as client:
+        assert client.get(f"/api/v1/batches/{batch_id}").status_code == 200
+        everyone = client.get("/api/v1/batches", params={"tenant": "*", "limit": 200}).json()["items"]
+        assert batch_id in [b["batch_id"] for b in everyone]
+        own = client.get("/api/v1/batches").json()["items"]
+        assert batch_id not in [b["batch_id"] for b in own]
+        assert client.post(f"/api/v1/batches/{batch_id}/cancel").status_code == 200
