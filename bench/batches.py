@@ -10,6 +10,10 @@ request model, validation of every job, the SQL INSERTs, the Redis transaction) 
 to response; every job is in its RQ queue when the response is sent, which the child checks
 (``LLEN`` of the queue) before the next round. No worker runs, so the queue only grows.
 
+Then it watches a batch of the largest size over SSE while moving its jobs through the gate by
+hand: how soon one job's change reaches the watcher, and how many messages 10,000 jobs ending
+send it (coalesced: about one per ``CONVEYOR_BATCH_LIVE_INTERVAL``).
+
 Prints jobs/s and the API process's CPU per job (``time.process_time``: on a shared machine the
 steadier figure) per backend and size (median of the rounds) and, on the last line, `ratio X.XX`:
 the 10,000-job batch's jobs/s on PostgreSQL over the issue's target of 10,000 jobs/s (>= 1.00 meets
@@ -89,7 +93,56 @@ def child(sizes: list[int], rounds: int, profile: bool) -> None:
                 "jobs_per_s": size / median,
                 "cpu_ms_per_job": 1000 * cpu_median / size,
             }
+        results["watch"] = _watch_latency(api, max(sizes))
     print(json.dumps(results))
+
+
+def _watch_latency(api: Any, size: int) -> dict[str, float]:
+    """How soon a change of one job reaches a watcher of its batch (SSE), and how many messages a
+    burst of changes to every job sends: jobs are moved through the gate by hand (no worker)."""
+    import threading
+
+    from jobs.clock import utcnow
+    from jobs.lifecycle import record
+    from jobs.redis_conn import get_redis
+    from jobs.status import JobStatus
+
+    created = api.post("/api/v1/batches", json={"jobs": [{"task": "long_task", "payload": {}}] * size}).json()
+    events: list[tuple[float, dict[str, Any]]] = []
+    opened = threading.Event()
+
+    def watch() -> None:
+        with api.stream("GET", f"/api/v1/batches/{created['batch_id']}/stream") as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    events.append((time.perf_counter(), json.loads(line[5:])))
+                    opened.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    opened.wait(30)
+    client = get_redis()
+    latencies = []
+    for job_id in created["job_ids"][:20]:  # one change at a time, 0.3 s apart
+        seen = len(events)
+        changed = time.perf_counter()
+        record(job_id, JobStatus.STARTED, event="started", patch={"started_at": utcnow()}, client=client)
+        while len(events) == seen and time.perf_counter() - changed < 5:
+            time.sleep(0.0005)
+        latencies.append(events[-1][0] - changed)
+        time.sleep(0.3)
+    before, burst_started = len(events), time.perf_counter()
+    for job_id in created["job_ids"]:  # then every job ends as fast as the gate takes it
+        record(job_id, JobStatus.CANCELED, event="canceled", client=client)
+    while events[-1][1]["status"] != "canceled" and time.perf_counter() - burst_started < 60:
+        time.sleep(0.01)
+    burst = time.perf_counter() - burst_started
+    return {
+        "latency_p50_ms": 1000 * statistics.median(latencies),
+        "latency_max_ms": 1000 * max(latencies),
+        "burst_changes": float(size),
+        "burst_seconds": burst,
+        "burst_messages": float(len(events) - before),
+    }
 
 
 def _measure(database_url: str, redis_url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -155,12 +208,19 @@ def main() -> None:
         for name, database_url, db in backends:
             result = _measure(database_url, f"{redis_url.rpartition('/')[0]}/{db}", args)
             found[name] = result
+            watch = result.pop("watch")
             for size, figures in result.items():
                 print(
                     f"{name:10} batch of {int(size):>6}: {figures['seconds'] * 1000:8.1f} ms, "
                     f"{figures['jobs_per_s']:9.0f} jobs/s, {figures['cpu_ms_per_job']:.3f} ms CPU/job "
                     "(all queued in RQ at the response)"
                 )
+            print(
+                f"{name:10} a watcher of a {int(watch['burst_changes'])}-job batch: a change reaches it in "
+                f"{watch['latency_p50_ms']:.1f} ms (median, max {watch['latency_max_ms']:.1f}); "
+                f"{int(watch['burst_changes'])} jobs ending in {watch['burst_seconds']:.2f} s sent it "
+                f"{int(watch['burst_messages'])} messages"
+            )
     finally:
         services.close()
     biggest = str(max(sizes))
