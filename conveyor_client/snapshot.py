@@ -105,6 +105,8 @@ class BatchSnapshot:
     created_at: datetime | None
     started_at: datetime | None
     ended_at: datetime | None
+    duration_seconds: float | None
+    success_rate: float | None
     seq: int
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -127,6 +129,8 @@ class BatchSnapshot:
             created_at=_ts(data.get("created_at")),
             started_at=_ts(data.get("started_at")),
             ended_at=_ts(data.get("ended_at")),
+            duration_seconds=data.get("duration_seconds"),
+            success_rate=data.get("success_rate"),
             seq=data["seq"],
             raw=data,
         )

@@ -61,6 +61,8 @@ class BatchSnapshot(LazyModel):
     created_at: datetime
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    duration_seconds: float | None = None  # from submission to the last job's end, once ended
+    success_rate: float | None = None  # 0..1: finished jobs over ended jobs (None: none ended)
     seq: int
 
     @property
@@ -137,6 +139,7 @@ def summarize(batch: Batch, tally: Tally, *, now: datetime | None = None) -> Bat
         since = tally.first_started or batch.created_at
         elapsed = max(0.0, ((now or utcnow()) - since).total_seconds())
         eta = round(elapsed * (size - done) / done, 1)
+    ended_at = tally.last_ended if status.is_terminal else None
     return BatchSnapshot(
         batch_id=batch.batch_id,
         name=batch.name,
@@ -150,7 +153,9 @@ def summarize(batch: Batch, tally: Tally, *, now: datetime | None = None) -> Bat
         eta_seconds=eta,
         created_at=batch.created_at,
         started_at=tally.first_started,
-        ended_at=tally.last_ended if status.is_terminal else None,
+        ended_at=ended_at,
+        duration_seconds=round((ended_at - batch.created_at).total_seconds(), 3) if ended_at else None,
+        success_rate=round(counts[JobStatus.FINISHED.value] / ended, 4) if ended else None,
         seq=tally.seq,
     )
 

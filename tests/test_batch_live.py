@@ -84,6 +84,7 @@ def assert_coherent(snaps: list[dict[str, Any]], size: int) -> None:
     assert final["status"] == "finished" and final["counts"]["finished"] == size
     assert final["progress"] == 100.0 and final["finished_share"] == 1.0 and final["ended_at"]
     assert final["eta_seconds"] is None
+    assert final["success_rate"] == 1.0 and final["duration_seconds"] > 0
 
 
 def test_a_batch_of_1000_ends_with_right_counts_in_sql_and_on_every_channel(
@@ -225,6 +226,8 @@ def test_a_batch_that_did_not_all_finish_fails_its_waiter_unless_all_ended_was_a
         == "DependencyFailed"
     )
     assert wait_job(server, tenant, lenient["job_id"], {"failed", "finished"})["status"] == "finished"
+    ended = httpx.get(f"{server.url}/api/v1/batches/{batch_id}", headers=tenant.headers).json()
+    assert ended["status"] == "failed" and ended["success_rate"] == 0.5
     refused = submit_after(server, tenant, batch_id)
     assert refused.status_code == 409 and "could never run" in refused.json()["detail"]
     mixed = httpx.post(

@@ -82,6 +82,10 @@ class BatchOut(LazyModel):
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    duration_seconds: float | None = Field(
+        description="From submission to the last job's end, once all ended."
+    )
+    success_rate: float | None = Field(description="0..1: finished jobs over ended jobs.")
     seq: int = Field(description="The batch's version: the sum of its jobs' seq.")
 
 
