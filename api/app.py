@@ -18,7 +18,19 @@ from fastapi.exceptions import RequestValidationError
 from api.error_responses import conveyor_error, document_error_shapes, invalid_request
 from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
-from api.routes import api_docs, batches, control, health, history, insights, jobs, journal, live, metrics
+from api.routes import (
+    api_docs,
+    batches,
+    control,
+    health,
+    history,
+    insights,
+    jobs,
+    journal,
+    limits,
+    live,
+    metrics,
+)
 from api.snapshot_fast_path import SnapshotFastPath
 from jobs.errors import ConveyorError
 from jobs.redaction import install_log_redaction
@@ -87,6 +99,7 @@ def create_app() -> FastAPI:
     app.include_router(journal.router)
     app.include_router(control.router)
     app.include_router(live.router)
+    app.include_router(limits.router)
     app.include_router(batches.router)
     if settings.compat_endpoints:
         from api import compat

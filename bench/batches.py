@@ -154,6 +154,10 @@ def _measure(database_url: str, redis_url: str, args: argparse.Namespace) -> dic
         "CONVEYOR_SECRET_KEY": "bench-secret-key-not-for-production-4Hq8",
         "CONVEYOR_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
+        # Throughput, not the tenant limits (issue 13): no rate, no waiting quota (0: none).
+        "CONVEYOR_TENANT_SUBMITS_PER_MINUTE": "0",
+        "CONVEYOR_KEY_SUBMITS_PER_MINUTE": "0",
+        "CONVEYOR_TENANT_MAX_WAITING": "0",
     }
     command = [sys.executable, __file__, "--child", "--sizes", args.sizes, "--rounds", str(args.rounds)]
     command += ["--profile"] if args.profile else []

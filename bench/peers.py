@@ -570,6 +570,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help=f"comma-separated, of: {','.join(SYSTEMS)}")
     parser.add_argument("--skip", default="")
     parser.add_argument("--quick", action="store_true", help="200 jobs per drain, 50 latency jobs")
+    parser.add_argument(
+        "--leg-timeout", type=int, default=300, help="seconds a system's leg may take before it is skipped"
+    )
     parser.add_argument("--headline", default="conveyor-sqlite", help="the Conveyor leg the targets judge")
     parser.add_argument("--conveyor-args", default="", help="extra `conveyor worker` arguments")
     parser.add_argument("--conveyor-noop-task", default="peer_noop")
@@ -607,7 +610,8 @@ def main() -> None:
                 flush=True,
             )
             try:
-                results[name] = run_leg(system, redis, args.jobs, args.latency_jobs, tmp)
+                with time_limit(args.leg_timeout):
+                    results[name] = run_leg(system, redis, args.jobs, args.latency_jobs, tmp)
             except Exception as exc:
                 print(f"{name}: skipped: {type(exc).__name__}: {exc} (worker logs in {tmp})", flush=True)
             finally:
@@ -621,6 +625,26 @@ def main() -> None:
     if "rq-worker" not in results:
         raise SystemExit("no rq-worker result: no ratio")
     print(f"ratio {results[args.headline].noop.rate / results['rq-worker'].noop.rate:.2f}")
+
+
+class LegTimeout(Exception):
+    """A system's leg ran past ``--leg-timeout`` (a client call that never returned, say)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` (SIGALRM: it also breaks a call blocked on a socket)."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise LegTimeout(f"the leg took over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _cpu_model() -> str:

@@ -276,6 +276,58 @@ def cmd_control(args: argparse.Namespace) -> int:
     return _api_call(run)
 
 
+LIMIT_OPTIONS = {
+    "submits_per_minute": "jobs the tenant may submit a minute (0: no limit)",
+    "submit_burst": "submits the tenant may make at once",
+    "key_submits_per_minute": "jobs each of its API keys may submit a minute (0: no limit)",
+    "key_submit_burst": "submits each key may make at once",
+    "max_waiting": "jobs it may have queued, scheduled or deferred (0: no limit)",
+    "max_running": "jobs it may have running at once, over all workers (0: no limit)",
+    "max_timeout_seconds": "the longest timeout (seconds) a submission may ask for",
+}
+
+
+def _print_limits(limits: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(limits, indent=2))
+        return
+    print(f"limits of tenant {limits['tenant']!r}:")
+    for name in LIMIT_OPTIONS:
+        source = "set for this tenant" if name in limits["overridden"] else "default"
+        print(f"  {name:<24} {limits[name]:>10}  ({source})")
+    print(f"  {'jobs waiting now':<24} {limits.get('waiting', '?'):>10}")
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    """`limits show` and `limits set`: a tenant's limits over the API (set: an operator key)."""
+    changes: dict[str, int | None] = {name: None for name in getattr(args, "default", None) or []}
+    for name in LIMIT_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    if args.limits_command == "set" and not changes:
+        return fail("name at least one limit to change (see `conveyor limits set --help`)", EXIT_USAGE)
+
+    def run() -> int:
+        with _client(args) as client:
+            limits = client.set_limits(args.tenant, **changes) if changes else client.limits(args.tenant)
+        _print_limits(limits, args.json)
+        return 0
+
+    return _api_call(run)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 # --- the parser ---------------------------------------------------------------------------------
 
 
@@ -285,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_commands(sub)
     _add_admin_commands(sub)
     _add_client_commands(sub)
+    _add_limits_commands(sub)
     return parser
 
 
@@ -453,6 +506,32 @@ def _add_client_commands(sub: Commands) -> None:
             p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
         _client_options(p)
         p.set_defaults(func=cmd_control)
+
+
+def _add_limits_commands(sub: Commands) -> None:
+    """A tenant's rate limits, quotas and caps, over the API (reading: an admin or operator key)."""
+    limits = sub.add_parser("limits", help="show or set a tenant's limits").add_subparsers(
+        dest="limits_command", required=True
+    )
+    p = limits.add_parser("show", help="a tenant's limits in force, and which are its own")
+    p.add_argument("tenant")
+    _client_options(p)
+    p.set_defaults(func=cmd_limits)
+    p = limits.add_parser("set", help="change a tenant's limits (an operator key); prints them all")
+    p.add_argument("tenant")
+    for name, text in LIMIT_OPTIONS.items():
+        p.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, type=non_negative_int, metavar="N", help=text
+        )
+    p.add_argument(
+        "--default",
+        action="append",
+        choices=list(LIMIT_OPTIONS),
+        metavar="LIMIT",
+        help="put this limit back to the setting's default (repeatable)",
+    )
+    _client_options(p)
+    p.set_defaults(func=cmd_limits)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from conveyor_client.client import (
     Followed,
     T,
     channel_unserved,
+    limits_path,
     list_params,
     not_an_event_stream,
     submit_body,
@@ -124,6 +125,14 @@ class AsyncClient:
 
     async def tasks(self) -> list[dict[str, Any]]:
         return list((await self.request("GET", "/api/v1/tasks")).json())
+
+    async def limits(self, tenant: str) -> dict[str, Any]:
+        """A tenant's limits in force (an admin key: its own tenant; an operator key: any)."""
+        return dict((await self.request("GET", limits_path(tenant))).json())
+
+    async def set_limits(self, tenant: str, **changes: int | None) -> dict[str, Any]:
+        """Change the named limits (None: back to the default); an operator key only."""
+        return dict((await self.request("PUT", limits_path(tenant), json=changes)).json())
 
     async def cancel(self, job_id: str, *, reason: str | None = None) -> Snapshot:
         """Cancel a job (a running one is asked to stop; it may still show `started` for a moment)."""

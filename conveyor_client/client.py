@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -80,6 +81,10 @@ def channel_unserved(exc: ConveyorAPIError) -> bool:
 
 def not_an_event_stream(response: httpx.Response) -> bool:
     return not response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def limits_path(tenant: str) -> str:
+    return f"/api/v1/tenants/{quote(tenant, safe='')}/limits"
 
 
 class Followable(Protocol):
@@ -247,6 +252,16 @@ class Client:
 
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/api/v1/tasks").json())
+
+    # --- limits ----------------------------------------------------------------------------------
+
+    def limits(self, tenant: str) -> dict[str, Any]:
+        """A tenant's limits in force (an admin key: its own tenant; an operator key: any)."""
+        return dict(self.request("GET", limits_path(tenant)).json())
+
+    def set_limits(self, tenant: str, **changes: int | None) -> dict[str, Any]:
+        """Change the named limits (None: back to the default); an operator key only."""
+        return dict(self.request("PUT", limits_path(tenant), json=changes).json())
 
     # --- batches ---------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from redis import Redis
 from sqlmodel import Session, col, select
 
+from jobs.admission import admit_submission
 from jobs.batch_state import batch_status, get_batch, sql_tallies
 from jobs.clock import utcnow
 from jobs.errors import IllegalTransition, InvalidRequest, ServiceUnavailable
@@ -98,6 +99,7 @@ def submit_after_batch(
         if earlier is not None:
             return _replay(earlier, digest, client)
     batch = get_batch(session, batch_id=batch_id, tenant=tenant)
+    admit_submission(session=session, client=client, tenant=tenant, owner=owner, task=task, timeout=timeout)
     verdict = _verdict(session, batch, after)
     if verdict == "fail":
         raise IllegalTransition(

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from redis import Redis
 from sqlmodel import Session, col, select
 
+from jobs.admission import admit_submission, admitted_batch
 from jobs.batch_state import job_ids_of
 from jobs.clock import isoformat, utcnow
 from jobs.errors import (
@@ -84,6 +85,7 @@ class _Planned:
     spec: TaskSpec
     clean: dict[str, Any]
     when: datetime | None
+    timeout: int | None  # the timeout the job asked for (None: the task's)
 
 
 def batch_request_hash(jobs: Sequence[JobRequest], name: str | None, tags: Sequence[str]) -> str:
@@ -170,7 +172,7 @@ def _plan(
         # The row as attributes, for what reads a Job's attributes (its snapshot fields, RQ's
         # options): an ORM instance costs ~0.3 ms to build, a namespace a microsecond.
         job = cast(Job, SimpleNamespace(**values))
-        planned.append(_Planned(job, spec, clean, when))
+        planned.append(_Planned(job, spec, clean, when, request.timeout))
     return planned
 
 
@@ -257,6 +259,7 @@ def submit_batch(
     planned = _plan(
         jobs, batch_id=batch_id, tenant=tenant, owner=owner, batch_tags=tags, trace_id=trace_id, now=now
     )
+    _admit(planned, session=session, client=client, tenant=tenant, owner=owner)
     batch = Batch(
         batch_id=batch_id,
         tenant=tenant,
@@ -273,6 +276,37 @@ def submit_batch(
         return replayed
     _enqueue_all(batch, planned, session=session, client=client)
     return BatchSubmission(batch_id, [p.job.job_id for p in planned], created=True)
+
+
+def _admit(
+    planned: list[_Planned], *, session: Session, client: Redis, tenant: str, owner: str | None
+) -> None:
+    """The tenant's limits (jobs/admission.py): each job's timeout under its caps (a 422 naming the
+    job), then the whole batch's submit rate and waiting quota at once (n tokens: 429, or 422
+    past a bucket's burst), before anything is stored."""
+    with admitted_batch():
+        for index, p in enumerate(planned):
+            try:
+                admit_submission(
+                    session=session,
+                    client=client,
+                    tenant=tenant,
+                    owner=owner,
+                    task=p.spec.name,
+                    timeout=p.timeout,
+                )
+            except InvalidRequest as exc:
+                raise _refuse_at(index, "timeout", exc) from None
+    first = planned[0]
+    admit_submission(
+        session=session,
+        client=client,
+        tenant=tenant,
+        owner=owner,
+        task=first.spec.name,
+        timeout=None,
+        count=len(planned),
+    )
 
 
 def _store(batch: Batch, planned: list[_Planned], *, session: Session, digest: str) -> BatchSubmission | None:

@@ -67,6 +67,16 @@ class Forbidden(ConveyorError):
     status_code = 403
 
 
+class TooManyRequests(ConveyorError):
+    """Over a rate limit or a quota (issue 13); ``headers`` go out with the 429 (Retry-After...)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers = headers or {}
+
+
 class TooLarge(ConveyorError):
     """A request over a size the deployment caps (a batch's jobs): 413, naming the cap."""
 

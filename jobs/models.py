@@ -182,3 +182,20 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     last_used_at: datetime | None = _ts()
     revoked_at: datetime | None = _ts()
+
+
+class TenantLimits(SQLModel, table=True):
+    """A tenant's own limits (issue 13); a null column means the setting's default applies."""
+
+    __tablename__ = "tenant_limits"
+
+    tenant: str = Field(primary_key=True, max_length=64)
+    submits_per_minute: int | None = None
+    submit_burst: int | None = None
+    key_submits_per_minute: int | None = None
+    key_submit_burst: int | None = None
+    max_waiting: int | None = None
+    max_running: int | None = None
+    max_timeout_seconds: int | None = None
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    updated_by: str | None = Field(default=None, max_length=64)

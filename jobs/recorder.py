@@ -325,3 +325,77 @@ def record_ends_now(client: Redis, ended: list[list[JournalEntry]]) -> int:
     blobs = fetch_blobs(client, [pair for e in entries if (pair := _referenced_result(e))])
     with session_scope() as session:
         return apply_journal(session, entries, blobs=blobs)
+
+
+# Takes entries a worker applied out of the journal, and counts them, in one step: only those no
+# recorder was handed yet (their ids are past the group's last-delivered id), so that each entry
+# is counted once, by whoever removes it. A missing journal (Redis lost it) has nothing to take.
+# KEYS: journal, metrics hash. ARGV[1]: the recorders' group; then, per entry: its id, a count n
+# and n triples (metrics field, "i" or "f", amount).
+_TAKE_LUA = """
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return {} end
+local last = '0-0'
+for _, group in ipairs(groups) do
+  local name, delivered
+  for i = 1, #group, 2 do
+    if group[i] == 'name' then name = group[i + 1] end
+    if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+  end
+  if name == ARGV[1] then last = delivered end
+end
+local function parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local last_ms, last_seq = parts(last)
+local taken = {}
+local i = 2
+while i <= #ARGV do
+  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  local ms, seq = parts(id)
+  if ms and (ms > last_ms or (ms == last_ms and seq > last_seq))
+      and redis.call('XDEL', KEYS[1], id) == 1 then
+    for j = 0, n - 1 do
+      local at = i + 2 + 3 * j
+      if ARGV[at + 1] == 'f' then
+        redis.call('HINCRBYFLOAT', KEYS[2], ARGV[at], ARGV[at + 2])
+      else
+        redis.call('HINCRBY', KEYS[2], ARGV[at], ARGV[at + 2])
+      end
+    end
+    taken[#taken + 1] = id
+  end
+  i = i + 2 + 3 * n
+end
+return taken
+"""
+
+
+def take_applied(client: Redis, entries: list[JournalEntry], ids: list[bytes]) -> list[bytes]:
+    """Remove from the journal the entries (``ids[i]`` is ``entries[i]``'s id, b"" if unknown) a
+    worker has just applied to SQL, counting them in the metrics; returns the ids taken.
+
+    Only entries no recorder has been handed are taken: one a recorder holds may be in a batch it
+    is applying right now, and it acknowledges, deletes and counts that one itself.
+    """
+    args: list[Any] = [GROUP]
+    for entry, entry_id in zip(entries, ids, strict=True):
+        if not entry_id:
+            continue
+        tally = Tally()
+        try:
+            tally.observe(entry.event, entry.doc)
+        except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
+            log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
+        counted: list[tuple[str, str, int | str]] = [
+            (name, "i", count) for name, count in tally.counts.items()
+        ]
+        counted += [(name, "f", repr(total)) for name, total in tally.sums.items()]
+        args += [entry_id, len(counted)]
+        for triple in counted:
+            args += triple
+    if len(args) == 1:
+        return []
+    taken: list[bytes] = client.register_script(_TAKE_LUA)(keys=[JOURNAL, METRICS_KEY], args=args)
+    return taken

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ DEFAULT_SECRET = "change-me-in-production"
 SECRET_MIN_LENGTH = 32
 SECRET_HOW_TO = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
 SECRET_FILE = "secret-key"
+# The caps CONVEYOR_TASK_LIMITS may set per task, with the largest value each accepts.
+TASK_CAPS = {"max_timeout_seconds": 7 * 86400, "max_running": 1_000_000}
 
 
 class Settings(BaseSettings):
@@ -163,6 +165,39 @@ class Settings(BaseSettings):
     # Seconds past a job's timeout after which the pool kills its child, when the job did not
     # stop at its timeout (a task stuck in C code never sees the alarm); RQ's worker waits 60.
     hard_stop_after: float = Field(default=10.0, ge=1, le=3600)
+
+    # --- Tenant limits (issue 13: one tenant must not take the system over; docs/decisions.md). ---
+    # Defaults for every tenant; an operator overrides them per tenant (PUT
+    # /api/v1/tenants/{tenant}/limits, `conveyor limits set`). 0 means no limit.
+    # Submit rate: a token bucket per tenant and one per API key (each job of a batch counts).
+    tenant_submits_per_minute: int = Field(default=6000, ge=0, le=1_000_000)
+    tenant_submit_burst: int = Field(default=1000, ge=1, le=1_000_000)
+    key_submits_per_minute: int = Field(default=3000, ge=0, le=1_000_000)
+    key_submit_burst: int = Field(default=500, ge=1, le=1_000_000)
+    # Jobs a tenant may have waiting (queued, scheduled, deferred); over it a submit is 429.
+    tenant_max_waiting: int = Field(default=10_000, ge=0, le=100_000_000)
+    # Jobs a tenant may have running at once across all workers (enforced by the scheduler).
+    tenant_max_running: int = Field(default=0, ge=0, le=1_000_000)
+    # The longest `timeout` (seconds) a submission may ask for.
+    max_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
+    # Per-task caps, by task name, over what `@task(max_timeout=..., max_running=...)` declares:
+    # {"long_task": {"max_timeout_seconds": 600, "max_running": 2}}.
+    task_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # How long an API process keeps a tenant's limits before asking Redis (and Redis, SQL) again.
+    limits_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    @field_validator("task_limits")
+    @classmethod
+    def _known_task_caps(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for task, caps in value.items():
+            unknown = set(caps) - set(TASK_CAPS)
+            if unknown:
+                raise ValueError(
+                    f"task_limits[{task!r}]: unknown caps {sorted(unknown)}; use {list(TASK_CAPS)}"
+                )
+            if any(not 0 <= n <= TASK_CAPS[name] for name, n in caps.items()):
+                raise ValueError(f"task_limits[{task!r}]: each cap is 0 (none) up to {TASK_CAPS}")
+        return value
 
     # --- Batches (issue 16). ---
     # Jobs one `POST /api/v1/batches` may hold; past it the request is refused (413).

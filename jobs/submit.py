@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from redis import Redis
 from sqlmodel import Session
 
+from jobs.admission import admit_submission
 from jobs.clock import isoformat, utcnow
 from jobs.errors import (
     IdempotencyConflict,
@@ -158,6 +159,7 @@ def submit_job(
     With ``run_at`` or ``delay`` it waits as ``scheduled``; with ``depends_on``
     (job ids of the same tenant) it waits as ``deferred`` until they finish.
     """
+    admit_submission(session=session, client=client, tenant=tenant, owner=owner, task=task, timeout=timeout)
     spec = get_task(task)
     clean, queue_name = _validated(spec, payload, queue)
     now = utcnow()

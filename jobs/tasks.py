@@ -52,6 +52,10 @@ class TaskSpec:
     description: str = ""
     takes_progress: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Caps (issue 13): the longest timeout a submission may ask for, and how many of this task
+    # may run at once over all workers; CONVEYOR_TASK_LIMITS overrides them (jobs/limits.py).
+    max_timeout: int | None = None
+    max_running: int | None = None
 
     def validate(self, payload: Any) -> BaseModel:
         """The payload as the task's model, or InvalidPayload with field errors."""
@@ -98,6 +102,8 @@ def task(
     retry_jitter: float | None = None,
     result_ttl: int | None = None,
     tags: tuple[str, ...] | list[str] = (),
+    max_timeout: int | None = None,
+    max_running: int | None = None,
 ) -> Any:
     """Register a task. Usable bare (`@task`) or with options (`@task(queue="reports")`).
 
@@ -105,6 +111,8 @@ def task(
     seconds when given, else with exponential backoff from ``retry_backoff``
     seconds (doubling, capped at ``retry_backoff_max``); every interval is
     spread by ±``retry_jitter`` (a fraction). Unset values come from the settings.
+    ``max_timeout`` caps the `timeout` a submission may ask for; ``max_running`` caps how many
+    of this task run at once over all workers (see jobs/limits.py).
     """
 
     def register(fn: F) -> F:
@@ -120,6 +128,8 @@ def task(
             retry_jitter=retry_jitter,
             result_ttl=result_ttl,
             tags=tuple(tags),
+            max_timeout=max_timeout,
+            max_running=max_running,
         )
         existing = _registry.get(spec.name)
         if existing is not None and existing.func is not fn and _qualname(existing.func) != _qualname(fn):

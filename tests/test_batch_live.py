@@ -26,7 +26,9 @@ from tests.services import wait_until
 @pytest.fixture(scope="module")
 def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("batch-server") / "server.log"
-    proc = ServerProcess(backend, log, extra_env=LIVE_ENV).start()
+    # A batch takes a submit token per job (jobs/admission.py): bursts that hold the 1,000-job batch.
+    bursts = {"CONVEYOR_TENANT_SUBMIT_BURST": "5000", "CONVEYOR_KEY_SUBMIT_BURST": "5000"}
+    proc = ServerProcess(backend, log, extra_env={**LIVE_ENV, **bursts}).start()
     yield proc
     proc.stop()
 

@@ -211,3 +211,20 @@ def test_an_operator_reaches_every_tenants_batches_and_a_member_its_own(
         own = client.get("/api/v1/batches").json()["items"]
         assert batch_id not in [b["batch_id"] for b in own]
         assert client.post(f"/api/v1/batches/{batch_id}/cancel").status_code == 200
+
+
+def test_a_batch_takes_a_submit_token_per_job_and_each_job_keeps_its_timeout_cap(
+    api: TestClient, tenant: Tenant
+):
+    from jobs.settings import get_settings
+
+    burst = get_settings().key_submit_burst
+    over = api.post("/api/v1/batches", json={"jobs": [job(n=0)] * (burst + 1)})
+    assert over.status_code == 422 and "submit burst" in over.json()["detail"]
+    cap = get_settings().max_timeout_seconds
+    capped = api.post("/api/v1/batches", json={"jobs": [job(n=0), job(n=0, timeout=cap + 1)]})
+    assert capped.status_code == 422, capped.text
+    assert capped.json()["field"] == "jobs[1].timeout" and "max_timeout_seconds" in capped.json()["detail"]
+    assert stored_for(tenant.name) == (0, 0)
+    accepted = api.post("/api/v1/batches", json={"jobs": [job(n=0)] * 3})
+    assert accepted.status_code == 201 and "RateLimit-Remaining" in accepted.headers

@@ -40,3 +40,11 @@ def test_tree_cpu_counts_a_reaped_child() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_leg_that_hangs_is_cut_off_at_its_time_limit() -> None:
+    """A peer's client call that never returns (Taskiq's once did) must not stall the whole run."""
+    started = time.monotonic()
+    with pytest.raises(peers.LegTimeout), peers.time_limit(1):
+        time.sleep(30)
+    assert time.monotonic() - started < 5

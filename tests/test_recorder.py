@@ -13,7 +13,7 @@ from jobs.models import Job, JobEvent
 from jobs.recorder import Recorder
 from jobs.status import JobStatus
 from jobs.store import JournalEntry, apply_journal
-from tests.conftest import Backend, seed_job
+from tests.conftest import Backend, PrivateWorld, seed_job
 from tests.services import wait_until
 
 S = JobStatus
@@ -67,3 +67,45 @@ def test_the_recorder_drains_the_journal_into_sql(env: Backend, redis_client: An
             return row is not None and row.status == "finished" and row.result == {"n": 1}
 
     wait_until(recorded, timeout=5, message="the journal to reach SQL")
+
+
+def test_a_worker_takes_only_the_entries_no_recorder_was_handed_and_counts_each_once(
+    private_world: PrivateWorld,
+):
+    """The end writer's hand-off (worker/ends.py): what it applied leaves the journal and is counted
+    by it, except an entry a recorder already holds, which that recorder counts."""
+    from jobs.clock import utcnow
+    from jobs.live import JOURNAL
+    from jobs.metrics import METRICS_KEY
+    from jobs.recorder import GROUP, take_applied
+    from jobs.redis_conn import get_redis
+
+    client = get_redis()
+    first, second = seed_job(private_world.tenant.name), seed_job(private_world.tenant.name)
+    Recorder(client, consumer="test-take").drain()  # the submits' entries: out of the way
+    started, done = {"started_at": utcnow()}, {"ended_at": utcnow()}
+    ended = [
+        record(first, S.STARTED, event="started", patch=started),
+        record(first, S.FINISHED, event="finished", patch={"result": 1, **done}),
+        record(second, S.STARTED, event="started", patch=started),
+        record(second, S.FINISHED, event="finished", patch={"result": 2, **done}),
+    ]
+    ids = [r.entry_id or b"" for r in ended]
+    assert all(ids)
+    held = client.xreadgroup(GROUP, "test-holder", {JOURNAL: ">"}, count=2)  # the first job's
+    assert [msg_id for msg_id, _ in held[0][1]] == ids[:2]
+    entries = [
+        JournalEntry(event=e, doc=json.loads(r.doc or b""), data={})
+        for e, r in zip(("started", "finished", "started", "finished"), ended, strict=True)
+    ]
+
+    assert take_applied(client, entries, ids) == ids[2:]
+    assert take_applied(client, entries, ids) == []  # taken once
+    left = [msg_id for msg_id, _ in client.xrange(JOURNAL)]
+    assert left == ids[:2]
+    counts = client.hgetall(METRICS_KEY)
+    # The second job's end and start counted here; the first job's are its recorder's to count.
+    assert counts[b"ended|other|finished"] == b"1"
+    assert counts[b"wait_count|other"] == b"1" and counts[b"run_count|other"] == b"1"
+    assert float(counts[b"run_sum|other"]) >= 0
+    assert take_applied(client, entries[:1], [b""]) == []  # an entry without an id is left alone

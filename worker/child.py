@@ -46,7 +46,7 @@ from jobs.rq_engine import Claimed, Engine, Finished, Passed
 from jobs.rq_private import current_job
 from jobs.settings import get_settings
 from jobs.tracing import current_trace_id
-from worker.ends import EndNotes
+from worker.ends import EndNotes, Entry
 from worker.progress import JobInterrupted
 from worker.runner import attempt_of, perform, through_a_blip
 from worker.slots import Slots
@@ -233,9 +233,9 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         finally:
             self.slots.end(self.index)
 
-    def _run_claimed(self, claimed: Claimed, timeout: int) -> list[tuple[str, bytes, str]] | None:
-        """Run a claimed job; returns the journal entries of its start and end when it finished
-        here (None: its end was recorded another way, see worker/ends.py)."""
+    def _run_claimed(self, claimed: Claimed, timeout: int) -> list[Entry] | None:
+        """Run a claimed job; returns the journal entries of its start, its last progress and its
+        end when it finished here (None: its end was recorded another way, see worker/ends.py)."""
         if claimed.func_name != RUNNER:  # a job another app put on this queue, under Conveyor's id
             self._fail_rq_way(claimed, None, f"not a Conveyor job: {claimed.func_name}", no_retry=True)
             return None
@@ -293,7 +293,11 @@ class ConveyorChild(RedactedFailures, SimpleWorker):
         start, end = claimed.started, finished.result
         if not (end.applied and start.doc and end.doc):
             return None
-        return [("started", start.doc, self.engine.start_data), ("finished", end.doc, "")]
+        return [
+            ("started", start.doc, self.engine.start_data, start.entry_id or b""),
+            *(("progress", doc, "", entry_id) for doc, entry_id in success.progress),
+            ("finished", end.doc, "", end.entry_id or b""),
+        ]
 
     def _finish(self, claimed: Claimed, attempt: int, patch: dict[str, Any], rq_value: Any) -> Finished:
         def finish() -> Finished:

@@ -1,23 +1,28 @@
 """Jobs' ends into SQL straight from the worker, without waiting for a recorder.
 
-When a job ends, its child hands the journal entries of the attempt's start and
-end (as the scripts returned them) to the supervisor over a pipe of its own;
-the supervisor's writer thread applies everything that arrived within a few
-milliseconds in one SQL transaction. So SQL holds a job's end moments after it
-happened even if Redis then loses the journal before a recorder read it (the
-loss sweep would otherwise run the job again), at a transaction per batch
-rather than per job, and without SQL in the processes that run tasks.
+When a job ends, its child hands the journal entries of the attempt (its start,
+its last journaled progress and its end, as the scripts returned them, with their
+entry ids) to the supervisor over a pipe of its own; the supervisor's writer thread
+applies everything that arrived within a few milliseconds in one SQL transaction.
+So SQL holds a job's end moments after it happened even if Redis then loses the
+journal before a recorder read it (the loss sweep would otherwise run the job
+again), at a transaction per batch rather than per job, without SQL in the
+processes that run tasks, and never ahead of the progress that led to it.
 
-The recorders still apply the same entries (idempotently) and count them in
-the metrics. A job the fast path did not end (RQ's path, a failure, a cancel)
-is handed over by id, and its entries are looked up in the journal
-(`jobs.recorder.record_end_now`). The hand-over never blocks a child: a frame
-that does not fit in the pipe is dropped, and the recorders carry that end.
+Then the writer takes those entries out of the journal (`jobs.recorder.take_applied`):
+those no recorder has been handed yet are deleted and counted in the metrics in one
+script, so each change is written to SQL and counted once; those a recorder already
+holds stay its own (applied again, idempotently, and counted there). A job the fast
+path did not end (RQ's path, a failure, a cancel) is handed over by id, and its
+entries are looked up in the journal (`jobs.recorder.record_end_now`). The hand-over
+never blocks a child: a frame that does not fit in the pipe is dropped, and the
+recorders carry that end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -34,12 +39,18 @@ log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<I")
 LINGER = 0.01  # seconds the writer gathers ends before a transaction
+PIPE_SIZE = 1 << 20  # room for a burst of ends (a frame is about 1 KB per entry)
+
+Entry = tuple[str, bytes, str, bytes]
+"""A journal entry as a script returned it: (event, document, data, entry id; b"" if unknown)."""
 
 
 def new_pipe() -> tuple[int, int]:
     """(read end, write end); the write end never blocks."""
     read, write = os.pipe()
     os.set_blocking(write, False)
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; the default (64 KB) works too
+        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     return read, write
 
 
@@ -49,11 +60,13 @@ class EndNotes:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def ended(self, job_id: str, entries: list[tuple[str, bytes, str]] | None = None) -> None:
-        """``entries`` are (event, document, data) of the attempt's start and end."""
+    def ended(self, job_id: str, entries: list[Entry] | None = None) -> None:
+        """``entries``: the attempt's start, last progress and end (None: find them by id)."""
         frame: dict[str, Any] = {"job": job_id}
         if entries is not None:
-            frame["entries"] = [[event, doc.decode(), data] for event, doc, data in entries]
+            frame["entries"] = [
+                [event, doc.decode(), data, eid.decode()] for event, doc, data, eid in entries
+            ]
         body = json.dumps(frame, separators=(",", ":")).encode()
         with contextlib.suppress(BlockingIOError, BrokenPipeError):  # the recorders will carry it
             os.write(self.fd, _LENGTH.pack(len(body)) + body)
@@ -138,21 +151,26 @@ class EndWriter:
 
     def _write(self, frames: list[dict[str, Any]]) -> None:
         # SQL is loaded here, in this thread, at the first end: the children are running by then.
-        from jobs.recorder import record_end_now, record_ends_now
+        from jobs.recorder import record_end_now, record_ends_now, take_applied
         from jobs.store import JournalEntry
 
-        known = [
-            [
-                JournalEntry(event=event, doc=json.loads(doc), data=json.loads(data) if data else {})
-                for event, doc, data in frame["entries"]
-            ]
-            for frame in frames
-            if "entries" in frame
-        ]
+        known: list[list[JournalEntry]] = []
+        ids: list[bytes] = []
+        for frame in frames:
+            if "entries" not in frame:
+                continue
+            entries = []
+            for event, doc, data, entry_id in frame["entries"]:
+                entries.append(
+                    JournalEntry(event=event, doc=json.loads(doc), data=json.loads(data) if data else {})
+                )
+                ids.append(entry_id.encode())
+            known.append(entries)
         started = time.monotonic()
         try:
             if known:
                 record_ends_now(self.client, known)
+                take_applied(self.client, [e for entries in known for e in entries], ids)
             for frame in frames:
                 if "entries" not in frame:
                     record_end_now(self.client, frame["job"])

@@ -31,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -50,6 +51,9 @@ from jobs.status import RUNNING, WAITING, JobStatus
 log = logging.getLogger(__name__)
 # What a task's checkpoint reads of its job: is it still this attempt, and is anything asked of it.
 _CONTROL_HEAD: tuple[HeadField, ...] = ("status", "attempt", "control")
+# Journaled progress writes an attempt keeps for its end's SQL write: journaled once a second,
+# older ones have long been applied by a recorder.
+JOURNALED_KEPT = 16
 
 
 class JobInterrupted(BaseException):
@@ -184,6 +188,9 @@ class Progress:
         self._heartbeat_ttl = settings.heartbeat_ttl
         self._control: str | None = None  # the pending control request, as last seen
         self._control_seen = time.monotonic()
+        # The newest journaled writes (document, journal entry id): the worker hands them to SQL
+        # with the attempt's end, so SQL never shows the end before the progress that led to it.
+        self.journaled: deque[tuple[bytes, bytes]] = deque(maxlen=JOURNALED_KEPT)
 
     @property
     def percent(self) -> float | None:
@@ -338,6 +345,8 @@ class Progress:
             log.exception("progress: could not write progress of job %s", self.job_id)
             return
         self._control, self._control_seen = result.control, time.monotonic()
+        if journal and result.applied and result.doc and result.entry_id:
+            self.journaled.append((result.doc, result.entry_id))
         if not result.applied and result.outcome != "noop" and result.current_status != JobStatus.PAUSED:
             self.interrupted_by = result.current_status
 

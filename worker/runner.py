@@ -71,6 +71,7 @@ class Success:
 
     patch: dict[str, Any]
     rq_value: Any
+    progress: tuple[tuple[bytes, bytes], ...] = ()  # journaled progress writes: (document, entry id)
 
     @property
     def result_ref(self) -> str | None:
@@ -120,7 +121,7 @@ def perform(
     # What RQ keeps as its own copy of the result: the redacted value, or just the reference.
     rq_value = fields["result"] if fields["result_ref"] is None else fields["result_ref"]
     patch = {**fields, "progress": 100.0, "ended_at": utcnow(), "eta_seconds": None}
-    return Success(patch, rq_value)
+    return Success(patch, rq_value, tuple(progress.journaled))
 
 
 def run_job(task: str, payload: dict[str, Any]) -> Any:

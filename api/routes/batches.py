@@ -154,7 +154,9 @@ def submit_batch(
         idempotency_key=idempotency_key,
         trace_id=trace_id_from_headers(traceparent, x_trace_id or x_request_id),
     )
-    headers = {"Location": str(request.url_for("get_batch", batch_id=submission.batch_id))}
+    from jobs.admission import rate_headers
+
+    headers = {"Location": str(request.url_for("get_batch", batch_id=submission.batch_id)), **rate_headers()}
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
     out = {"batch_id": submission.batch_id, "size": len(submission.job_ids), "job_ids": submission.job_ids}

@@ -88,6 +88,8 @@ class TaskInfo(LazyModel):
     timeout: int
     retries: int
     payload_schema: dict[str, Any]
+    max_timeout_seconds: int = 0  # the longest `timeout` a submission may ask for (0: no task cap)
+    max_running: int = 0  # how many may run at once over all workers (0: no task cap)
 
 
 def etag_of(seq: int | str) -> str:
@@ -163,7 +165,12 @@ def submit(
 
 
 def _submitted(submission: Any, request: Request) -> Response:
-    headers = {"Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id))}
+    from jobs.admission import rate_headers
+
+    headers = {
+        "Location": str(request.url_for("get_job_snapshot", job_id=submission.job_id)),
+        **rate_headers(),
+    }
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
     return _doc_response(submission.doc, status_code=201 if submission.created else 200, headers=headers)
@@ -276,6 +283,13 @@ def _redacted_event_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
     return cleaned
 
 
+def _caps(spec: Any) -> dict[str, int]:
+    from jobs.limits import task_caps
+
+    caps = task_caps(spec)
+    return {"max_timeout_seconds": caps.max_timeout_seconds, "max_running": caps.max_running}
+
+
 @router.get("/tasks", response_model=list[TaskInfo], tags=["tasks"])
 def get_tasks(principal: CurrentPrincipal) -> list[TaskInfo]:
     """Every task you can submit, with its payload's JSON Schema."""
@@ -288,6 +302,7 @@ def get_tasks(principal: CurrentPrincipal) -> list[TaskInfo]:
             timeout=spec.timeout or settings.job_timeout,
             retries=spec.retries,
             payload_schema=spec.schema(),
+            **_caps(spec),
         )
         for spec in sorted(load_tasks().values(), key=lambda s: s.name)
     ]

@@ -107,7 +107,39 @@ def _families() -> list[Any]:
         held_aside,
         *histograms,
         *_stream_families(),
+        *_limit_families(client),
     ]
+
+
+def _limit_families(client: Any) -> list[Any]:
+    """What each key used against its tenant's limits (issue 13), from Redis: every API process's."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from jobs.admission import read_usage
+
+    usage = read_usage(client)
+    submits = CounterMetricFamily(
+        "conveyor_submits",
+        "Jobs admitted past the submit rate limit, by tenant and API key id (each job of a batch counts).",
+        labels=["tenant", "key"],
+    )
+    for (tenant, key), n in sorted(usage.submits.items()):
+        submits.add_metric([tenant, key], n)
+    limited = CounterMetricFamily(
+        "conveyor_submits_rate_limited",
+        "Submissions refused 429 by a submit rate limit, by tenant and API key id.",
+        labels=["tenant", "key"],
+    )
+    for (tenant, key), n in sorted(usage.rate_limited.items()):
+        limited.add_metric([tenant, key], n)
+    refused = CounterMetricFamily(
+        "conveyor_submits_refused",
+        "Submissions refused for a quota (429) or a cap (422), by tenant, API key id and limit.",
+        labels=["tenant", "key", "limit"],
+    )
+    for (tenant, key, limit), n in sorted(usage.refused.items()):
+        refused.add_metric([tenant, key, limit], n)
+    return [submits, limited, refused]
 
 
 def _stream_families() -> list[Any]:

@@ -1,7 +1,7 @@
 """batches: a table of batches; jobs.batch_id (indexed with created_at) and jobs.after_batch
 
-Revision ID: 0007_batches
-Revises: 0006_recent_sweep_index
+Revision ID: 0008_batches
+Revises: 0007_tenant_limits
 Create Date: 2026-12-04 18:45:00
 """
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ import sqlmodel
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = '0007_batches'
-down_revision: str | None = '0006_recent_sweep_index'
+revision: str = '0008_batches'
+down_revision: str | None = '0007_tenant_limits'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
