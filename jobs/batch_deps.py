@@ -29,6 +29,7 @@ from jobs.lifecycle import record, write_through_or_log
 from jobs.live import live_store
 from jobs.models import Batch, Job
 from jobs.queueing import cancel_waiting, enqueue, park
+from jobs.reads import valid_job_id
 from jobs.redaction import redact
 from jobs.requeue import enqueue_again, payload_for
 from jobs.snapshot import assemble, row_fields
@@ -45,7 +46,7 @@ PAGE = 500
 
 def batch_named(session: Session, *, tenant: str, depends_on: Sequence[str]) -> str | None:
     """The batch of ``tenant`` that ``depends_on`` names, if it names one (then it may name nothing else)."""
-    ids = [i for i in depends_on if _is_uuid(i)]
+    ids = [i for i in depends_on if valid_job_id(i)]
     if not ids:
         return None
     found = session.exec(
@@ -59,13 +60,6 @@ def batch_named(session: Session, *, tenant: str, depends_on: Sequence[str]) -> 
             "(submit with the jobs' ids instead to wait for some of them)."
         )
     return found[0]
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
 
 
 def submit_after_batch(

@@ -31,6 +31,7 @@ from jobs.errors import ConveyorError, InvalidRequest
 from jobs.lazy_model import LazyModel
 from jobs.live import read_public_fields
 from jobs.models import Batch, Job
+from jobs.reads import valid_job_id  # a batch's id is a canonical UUID too
 from jobs.status import RUNNING, TERMINAL, WAITING, JobStatus
 
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -171,7 +172,7 @@ LIVE_FIELDS = ("status", "progress", "seq", "started_at", "ended_at")
 
 def get_batch(session: Session, *, batch_id: str, tenant: str | None) -> Batch:
     """The batch ``batch_id`` of ``tenant`` (any tenant's for None); BatchNotFound otherwise."""
-    batch = session.get(Batch, batch_id) if _valid_id(batch_id) else None
+    batch = session.get(Batch, batch_id) if valid_job_id(batch_id) else None
     if batch is None or (tenant is not None and batch.tenant != tenant):
         raise BatchNotFound(batch_id)
     return batch
@@ -181,13 +182,6 @@ def job_ids_of(batch_id: str, size: int) -> list[str]:
     """The ids of a batch's jobs, in submission order: derived from the batch's (UUID 5), never stored."""
     namespace = uuid.UUID(batch_id)
     return [str(uuid.uuid5(namespace, str(index))) for index in range(size)]
-
-
-def _valid_id(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
 
 
 def _decoded(raw: bytes | None) -> Any:
