@@ -228,3 +228,35 @@ def test_a_batch_takes_a_submit_token_per_job_and_each_job_keeps_its_timeout_cap
     assert stored_for(tenant.name) == (0, 0)
     accepted = api.post("/api/v1/batches", json={"jobs": [job(n=0)] * 3})
     assert accepted.status_code == 201 and "RateLimit-Remaining" in accepted.headers
+
+
+def test_redis_down_fails_the_whole_batch_in_sql_and_a_retry_with_its_key_makes_a_new_one(
+    app: Any, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+):
+    from jobs.embedded import free_port
+    from jobs.redis_conn import reset_redis
+    from jobs.settings import get_settings
+
+    good_url = get_settings().redis_url
+    body = {"jobs": [job(n=1), job(n=2)]}
+    with TestClient(app, headers={**tenant.headers, "Idempotency-Key": "batch-retry"}) as client:
+        assert client.get("/api/v1/jobs").status_code == 200  # the key is verified and cached
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+        get_settings.cache_clear()
+        reset_redis()
+        failed = client.post("/api/v1/batches", json=body)
+        assert failed.status_code == 503, failed.text
+        assert "Redis is unavailable" in failed.json()["detail"]
+        failed_id = failed.json()["batch_id"]
+        assert sql_counts(failed_id) == {"failed": 2}
+        with session_scope() as session:
+            rows = session.execute(sa.select(Job.error_type).where(Job.batch_id == failed_id)).scalars()
+            assert set(rows) == {"EnqueueFailed"}
+        monkeypatch.setenv("REDIS_URL", good_url)
+        get_settings.cache_clear()
+        reset_redis()
+        retried = client.post("/api/v1/batches", json=body)
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["batch_id"] != failed_id
+        snap = client.get(f"/api/v1/batches/{failed_id}").json()
+        assert snap["status"] == "failed" and snap["counts"]["failed"] == 2
