@@ -22,6 +22,7 @@ from api.limits import BodySizeLimit, JsonNestingLimit, NulInQuery
 from api.outages import DependencyOutages
 from api.routes import (
     api_docs,
+    batches,
     bulk,
     control,
     health,
@@ -131,6 +132,7 @@ def create_app() -> FastAPI:
     app.include_router(logs.router)
     app.include_router(webhooks.router)
     app.include_router(queues.router)
+    app.include_router(batches.router)
     if settings.compat_endpoints:
         from api import compat
 
@@ -139,7 +141,14 @@ def create_app() -> FastAPI:
     hide_access_tokens_in_access_log()
     app.add_middleware(NulInQuery)
     app.add_middleware(JsonNestingLimit, max_depth=settings.max_json_depth)  # inside: bodies are bounded
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={
+            "/api/v1/batches": settings.batch_max_body_bytes,
+            "/batches/new": settings.batch_max_body_bytes,
+        },
+    )
     app.add_middleware(JsonResponseHeaders)  # job data: never cached, never sniffed
     app.add_middleware(DependencyOutages)  # last, so outermost: a 503 for an outage anywhere below
     return app

@@ -45,23 +45,25 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 class BodySizeLimit:
     """Pure ASGI middleware: checks Content-Length, and counts chunked bodies as they arrive."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}  # exact paths with a cap of their own (a batch is many bodies in one)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in _NO_BODY:
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get(scope["path"], self.max_bytes)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         if length is not None:
             try:
-                too_big = int(length) > self.max_bytes
+                too_big = int(length) > max_bytes
             except ValueError:
                 too_big = False
             if too_big:
-                await self._refuse(send)
+                await self._refuse(send, max_bytes)
                 return
             await self.app(scope, receive, send)
             return
@@ -75,16 +77,16 @@ class BodySizeLimit:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(send)
+            if size > max_bytes:
+                await self._refuse(send, max_bytes)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         await self.app(scope, replaying(b"".join(chunks), receive), send)
 
-    async def _refuse(self, send: Send) -> None:
-        await _refuse(send, 413, f"Request body too large: the limit is {self.max_bytes} bytes.")
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
+        await _refuse(send, 413, f"Request body too large: the limit is {max_bytes} bytes.")
 
 
 class JsonNestingLimit:

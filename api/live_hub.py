@@ -176,6 +176,7 @@ class SnapshotHub:
         self._watchdog: asyncio.Task[None] | None = None
         self._key_check: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._taps: set[Callable[[DocHead, bytes], None]] = set()
         self.received = 0
         self.reconnects = 0
 
@@ -220,6 +221,15 @@ class SnapshotHub:
             if not group:
                 del self._listeners[listener.job_id]
 
+    def add_tap(self, tap: Callable[[DocHead, bytes], None]) -> None:
+        """Hand ``tap`` every document the channel carries, whichever job it is of (a batch's
+        watch picks its own jobs' out). Taps live beside listeners: whoever adds one also holds a
+        listener, which keeps the subscription open."""
+        self._taps.add(tap)
+
+    def remove_tap(self, tap: Callable[[DocHead, bytes], None]) -> None:
+        self._taps.discard(tap)
+
     @contextlib.asynccontextmanager
     async def listen(self, job_id: str) -> AsyncIterator[Listener]:
         listener = await self.add(job_id)
@@ -235,6 +245,9 @@ class SnapshotHub:
         if head is None:
             log.warning("live hub: ignoring a message that is not a snapshot: %.80r", doc)
             return
+        if self._taps:
+            for tap in list(self._taps):
+                tap(head, doc)
         group = self._listeners.get(head.job_id)
         if not group:
             return

@@ -19,7 +19,7 @@ import httpx
 
 from cli.dev import dev_key_path
 from cli.exits import EXIT_USAGE, fail
-from cli.watch import exit_code, follow, timed_out
+from cli.watch import batch_counts_text, exit_code, follow, follow_batch, timed_out
 from conveyor_client import Client, ConveyorAPIError
 from jobs.clock import parse_duration
 
@@ -177,9 +177,75 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    """Follow a job, or a batch (an id no job has is looked up as a batch's)."""
+
     def run() -> int:
         with _client(args) as client:
+            try:
+                client.get(args.job_id)
+            except ConveyorAPIError as exc:
+                if exc.status_code != 404:
+                    raise
+                client.get_batch(args.job_id)  # 404 here too: the message says no such job
+                return _follow_batch_and_report(client, args.job_id, args)
             return _follow_and_report(client, args.job_id, args)
+
+    return _api_call(run)
+
+
+def _read_jobs_file(path: str) -> list[dict[str, Any]]:
+    """The jobs of a JSON Lines file: one JSON object per line (blank lines skipped)."""
+    jobs: list[dict[str, Any]] = []
+    try:
+        lines = (sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")).splitlines()
+    except OSError as exc:
+        raise SystemExit(fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)) from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(fail(f"{path}:{number}: not valid JSON: {exc.msg}", EXIT_USAGE)) from None
+        if not isinstance(item, dict) or "task" not in item:
+            raise SystemExit(
+                fail(f"{path}:{number}: each line must be a JSON object with a task", EXIT_USAGE)
+            )
+        jobs.append(item)
+    if not jobs:
+        raise SystemExit(fail(f"{path}: no jobs in it", EXIT_USAGE))
+    return jobs
+
+
+def _follow_batch_and_report(client: Any, batch_id: str, args: argparse.Namespace) -> int:
+    """Follow a batch to its end with one bar (or JSON lines), print its counts, exit 0/1/2 (3: timeout)."""
+    try:
+        snap = follow_batch(
+            client, batch_id, timeout=args.timeout, as_json=args.json, channels=_channels(args)
+        )
+    except TimeoutError as exc:
+        return timed_out(str(exc))
+    if not args.json:
+        print(f"{snap.batch_id}  {snap.status}  {batch_counts_text(snap)}")
+    return exit_code(snap)
+
+
+def cmd_submit_batch(args: argparse.Namespace) -> int:
+    jobs = _read_jobs_file(args.file)
+
+    def run() -> int:
+        with _client(args) as client:
+            created = client.submit_batch(
+                jobs, name=args.name, tags=args.tag or (), idempotency_key=args.idempotency_key
+            )
+            if args.json and not args.wait:
+                print(json.dumps({"batch_id": created.batch_id, "job_ids": created.job_ids}))
+                return 0
+            print(f"submitted batch {created.batch_id} ({len(created.job_ids)} jobs)", file=sys.stderr)
+            if not args.wait:
+                print(created.batch_id)
+                return 0
+            return _follow_batch_and_report(client, created.batch_id, args)
 
     return _api_call(run)
 
@@ -496,7 +562,7 @@ def _add_client_commands(sub: Commands) -> None:
         description="Follow a job until it ends. The bar is drawn on stderr; --json prints every "
         "snapshot as a JSON line instead. Exit 0 finished, 1 failed, 2 canceled, 3 timed out.",
     )
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="a job's id, or a batch's (one bar for all its jobs)")
     _watch_options(p)
     _client_options(p)
     p.set_defaults(func=cmd_watch)
@@ -511,6 +577,22 @@ def _add_client_commands(sub: Commands) -> None:
     p.add_argument("--timeout", type=float, help="with --follow: give up after this many seconds (exit 3)")
     _client_options(p)
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser(
+        "submit-batch",
+        help="submit many jobs at once from a JSON Lines file (one job object per line)",
+        description='Submit every job of FILE (JSON Lines: one {"task": ..., "payload": ...} '
+        "per line; - for stdin) as one batch, all or none. --wait follows it with one progress bar "
+        "for the whole batch; exit 0 all finished, 1 some failed, 2 canceled, 3 timed out.",
+    )
+    p.add_argument("file")
+    p.add_argument("--name", help="a label shown with the batch")
+    p.add_argument("--tag", action="append", help="a tag for every job of the batch (repeatable)")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--wait", action="store_true", help="follow the batch with one progress bar until it ends")
+    _watch_options(p)
+    _client_options(p)
+    p.set_defaults(func=cmd_submit_batch)
 
     p = sub.add_parser("status", help="show a job's status")
     p.add_argument("job_id")

@@ -130,8 +130,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
     print(
         f"{verb} {report.jobs} jobs that ended before {report.cutoff:%Y-%m-%d %H:%M}Z "
-        f"({report.events} events, {report.results} stored results, {report.log_lines} log lines)"
-        f"{events_note}; "
+        f"({report.events} events, {report.results} stored results, {report.log_lines} log lines, "
+        f"{report.job_batches} emptied batches of jobs){events_note}; "
         f"{report.batches} batches in {report.seconds:.2f}s, longest {report.longest_batch_s * 1000:.0f} ms"
     )
     return 0

@@ -14,12 +14,14 @@ from conveyor_client.aio import AsyncClient
 from conveyor_client.client import CHANNELS, Client
 from conveyor_client.errors import ConveyorAPIError
 from conveyor_client.log_lines import LogLine, LogPage
-from conveyor_client.snapshot import TERMINAL, Page, Snapshot
+from conveyor_client.snapshot import TERMINAL, BatchCreated, BatchSnapshot, Page, Snapshot
 
 __all__ = [
     "CHANNELS",
     "TERMINAL",
     "AsyncClient",
+    "BatchCreated",
+    "BatchSnapshot",
     "Client",
     "ConveyorAPIError",
     "LogLine",

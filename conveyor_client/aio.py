@@ -17,6 +17,8 @@ from conveyor_client.client import (
     MAX_POLL_DELAY,
     STREAM_READ_TIMEOUT,
     Deadline,
+    Followed,
+    T,
     channel_unserved,
     limits_path,
     list_params,
@@ -33,7 +35,7 @@ from conveyor_client.errors import (
     raise_for_error,
 )
 from conveyor_client.log_lines import LogLine, LogPage
-from conveyor_client.snapshot import Page, Snapshot
+from conveyor_client.snapshot import BatchCreated, BatchSnapshot, Page, Snapshot
 from conveyor_client.sse import EventParser
 
 
@@ -228,8 +230,15 @@ class AsyncClient:
         self, job_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
     ) -> AsyncIterator[Snapshot]:
         """Yield the job's snapshot now and each time it changes, ending after the terminal one."""
-        deadline = Deadline(timeout, job_id)
-        last = await self.get(job_id)
+        followed = Followed(f"/api/v1/jobs/{job_id}", Snapshot.from_json, job_id)
+        async for snap in self._updates(followed, timeout, channels):
+            yield snap
+
+    async def _updates(
+        self, followed: Followed[T], timeout: float | None, channels: Sequence[str]
+    ) -> AsyncIterator[T]:
+        deadline = Deadline(timeout, followed.ident, followed.kind)
+        last = followed.parse((await self.request("GET", followed.base)).json())
         deadline.status = last.status
         yield last
         followers = {"sse": self._follow_sse, "long_poll": self._follow_long_poll, "poll": self._follow_poll}
@@ -237,7 +246,7 @@ class AsyncClient:
             if last.is_terminal:
                 return
             try:
-                async for snap in followers[channel](job_id, last.seq, deadline):
+                async for snap in followers[channel](followed, last.seq, deadline):
                     if snap.seq > last.seq:
                         last, deadline.status = snap, snap.status
                         yield snap
@@ -246,7 +255,9 @@ class AsyncClient:
             except ChannelUnavailable:
                 continue
         if not last.is_terminal:
-            raise ConveyorAPIError(0, f"no channel could follow job {job_id} (tried {', '.join(channels)})")
+            raise ConveyorAPIError(
+                0, f"no channel could follow {followed.what} (tried {', '.join(channels)})"
+            )
 
     async def wait(
         self, job_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
@@ -257,7 +268,45 @@ class AsyncClient:
         assert last is not None
         return last
 
-    async def _follow_sse(self, job_id: str, after: int, deadline: Deadline) -> AsyncIterator[Snapshot]:
+    # --- batches ---------------------------------------------------------------------------------
+
+    async def submit_batch(
+        self,
+        jobs: Sequence[dict[str, Any]],
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> BatchCreated:
+        """Submit many jobs in one request, all or none (see `Client.submit_batch`)."""
+        headers = {"Idempotency-Key": idempotency_key or f"cvc-{uuid.uuid4()}"}
+        body: dict[str, Any] = {"jobs": list(jobs), "tags": list(tags)}
+        if name:
+            body["name"] = name
+        data = (await self.request("POST", "/api/v1/batches", json=body, headers=headers)).json()
+        return BatchCreated(batch_id=data["batch_id"], job_ids=list(data["job_ids"]))
+
+    async def get_batch(self, batch_id: str) -> BatchSnapshot:
+        return BatchSnapshot.from_json((await self.request("GET", f"/api/v1/batches/{batch_id}")).json())
+
+    async def batch_updates(
+        self, batch_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> AsyncIterator[BatchSnapshot]:
+        """The batch's snapshot now and each time it changes, ending after the terminal one."""
+        followed = Followed(f"/api/v1/batches/{batch_id}", BatchSnapshot.from_json, batch_id, "batch")
+        async for snap in self._updates(followed, timeout, channels):
+            yield snap
+
+    async def wait_batch(
+        self, batch_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> BatchSnapshot:
+        last: BatchSnapshot | None = None
+        async for snap in self.batch_updates(batch_id, timeout=timeout, channels=channels):
+            last = snap
+        assert last is not None
+        return last
+
+    async def _follow_sse(self, followed: Followed[T], after: int, deadline: Deadline) -> AsyncIterator[T]:
         failures = 0
         while True:
             deadline.check()
@@ -266,7 +315,7 @@ class AsyncClient:
             try:
                 async with self._http.stream(
                     "GET",
-                    f"/api/v1/jobs/{job_id}/stream",
+                    f"{followed.base}/stream",
                     headers=headers,
                     timeout=httpx.Timeout(10.0, read=read),
                 ) as response:
@@ -290,7 +339,7 @@ class AsyncClient:
                         if event is None:
                             deadline.check()  # heartbeats keep a quiet stream's reads short
                             continue
-                        snap = Snapshot.from_json(json.loads(event.data))
+                        snap = followed.parse(json.loads(event.data))
                         failures, after = 0, snap.seq
                         yield snap
                         if snap.is_terminal:
@@ -301,14 +350,16 @@ class AsyncClient:
                     raise ChannelUnavailable("SSE keeps failing") from None
                 await asyncio.sleep(min(0.25 * 2**failures, 5.0, deadline.left(5.0)))
 
-    async def _follow_long_poll(self, job_id: str, after: int, deadline: Deadline) -> AsyncIterator[Snapshot]:
+    async def _follow_long_poll(
+        self, followed: Followed[T], after: int, deadline: Deadline
+    ) -> AsyncIterator[T]:
         while True:
             deadline.check()
             wait = max(1, int(deadline.left(LONG_POLL_SECONDS)))
             try:
                 response = await self.request(
                     "GET",
-                    f"/api/v1/jobs/{job_id}/poll",
+                    f"{followed.base}/poll",
                     params={"since": after, "timeout": wait},
                     timeout=httpx.Timeout(10.0, read=wait + 15.0),
                 )
@@ -316,15 +367,15 @@ class AsyncClient:
                 if channel_unserved(exc):
                     raise ChannelUnavailable(f"long poll answered {exc.status_code}") from None
                 raise
-            snap = Snapshot.from_json(response.json())
+            snap = followed.parse(response.json())
             if snap.seq > after:
                 after = snap.seq
                 yield snap
 
-    async def _follow_poll(self, job_id: str, after: int, deadline: Deadline) -> AsyncIterator[Snapshot]:
+    async def _follow_poll(self, followed: Followed[T], after: int, deadline: Deadline) -> AsyncIterator[T]:
         delay = 0.5
         while True:
-            snap = await self.get(job_id)
+            snap = followed.parse((await self.request("GET", followed.base)).json())
             if snap.seq > after:
                 after = snap.seq
                 delay = 0.5

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -23,7 +24,7 @@ from conveyor_client.errors import (
     raise_for_error,
 )
 from conveyor_client.log_lines import LogLine, LogPage
-from conveyor_client.snapshot import Page, Snapshot
+from conveyor_client.snapshot import BatchCreated, BatchSnapshot, Page, Snapshot
 from conveyor_client.sse import EventParser
 
 CHANNELS = ("sse", "long_poll", "poll")
@@ -87,13 +88,40 @@ def limits_path(tenant: str) -> str:
     return f"/api/v1/tenants/{quote(tenant, safe='')}/limits"
 
 
+class Followable(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def is_terminal(self) -> bool: ...
+
+
+T = TypeVar("T", bound=Followable)
+
+
+@dataclass(frozen=True)
+class Followed(Generic[T]):
+    """What the channels follow: a job's or a batch's path, how to read its snapshot, its name."""
+
+    base: str
+    parse: Callable[[dict[str, Any]], T]
+    ident: str
+    kind: str = "job"
+
+    @property
+    def what(self) -> str:
+        return f"{self.kind} {self.ident}"
+
+
 class Deadline:
     """An optional time limit shared by the steps of one wait."""
 
-    def __init__(self, seconds: float | None, job_id: str) -> None:
+    def __init__(self, seconds: float | None, job_id: str, kind: str = "job") -> None:
         self.at = None if seconds is None else time.monotonic() + seconds
         self.seconds = seconds
         self.job_id = job_id
+        self.kind = kind
         self.status: str | None = None  # the job's last known status, for the timeout's message
 
     def left(self, cap: float) -> float:
@@ -102,7 +130,7 @@ class Deadline:
     def check(self) -> None:
         if self.at is not None and time.monotonic() >= self.at:
             status = self.status or "not done"
-            raise TimeoutError(f"job {self.job_id} is still {status} after {self.seconds} s")
+            raise TimeoutError(f"{self.kind} {self.job_id} is still {status} after {self.seconds} s")
 
 
 class Client:
@@ -316,6 +344,57 @@ class Client:
             deadline.check()
             time.sleep(deadline.left(0.5))
 
+    # --- batches ---------------------------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        jobs: Sequence[dict[str, Any]],
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> BatchCreated:
+        """Submit many jobs in one request, all or none. Each job is a dict with the fields
+        :meth:`submit` takes (``task``, ``payload``, ``queue``, ``timeout``, ``tags``, ``delay``, ...).
+        It carries an Idempotency-Key (fresh unless given), so a retry returns the same batch."""
+        headers = {"Idempotency-Key": idempotency_key or f"cvc-{uuid.uuid4()}"}
+        body: dict[str, Any] = {"jobs": list(jobs), "tags": list(tags)}
+        if name:
+            body["name"] = name
+        data = self.request("POST", "/api/v1/batches", json=body, headers=headers).json()
+        return BatchCreated(batch_id=data["batch_id"], job_ids=list(data["job_ids"]))
+
+    def get_batch(self, batch_id: str) -> BatchSnapshot:
+        return BatchSnapshot.from_json(self.request("GET", f"/api/v1/batches/{batch_id}").json())
+
+    def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """Cancel every job of the batch not yet ended: ``{"applied": n, "skipped": m}``."""
+        body = {"reason": reason} if reason else None
+        return dict(self.request("POST", f"/api/v1/batches/{batch_id}/cancel", json=body).json())
+
+    def restart_batch(self, batch_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """Run the batch's failed and canceled jobs again: ``{"applied": n, "skipped": m}``."""
+        body = {"reason": reason} if reason else None
+        return dict(self.request("POST", f"/api/v1/batches/{batch_id}/restart", json=body).json())
+
+    def batch_updates(
+        self, batch_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> Iterator[BatchSnapshot]:
+        """The batch's snapshot now and each time it changes (coalesced by the server), ending
+        after the terminal one; channels and TimeoutError as for :meth:`updates`."""
+        followed = Followed(f"/api/v1/batches/{batch_id}", BatchSnapshot.from_json, batch_id, "batch")
+        yield from self._updates(followed, timeout, channels)
+
+    def wait_batch(
+        self, batch_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
+    ) -> BatchSnapshot:
+        """Block until every job of the batch has ended; returns the batch's terminal snapshot."""
+        last: BatchSnapshot | None = None
+        for snap in self.batch_updates(batch_id, timeout=timeout, channels=channels):
+            last = snap
+        assert last is not None
+        return last
+
     # --- following a job -------------------------------------------------------------------------
 
     def updates(
@@ -327,8 +406,14 @@ class Client:
         that is not served either, polls with backoff (0.5 s growing to 5 s).
         Raises TimeoutError after ``timeout`` seconds.
         """
-        deadline = Deadline(timeout, job_id)
-        last = self.get(job_id)
+        yield from self._updates(
+            Followed(f"/api/v1/jobs/{job_id}", Snapshot.from_json, job_id), timeout, channels
+        )
+
+    def _updates(self, followed: Followed[T], timeout: float | None, channels: Sequence[str]) -> Iterator[T]:
+        """A job's or a batch's snapshots, as :meth:`updates` describes."""
+        deadline = Deadline(timeout, followed.ident, followed.kind)
+        last = followed.parse(self.request("GET", followed.base).json())
         deadline.status = last.status
         yield last
         followers = {"sse": self._follow_sse, "long_poll": self._follow_long_poll, "poll": self._follow_poll}
@@ -336,7 +421,7 @@ class Client:
             if last.is_terminal:
                 return
             try:
-                for snap in followers[channel](job_id, last.seq, deadline):
+                for snap in followers[channel](followed, last.seq, deadline):
                     if snap.seq > last.seq:
                         last, deadline.status = snap, snap.status
                         yield snap
@@ -345,7 +430,9 @@ class Client:
             except ChannelUnavailable:
                 continue
         if not last.is_terminal:
-            raise ConveyorAPIError(0, f"no channel could follow job {job_id} (tried {', '.join(channels)})")
+            raise ConveyorAPIError(
+                0, f"no channel could follow {followed.what} (tried {', '.join(channels)})"
+            )
 
     def wait(
         self, job_id: str, *, timeout: float | None = None, channels: Sequence[str] = CHANNELS
@@ -357,7 +444,7 @@ class Client:
         assert last is not None
         return last
 
-    def _follow_sse(self, job_id: str, after: int, deadline: Deadline) -> Iterator[Snapshot]:
+    def _follow_sse(self, followed: Followed[T], after: int, deadline: Deadline) -> Iterator[T]:
         failures = 0
         while True:
             deadline.check()
@@ -366,7 +453,7 @@ class Client:
             try:
                 with self._http.stream(
                     "GET",
-                    f"/api/v1/jobs/{job_id}/stream",
+                    f"{followed.base}/stream",
                     headers=headers,
                     timeout=httpx.Timeout(10.0, read=read),
                 ) as response:
@@ -390,7 +477,7 @@ class Client:
                         if event is None:
                             deadline.check()  # heartbeats keep a quiet stream's reads short
                             continue
-                        snap = Snapshot.from_json(json.loads(event.data))
+                        snap = followed.parse(json.loads(event.data))
                         failures, after = 0, snap.seq
                         yield snap
                         if snap.is_terminal:
@@ -403,14 +490,14 @@ class Client:
             # A stream that ended without the terminal snapshot (a proxy's time limit, Lambda's
             # one-batch streams) is simply resumed from the last seq.
 
-    def _follow_long_poll(self, job_id: str, after: int, deadline: Deadline) -> Iterator[Snapshot]:
+    def _follow_long_poll(self, followed: Followed[T], after: int, deadline: Deadline) -> Iterator[T]:
         while True:
             deadline.check()
             wait = max(1, int(deadline.left(LONG_POLL_SECONDS)))
             try:
                 response = self.request(
                     "GET",
-                    f"/api/v1/jobs/{job_id}/poll",
+                    f"{followed.base}/poll",
                     params={"since": after, "timeout": wait},
                     timeout=httpx.Timeout(10.0, read=wait + 15.0),
                 )
@@ -418,15 +505,15 @@ class Client:
                 if channel_unserved(exc):
                     raise ChannelUnavailable(f"long poll answered {exc.status_code}") from None
                 raise
-            snap = Snapshot.from_json(response.json())
+            snap = followed.parse(response.json())
             if snap.seq > after:
                 after = snap.seq
                 yield snap
 
-    def _follow_poll(self, job_id: str, after: int, deadline: Deadline) -> Iterator[Snapshot]:
+    def _follow_poll(self, followed: Followed[T], after: int, deadline: Deadline) -> Iterator[T]:
         delay = 0.5
         while True:
-            snap = self.get(job_id)
+            snap = followed.parse(self.request("GET", followed.base).json())
             if snap.seq > after:
                 after = snap.seq
                 delay = 0.5

@@ -1,4 +1,4 @@
-"""The typed objects the client returns: a job's snapshot and a page of them."""
+"""The typed objects the client returns: a job's snapshot, a page of them, a batch's snapshot."""
 
 from __future__ import annotations
 
@@ -78,3 +78,59 @@ class Page:
 
     items: list[Snapshot]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class BatchCreated:
+    """A submitted batch: its id and its jobs' ids, in the order they were given."""
+
+    batch_id: str
+    job_ids: list[str]
+
+
+@dataclass(frozen=True)
+class BatchSnapshot:
+    """A batch as the API reports it: counts per status, one progress figure (0..100), an ETA.
+    ``seq`` is its version, as a job's is; ``status`` is terminal once every job has ended."""
+
+    batch_id: str
+    name: str | None
+    status: str
+    size: int
+    counts: dict[str, int]
+    progress: float
+    finished_share: float
+    running_progress: float | None
+    eta_seconds: float | None
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: float | None
+    success_rate: float | None
+    seq: int
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BatchSnapshot:
+        return cls(
+            batch_id=data["batch_id"],
+            name=data.get("name"),
+            status=data["status"],
+            size=data["size"],
+            counts=dict(data.get("counts") or {}),
+            progress=data.get("progress") or 0.0,
+            finished_share=data.get("finished_share") or 0.0,
+            running_progress=data.get("running_progress"),
+            eta_seconds=data.get("eta_seconds"),
+            created_at=_ts(data.get("created_at")),
+            started_at=_ts(data.get("started_at")),
+            ended_at=_ts(data.get("ended_at")),
+            duration_seconds=data.get("duration_seconds"),
+            success_rate=data.get("success_rate"),
+            seq=data["seq"],
+            raw=data,
+        )

@@ -75,3 +75,9 @@ class TooManyRequests(ConveyorError):
     def __init__(self, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message, **extra)
         self.headers = headers or {}
+
+
+class TooLarge(ConveyorError):
+    """A request over a size the deployment caps (a batch's jobs): 413, naming the cap."""
+
+    status_code = 413

@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jobs.analytics import Window as Window
     from jobs.analytics import summary as summary
+    from jobs.batch_control import cancel_batch as cancel_batch
+    from jobs.batch_control import restart_batch as restart_batch
+    from jobs.batch_deps import batch_named as batch_named
+    from jobs.batch_deps import submit_after_batch as submit_after_batch
+    from jobs.batch_state import list_batches as list_batches
+    from jobs.batch_state import read_batch as read_batch
+    from jobs.batches import JobRequest as JobRequest
+    from jobs.batches import submit_batch as submit_batch
     from jobs.control import cancel_job as cancel_job
     from jobs.control import pause_job as pause_job
     from jobs.control import restart_job as restart_job
@@ -44,6 +52,14 @@ if TYPE_CHECKING:
 HOMES: dict[str, str] = {
     "Window": "jobs.analytics",
     "summary": "jobs.analytics",
+    "cancel_batch": "jobs.batch_control",
+    "batch_named": "jobs.batch_deps",
+    "submit_after_batch": "jobs.batch_deps",
+    "restart_batch": "jobs.batch_control",
+    "list_batches": "jobs.batch_state",
+    "read_batch": "jobs.batch_state",
+    "JobRequest": "jobs.batches",
+    "submit_batch": "jobs.batches",
     "cancel_job": "jobs.control",
     "pause_job": "jobs.control",
     "restart_job": "jobs.control",

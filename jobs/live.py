@@ -170,6 +170,20 @@ def read_heads(client: Redis, job_ids: Sequence[str], fields: tuple[HeadField, .
     return [decode_head(fields, reply) for reply in replies]
 
 
+def read_public_fields(
+    client: Redis, job_ids: Sequence[str], names: Sequence[str]
+) -> list[list[bytes | None]]:
+    """Public snapshot fields (JSON-encoded, as :data:`PUBLIC_FIELDS` names them) of many jobs in
+    one round trip; a job Redis has no live state for reads as all None."""
+    unknown = set(names) - set(PUBLIC_FIELDS)
+    if unknown:
+        raise ValueError(f"not public snapshot fields: {sorted(unknown)}")
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(job_key(job_id), list(names))
+        return list(pipe.execute())
+
+
 async def read_head_async(reader: PipelinedRedis, job_id: str, fields: tuple[HeadField, ...]) -> JobHead:
     """Those fields of one job's hash through the event loop's pipelined connection."""
     return decode_head(fields, await reader.command("HMGET", job_key(job_id), *_hash_names(fields)))
@@ -436,6 +450,20 @@ class LiveStore:
         """
         keys, args = self._seed_call(fields, tenant=tenant, owner=owner)
         pipeline.eval(_SEED, len(keys), *keys, *args)
+
+    def seed_many_in(
+        self, pipeline: Pipeline, seeds: Iterable[tuple[dict[str, str], str, str | None]]
+    ) -> None:
+        """Queue the seeds of many jobs, ``(fields, tenant, owner)``, on ``pipeline`` by EVALSHA.
+
+        Unlike :meth:`seed_in`, the script's text is not sent with every job: redis-py loads it
+        once when the pipeline executes (one SCRIPT EXISTS for the whole batch), so a batch of
+        thousands sends kilobytes where one EVAL per job would send megabytes.
+        """
+        for fields, tenant, owner in seeds:
+            present = {name: value for name, value in fields.items() if value != "null"}  # absent reads null
+            keys, args = self._seed_call(present, tenant=tenant, owner=owner)
+            self._seed(keys=keys, args=args, client=pipeline)
 
     @staticmethod
     def _seed_call(fields: dict[str, str], *, tenant: str, owner: str | None) -> tuple[list[str], list[Any]]:

@@ -1,4 +1,4 @@
-"""SQL tables: jobs, their append-only events and logs, large results, and API keys.
+"""SQL tables: jobs, their append-only events and logs, batches, large results, and API keys.
 
 Alembic owns the schema (`migrations/`); a test checks that the migrations
 produce exactly these models.
@@ -66,6 +66,7 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_tenant_ended", "tenant", "ended_at", *ANALYTICS_COLUMNS),
         sa.Index("ix_jobs_parent_id", "parent_id"),
         sa.Index("ix_jobs_trace_id", "trace_id"),
+        sa.Index("ix_jobs_batch_created", "batch_id", "created_at"),
     )
 
     job_id: str = Field(primary_key=True, max_length=36)
@@ -105,6 +106,33 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     wait_ms: int | None = None
     run_ms: int | None = None
+    # No foreign key: retention deletes a batch's jobs before the batch, and a job's insert must
+    # not pay for a lookup (a batch writes thousands of rows in one statement).
+    batch_id: str | None = Field(default=None, max_length=36)
+    # A job that waits for a whole batch (its id is depends_on[0]): "finished" runs it once every
+    # job of the batch finished (else DependencyFailed), "ended" once every job ended at all.
+    after_batch: str | None = Field(default=None, max_length=16)
+
+
+class Batch(SQLModel, table=True):
+    """Jobs submitted together in one request; its state is read from its jobs (jobs.batch_id)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "idempotency_key", name="uq_batches_tenant_idempotency_key"),
+        sa.Index("ix_batches_tenant_created", "tenant", "created_at"),
+        sa.Index("ix_batches_created", "created_at", "batch_id"),
+    )
+
+    batch_id: str = Field(primary_key=True, max_length=36)
+    tenant: str = Field(max_length=64)
+    owner: str | None = Field(default=None, max_length=64)
+    name: str | None = Field(default=None, max_length=200)
+    tags: list[str] | None = Field(default=None, sa_type=JSONType)
+    size: int
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
 class JobEvent(SQLModel, table=True):

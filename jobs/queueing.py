@@ -105,29 +105,11 @@ def enqueue(
     ``pipeline`` must hold no buffered command yet; either way it is in MULTI
     on return, so the caller's own commands join the same transaction.
     """
-    settings = get_settings()
     queue = get_queue(job.queue, connection)
     rq_job = queue.create_job(
-        RUNNER,
-        kwargs={"task": spec.name, "payload": payload},
-        job_id=job.job_id,
-        timeout=job.timeout_s or spec.timeout or settings.job_timeout,
-        result_ttl=spec.result_ttl if spec.result_ttl is not None else settings.result_ttl,
-        failure_ttl=settings.failure_ttl,
-        description=f"{spec.name} submitted at {isoformat(job.created_at)}",
-        meta={
-            "job_id": job.job_id,
-            "submitted_at": isoformat(job.created_at),
-            "payload": redact(payload),
-            "task_name": spec.name,
-            "tenant": job.tenant,
-            "tags": ["api", "v1", *(job.tags or spec.tags)],
-            "trace_id": job.trace_id,
-        },
+        **_job_options(job, spec, payload, retries_left),
         depends_on=list(depends_on) or None,
         status=RQStatus.SCHEDULED if run_at is not None else RQStatus.QUEUED,
-        retry=retry_for(spec, retries_left),
-        on_stopped=Callback(ON_STOPPED),
     )
     if run_at is not None:
         if not pipeline.explicit_transaction:
@@ -143,6 +125,56 @@ def enqueue(
     queue.enqueue_job(rq_job, pipeline=pipeline)
     if not pipeline.explicit_transaction:
         pipeline.multi()
+
+
+def _job_options(
+    job: Job | NewJob, spec: TaskSpec, payload: dict[str, Any], retries_left: int | None
+) -> dict[str, Any]:
+    """What RQ stores for an attempt of ``job``: the same for one enqueue and for many."""
+    settings = get_settings()
+    return {
+        "func": RUNNER,
+        "kwargs": {"task": spec.name, "payload": payload},
+        "job_id": job.job_id,
+        "timeout": job.timeout_s or spec.timeout or settings.job_timeout,
+        "result_ttl": spec.result_ttl if spec.result_ttl is not None else settings.result_ttl,
+        "failure_ttl": settings.failure_ttl,
+        "description": f"{spec.name} submitted at {isoformat(job.created_at)}",
+        "meta": {
+            "job_id": job.job_id,
+            "submitted_at": isoformat(job.created_at),
+            "payload": redact(payload),
+            "task_name": spec.name,
+            "tenant": job.tenant,
+            "tags": ["api", "v1", *(job.tags or spec.tags)],
+            "trace_id": job.trace_id,
+        },
+        "retry": retry_for(spec, retries_left),
+        "on_stopped": Callback(ON_STOPPED),
+    }
+
+
+def enqueue_many(
+    items: Sequence[tuple[Job, TaskSpec, dict[str, Any]]], *, connection: Redis, pipeline: Pipeline
+) -> None:
+    """Add many jobs due now, without dependencies, to ``pipeline`` through RQ's ``enqueue_many``
+    (one call per queue); the caller executes it, in the same transaction as their live state."""
+    by_queue: dict[str, list[Any]] = {}
+    for job, spec, payload in items:
+        by_queue.setdefault(job.queue, []).append(
+            Queue.prepare_data(**_job_options(job, spec, payload, None))
+        )
+    for name, datas in by_queue.items():
+        get_queue(name, connection).enqueue_many(datas, pipeline=pipeline)
+
+
+def park(job: Job, spec: TaskSpec, payload: dict[str, Any], *, connection: Redis, pipeline: Pipeline) -> None:
+    """Keep RQ's record of a job that waits for something RQ cannot see (a whole batch), deferred and
+    in no queue or registry; :func:`jobs.requeue.enqueue_again` hands it to its queue when it may run."""
+    queue = get_queue(job.queue, connection)
+    rq_job = queue.create_job(**_job_options(job, spec, payload, None), status=RQStatus.DEFERRED)
+    rq_job.origin = queue.name
+    rq_job.save(pipeline=pipeline)
 
 
 def fetch(job_id: str, connection: Redis) -> RQJob | None:

@@ -47,6 +47,7 @@ from redis import Redis
 from rq.job import JobStatus as RQStatus
 
 from jobs.attempts import WORKER_LOST, AttemptEnd, end_failed_attempt
+from jobs.batch_deps import release_batch_waiters
 from jobs.clock import isoformat, utcnow
 from jobs.db import SessionFactory
 from jobs.lifecycle import annotate, record, reseed_from_sql, write_through_or_log
@@ -156,6 +157,7 @@ class Reconciler:
                 candidates |= sql_running
             self._check_running(sorted(candidates), report)
             self._fail_orphans(report)
+            release_batch_waiters(self.client, self.sessions)
             queues = known_queues(self.client)
             self._reconcile_in_flight(queues, report)
             if sweep or recent:

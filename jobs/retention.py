@@ -8,6 +8,7 @@ old they are: they are the reconciler's business, not history.
 Events are compacted separately (`--compact-events-older-than 30d`, default
 `CONVEYOR_EVENT_COMPACT_DAYS`, 0 = never): progress events older than that
 are deleted; the lifecycle events (queued, started, retry, finished, …) stay.
+A batch (issue 16) created before the cutoff goes once none of its jobs is left.
 
 Every batch is its own short transaction, selected through an index
 (`ended_at`, `job_events.created_at`), so writers wait at most one batch on
@@ -30,7 +31,7 @@ from sqlmodel import Session, col, select
 from jobs.clock import utcnow
 from jobs.job_logs import forget as forget_logs
 from jobs.live import job_key
-from jobs.models import Job, JobEvent, JobLogLine, JobResult
+from jobs.models import Batch, Job, JobEvent, JobLogLine, JobResult
 from jobs.status import TERMINAL
 
 COMPACTED_EVENTS = ("progress",)
@@ -46,6 +47,7 @@ class PruneReport:
     results: int = 0
     log_lines: int = 0
     compacted_events: int = 0
+    job_batches: int = 0  # batches of jobs (issue 16) deleted once none of their jobs is left
     batches: int = 0
     seconds: float = 0.0
     longest_batch_s: float = 0.0
@@ -56,6 +58,12 @@ def _old_jobs(cutoff: datetime) -> Any:
     return select(Job.job_id).where(
         col(Job.ended_at) < cutoff, col(Job.status).in_([s.value for s in TERMINAL])
     )
+
+
+def _emptied_batches(cutoff: datetime) -> Any:
+    """Batches created before the cutoff whose every job is gone (retention deleted them, or will)."""
+    has_jobs = sa.exists(sa.select(1).where(col(Job.batch_id) == col(Batch.batch_id)))
+    return select(Batch.batch_id).where(col(Batch.created_at) < cutoff, ~has_jobs)
 
 
 def _count(session: Session, query: Any) -> int:
@@ -101,6 +109,7 @@ def prune(
             ).scalar_one()
         )
         report.compacted_events = _count(session, old_events) if old_events is not None else 0
+        report.job_batches = _count(session, _emptied_batches(report.cutoff))
         session.rollback()  # end the read transaction: nothing was written
         report.seconds = time.monotonic() - started
         return report
@@ -125,6 +134,20 @@ def prune(
             forget_logs(client, ids)
         _batch_done(report, batch_started, progress, pause)
         if len(ids) < batch_size:
+            break
+
+    while True:
+        batch_started = time.monotonic()
+        emptied = list(session.exec(_emptied_batches(report.cutoff).limit(batch_size)).all())
+        if emptied:
+            report.job_batches += _rowcount(
+                session.execute(sa.delete(Batch).where(col(Batch.batch_id).in_(emptied)))
+            )
+            session.commit()
+            _batch_done(report, batch_started, progress, pause)
+        else:
+            session.rollback()
+        if len(emptied) < batch_size:
             break
 
     while old_events is not None:

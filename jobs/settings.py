@@ -176,11 +176,13 @@ class Settings(BaseSettings):
     # --- Tenant limits (issue 13: one tenant must not take the system over; docs/decisions.md). ---
     # Defaults for every tenant; an operator overrides them per tenant (PUT
     # /api/v1/tenants/{tenant}/limits, `conveyor limits set`). 0 means no limit.
-    # Submit rate: a token bucket per tenant and one per API key (each job of a batch counts).
+    # Submit rate: a token bucket per tenant and one per API key (each job of a batch counts, so
+    # the bursts default to the batch cap: a batch of `batch_max_jobs` passes a full bucket; the
+    # waiting quota still bounds what a tenant piles up).
     tenant_submits_per_minute: int = Field(default=6000, ge=0, le=1_000_000)
-    tenant_submit_burst: int = Field(default=1000, ge=1, le=1_000_000)
+    tenant_submit_burst: int = Field(default=10_000, ge=1, le=1_000_000)
     key_submits_per_minute: int = Field(default=3000, ge=0, le=1_000_000)
-    key_submit_burst: int = Field(default=500, ge=1, le=1_000_000)
+    key_submit_burst: int = Field(default=10_000, ge=1, le=1_000_000)
     # Jobs a tenant may have waiting (queued, scheduled, deferred); over it a submit is 429.
     tenant_max_waiting: int = Field(default=10_000, ge=0, le=100_000_000)
     # Jobs a tenant may have running at once across all workers (enforced by the scheduler).
@@ -259,6 +261,15 @@ class Settings(BaseSettings):
             elif not entry or any(c in entry for c in " :@?#"):
                 raise ValueError(f"CONVEYOR_WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a host name or address")
         return [entry.lower().rstrip(".") for entry in entries]
+
+    # --- Batches (issue 16). ---
+    # Jobs one `POST /api/v1/batches` may hold; past it the request is refused (413).
+    batch_max_jobs: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The request body a batch may have (its own cap: a batch is many submits in one body).
+    batch_max_body_bytes: int = Field(default=32 * 1_048_576, ge=1024)
+    # Seconds between two recomputations of a watched batch's snapshot: the changes of its
+    # jobs in between are coalesced into one message per watcher.
+    batch_live_interval: float = Field(default=0.1, ge=0.01, le=10)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

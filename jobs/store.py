@@ -97,6 +97,7 @@ def list_jobs(
     owner: str | None = None,
     tag: str | None = None,
     trace_id: str | None = None,
+    batch_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
@@ -114,6 +115,8 @@ def list_jobs(
         query = query.where(Job.owner == owner)
     if trace_id:
         query = query.where(Job.trace_id == trace_id)
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id)
     if tag:
         query = query.where(_has_tag(session, tag))
     if cursor:

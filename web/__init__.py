@@ -40,13 +40,14 @@ class StaticAssets(StaticFiles):
 def mount_web(app: FastAPI, *, live: LiveSource | None = None) -> None:
     """Add the pages and their static files to ``app``; with ``live``, pages that follow jobs
     get their updates pushed over one stream each (web/live_pages.py), else they poll."""
-    from web import insight_pages, job_pages, live_pages, sign_in, submit_pages, webhook_pages
+    from web import batch_pages, insight_pages, job_pages, live_pages, sign_in, submit_pages, webhook_pages
 
     app.state.conveyor_live = live
     app.include_router(live_pages.router)  # before job_pages: /jobs/{id}/stream is not an action
 
     app.include_router(sign_in.router)
     app.include_router(submit_pages.router)  # before job_pages: /jobs/new is not a job id
+    app.include_router(batch_pages.router)
     app.include_router(job_pages.router)
     app.include_router(insight_pages.router)
     app.include_router(webhook_pages.router)

@@ -186,6 +186,11 @@ def jobs_page(
     context["task_names"] = sorted(load_tasks())
     context["queue_names"] = get_settings().queues
     context["statuses"] = [s.value for s in JobStatus]
+    context["batches"] = []  # recent batches head the first page only
+    if not cursor:
+        from web.batch_pages import recent_batches
+
+        context["batches"], _ = recent_batches(session.scope)
     return page(request, "jobs.html", context, headers=headers)
 
 

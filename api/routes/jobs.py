@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
@@ -55,7 +55,13 @@ class SubmitRequest(BaseModel):
     depends_on: list[str] | None = Field(
         default=None,
         max_length=20,
-        description="Ids of your jobs that must finish first; the job waits as `deferred`.",
+        description="Ids of your jobs that must finish first; the job waits as `deferred`. "
+        "Or one batch's id: the job waits for the whole batch (see `batch_dependency`).",
+    )
+    batch_dependency: Literal["all_finished", "all_ended"] = Field(
+        default="all_finished",
+        description="When `depends_on` names a batch: run once every job of it finished (else the "
+        "job fails as `DependencyFailed`), or once every job ended, however.",
     )
 
 
@@ -152,9 +158,29 @@ def _submit_in_thread(
     from jobs.admission import rate_headers
 
     with lazy.open_session() as session:
+        client = lazy.get_redis()
+        batch_id = (
+            lazy.batch_named(session, tenant=tenant, depends_on=body.depends_on) if body.depends_on else None
+        )
+        if batch_id is not None and body.run_at is None and body.delay is None:
+            return lazy.submit_after_batch(
+                session=session,
+                client=client,
+                tenant=tenant,
+                owner=owner,
+                batch_id=batch_id,
+                mode=body.batch_dependency,
+                task=body.task,
+                payload=body.payload,
+                queue=body.queue,
+                idempotency_key=idempotency_key,
+                timeout=body.timeout,
+                tags=body.tags,
+                trace_id=trace_id,
+            ), rate_headers()
         submission = lazy.submit_job(
             session=session,
-            client=lazy.get_redis(),
+            client=client,
             tenant=tenant,
             owner=owner,
             task=body.task,
@@ -207,6 +233,7 @@ def get_jobs(
     owner: Annotated[str | None, Query(max_length=64, description="The submitting key's id.")] = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
     trace_id: Annotated[str | None, Query(max_length=64)] = None,
+    batch: Annotated[str | None, Query(max_length=36, description="A batch's id: its jobs only.")] = None,
     tenant: TenantParam = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -227,6 +254,7 @@ def get_jobs(
             owner=owner,
             tag=tag,
             trace_id=trace_id,
+            batch_id=batch,
             limit=limit,
             cursor=cursor,
         )
