@@ -23,6 +23,8 @@ BENCH_VENV  := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 $(BENCH_STAMP): requirements/bench.txt pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
+	# pip itself is not locked; 23.x refuses arq's `redis[hiredis]` in hash-checking mode.
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
 	$(BENCH_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/bench.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(BENCH_STAMP)
