@@ -38,8 +38,8 @@ from api.routes import (
     webhooks,
 )
 from api.snapshot_fast_path import SnapshotFastPath
+from jobs.access.redaction import install_log_redaction
 from jobs.errors import ConveyorError
-from jobs.redaction import install_log_redaction
 from jobs.settings import get_settings
 from web import mount_web
 from web.live_source import LiveSource
@@ -74,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     hub = sys.modules.get("api.live_hub")
     if hub is not None:
         await hub.close_hub()
-    pipelined = sys.modules.get("jobs.pipelined_redis")
+    pipelined = sys.modules.get("jobs.state.pipelined_redis")
     if pipelined is not None:
         pipelined.close_pipelined_redis()
 

@@ -27,7 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from api.live_feed import JobFeed
 from api.live_hub import Delivery, Listener, SnapshotHub, get_hub
 from api.stream_limits import stream_slots
-from jobs.batch_state import (
+from jobs.history.models import Batch
+from jobs.settings import get_settings
+from jobs.snapshot import DocHead
+from jobs.state.batch_state import (
     BatchNotFound,
     Member,
     Tally,
@@ -38,17 +41,14 @@ from jobs.batch_state import (
     snapshot_doc,
     summarize,
 )
-from jobs.models import Batch
-from jobs.settings import get_settings
-from jobs.snapshot import DocHead
 
 log = logging.getLogger(__name__)
 
 
 def _load_members(batch_id: str) -> dict[str, Member]:
     """The batch's jobs' current state (SQL with Redis laid over it), in a worker thread."""
-    from jobs.db import session_scope
-    from jobs.redis_conn import get_redis
+    from jobs.history.db import session_scope
+    from jobs.state.redis_conn import get_redis
 
     with session_scope() as session:
         return read_members(session, get_redis(), batch_id)
@@ -56,7 +56,7 @@ def _load_members(batch_id: str) -> dict[str, Member]:
 
 def _load_row(batch_id: str, tenant: str | None) -> Batch:
     """The batch row (BatchNotFound for another tenant's or none), detached from its session."""
-    from jobs.db import session_scope
+    from jobs.history.db import session_scope
 
     with session_scope() as session:
         batch = get_batch(session, batch_id=batch_id, tenant=tenant)

@@ -32,7 +32,7 @@ from api.lambda_limits import LAMBDA_MAX_WAIT, under_lambda
 from api.outages import noting_outage
 from api.routes.live import PollTimeout, poll_seconds, resume_point, serve_websocket
 from jobs.errors import JobNotFound, UnknownTask
-from jobs.reads import snapshot_for, with_live_overlay
+from jobs.state.reads import snapshot_for, with_live_overlay
 from jobs.status import JobStatus
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def submit_job_seed004(
     body: SeedJobPayload, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
 ) -> dict[str, Any]:
     """Seed 004: enqueue a whitelisted task; an unknown task is 400 `Unknown task: <name>`."""
-    from jobs.submit import submit_job
+    from jobs.actions.submit import submit_job
 
     try:
         submission = submit_job(
@@ -91,10 +91,10 @@ def submit_job_seed004(
 @router.get("/job-status/{job_id}")
 def job_status_seed004(job_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     """Seed 004: RQ's view of a job (status, meta, timestamps, result, exc_info); 404 if unknown."""
-    from jobs.db import session_scope
-    from jobs.redaction import redact, redact_text
-    from jobs.redis_conn import get_redis
-    from jobs.store import get_job, list_events
+    from jobs.access.redaction import redact, redact_text
+    from jobs.history.db import session_scope
+    from jobs.history.store import get_job, list_events
+    from jobs.state.redis_conn import get_redis
 
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=principal.scope)
@@ -197,7 +197,7 @@ def workflow_run_seed001(
     body: WorkflowRun, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
 ) -> dict[str, str]:
     """Seed 001: start its n-step workflow, which is `long_task` (messages "step i/n")."""
-    from jobs.submit import submit_job
+    from jobs.actions.submit import submit_job
 
     submission = submit_job(
         session=session,
@@ -330,11 +330,11 @@ def _memory_mb() -> float:
 
 
 def _queue_stats(tenant: str | None) -> dict[str, Any]:
-    """Seed 002's shape over the canonical report (`jobs.queue_stats`); ended jobs are those
+    """Seed 002's shape over the canonical report (`jobs.reporting.queue_stats`); ended jobs are those
     within the stats window (`CONVEYOR_STATS_WINDOW`, 24 h)."""
-    from jobs.db import session_scope
-    from jobs.queue_stats import queue_stats
-    from jobs.redis_conn import get_redis
+    from jobs.history.db import session_scope
+    from jobs.reporting.queue_stats import queue_stats
+    from jobs.state.redis_conn import get_redis
 
     client = get_redis()
     with session_scope() as session:
@@ -379,7 +379,7 @@ def cancel_seed002(
     job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
 ) -> Response:
     """Seed 002: cancel a running or pending job (409 for a job that already ended)."""
-    from jobs.control import cancel_job
+    from jobs.actions.control import cancel_job
 
     outcome = cancel_job(
         session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id
@@ -394,7 +394,7 @@ def restart_seed002(
     job_id: str, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
 ) -> Response:
     """Seed 002: restart a failed or cancelled job (409 for any other status)."""
-    from jobs.control import restart_job
+    from jobs.actions.control import restart_job
 
     restart_job(session=session, client=redis, job_id=job_id, tenant=principal.scope, by=principal.key_id)
     return _message(200, f"Job {job_id} restarted successfully")
@@ -424,9 +424,9 @@ def analytics_summary_seed003(
     from the same queries as `GET /api/v1/analytics/summary`. An empty range reports 0."""
     from datetime import timedelta
 
-    from jobs.analytics import Window, summary
     from jobs.clock import utcnow
     from jobs.errors import InvalidRequest
+    from jobs.reporting.analytics import Window, summary
     from jobs.settings import get_settings
 
     bound = get_settings().analytics_max_days

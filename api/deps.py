@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket
 
 from jobs import lazy
-from jobs.auth import Principal, authenticate, cached_principal
+from jobs.access.auth import Principal, authenticate, cached_principal
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -26,7 +26,7 @@ from starlette.types import Receive
 from api.live_hub import Delivery, Listener, SnapshotHub, get_hub
 from api.outages import noting_outage
 from api.stream_limits import KeyRevoked, StreamSlot, stream_slots
-from jobs.reads import snapshot_for
+from jobs.state.reads import snapshot_for
 
 log = logging.getLogger(__name__)
 

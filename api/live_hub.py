@@ -1,7 +1,7 @@
 """One Redis subscription per API process, fanned out to the streams that process holds.
 
 Every accepted state change is published, as its snapshot document, on the
-single channel ``jobs.live.CHANNEL``. The hub subscribes to it once per event
+single channel ``jobs.state.live.CHANNEL``. The hub subscribes to it once per event
 loop (a process serves from one loop), lazily on the first listener (never in
 the ASGI lifespan, which Mangum runs per invocation), and hands each document
 to the listeners of that job. Handing over never blocks: a listener holds a
@@ -26,11 +26,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from jobs.auth import revoked_among
-from jobs.live import CHANNEL
-from jobs.redis_conn import get_async_redis
+from jobs.access.auth import revoked_among
 from jobs.settings import get_settings
 from jobs.snapshot import TERMINAL_VALUES, DocHead, peek
+from jobs.state.live import CHANNEL
+from jobs.state.redis_conn import get_async_redis
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A database or Redis outage answers 503 with a clear message, never a 500.
 
-Reads SQL can answer do not fail with Redis: `jobs.reads` answers them from
+Reads SQL can answer do not fail with Redis: `jobs.state.reads` answers them from
 SQL and says so (`live_unavailable`), the route passes the answer through
 `noting_outage()`, and its response carries `X-Conveyor-Live: unavailable`
 (the snapshot may trail the running job; control actions and submits still
@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.reads import redis_unreachable
+from jobs.state.reads import redis_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ Read = TypeVar("Read", bound=FromSql)
 
 
 def noting_outage(read: Read) -> Read:
-    """``read`` (one of `jobs.reads`' answers), its response marked when SQL answered for Redis."""
+    """``read`` (one of `jobs.state.reads`' answers), its response marked when SQL answered for Redis."""
     if read.live_unavailable:
         live_state_unavailable()
     return read

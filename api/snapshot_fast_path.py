@@ -17,8 +17,8 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.routes.jobs import JSON, etag_matches, etag_of
-from jobs.auth import cached_principal
-from jobs.reads import live_snapshot_for, valid_job_id
+from jobs.access.auth import cached_principal
+from jobs.state.reads import live_snapshot_for, valid_job_id
 
 PREFIX = "/api/v1/jobs/"
 ID_LENGTH = 36

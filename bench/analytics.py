@@ -104,7 +104,7 @@ def _failure(rng: random.Random, ended: datetime) -> tuple[str, str]:
 
 def generate(rows: int, days: int, now: datetime, seed: int = 7) -> Iterator[tuple[Any, ...]]:
     """Rows as tuples in COLUMNS order, oldest first (as a live table fills), then the live jobs."""
-    from jobs.error_signature import error_signature
+    from jobs.reporting.error_signature import error_signature
 
     rng = random.Random(seed)
     hours = [0.3 if h < 7 or h > 20 else (1.0 if 9 <= h <= 17 else 0.6) for h in range(24)]
@@ -156,7 +156,7 @@ def generate(rows: int, days: int, now: datetime, seed: int = 7) -> Iterator[tup
 def load_postgres(admin_url: str, rows: int, days: int, now: datetime) -> str:
     import psycopg
 
-    from jobs.migrate import upgrade
+    from jobs.history.migrate import upgrade
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
@@ -185,7 +185,7 @@ def _sqlite_value(value: Any) -> Any:
 def load_sqlite(path: Path, rows: int, days: int, now: datetime) -> str:
     import sqlite3
 
-    from jobs.migrate import upgrade
+    from jobs.history.migrate import upgrade
 
     path.unlink(missing_ok=True)
     url = f"sqlite:///{path}"
@@ -212,7 +212,7 @@ def load_sqlite(path: Path, rows: int, days: int, now: datetime) -> str:
 
 
 def _use(database_url: str) -> None:
-    from jobs.db import reset_engine
+    from jobs.history.db import reset_engine
     from jobs.settings import get_settings
 
     os.environ["DATABASE_URL"] = database_url
@@ -234,8 +234,8 @@ def plan_lines(dialect: str, window: Any) -> list[str]:
     """Key lines of the plans of the 7-day summary's statements (the SET is skipped)."""
     import sqlalchemy as sa
 
-    from jobs.analytics import summary
-    from jobs.db import get_engine, session_scope
+    from jobs.history.db import get_engine, session_scope
+    from jobs.reporting.analytics import summary
 
     captured: list[tuple[str, Any]] = []
 
@@ -270,9 +270,9 @@ def plan_lines(dialect: str, window: Any) -> list[str]:
 
 
 def measure(dialect: str, url: str, runs: int, now: datetime, redis_client: Any) -> float:
-    from jobs.analytics import Window, summary
-    from jobs.db import session_scope
-    from jobs.queue_stats import queue_stats
+    from jobs.history.db import session_scope
+    from jobs.reporting.analytics import Window, summary
+    from jobs.reporting.queue_stats import queue_stats
 
     _use(url)
     week = Window(now - timedelta(days=7), now)
@@ -346,7 +346,7 @@ def main() -> None:
             url = load_sqlite(tmp / "bench.db", args.rows, args.days, now)
             ratios.append(measure("sqlite", url, args.runs, now, redis_client))
     finally:
-        from jobs.db import reset_engine
+        from jobs.history.db import reset_engine
 
         reset_engine()
         server.stop()

@@ -43,10 +43,10 @@ def child(sizes: list[int], rounds: int, profile: bool) -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from jobs.auth import create_key
-    from jobs.db import session_scope
-    from jobs.migrate import upgrade
-    from jobs.redis_conn import get_redis
+    from jobs.access.auth import create_key
+    from jobs.history.db import session_scope
+    from jobs.history.migrate import upgrade
+    from jobs.state.redis_conn import get_redis
 
     upgrade()
     with session_scope() as session:
@@ -103,8 +103,8 @@ def _watch_latency(api: Any, size: int) -> dict[str, float]:
     import threading
 
     from jobs.clock import utcnow
-    from jobs.lifecycle import record
-    from jobs.redis_conn import get_redis
+    from jobs.state.lifecycle import record
+    from jobs.state.redis_conn import get_redis
     from jobs.status import JobStatus
 
     created = api.post("/api/v1/batches", json={"jobs": [{"task": "long_task", "payload": {}}] * size}).json()

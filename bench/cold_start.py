@@ -104,11 +104,11 @@ def prepare_real(env: dict[str, str], tmp: Path) -> object:
     env["REDIS_URL"] = server.start()
     env["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.db'}"
     os.environ.update(env)
-    from jobs.auth import create_key
-    from jobs.db import session_scope
-    from jobs.migrate import upgrade
-    from jobs.redis_conn import get_redis
-    from jobs.submit import submit_job
+    from jobs.access.auth import create_key
+    from jobs.actions.submit import submit_job
+    from jobs.history.db import session_scope
+    from jobs.history.migrate import upgrade
+    from jobs.state.redis_conn import get_redis
 
     upgrade()
     with session_scope() as session:

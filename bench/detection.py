@@ -71,10 +71,10 @@ def worker(env: dict[str, str], queue: str, name: str) -> subprocess.Popen[bytes
 
 
 def conveyor_round(env: dict[str, str], n: int) -> float:
-    from jobs.db import session_scope
-    from jobs.models import Job
-    from jobs.redis_conn import get_redis
-    from jobs.submit import submit_job
+    from jobs.actions.submit import submit_job
+    from jobs.history.db import session_scope
+    from jobs.history.models import Job
+    from jobs.state.redis_conn import get_redis
 
     victim = worker(env, "bench", f"victim-{n}-{os.getpid()}")
     try:
@@ -141,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.embedded import EmbeddedRedis
-    from jobs.migrate import upgrade
+    from jobs.history.migrate import upgrade
     from jobs.settings import get_settings
 
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))

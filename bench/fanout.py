@@ -148,7 +148,7 @@ def wait_started(stack: Stack, port: int, job_id: str) -> None:
 
 
 async def memory_phase(stack: Stack, api_port: int, server: Server, streams: int) -> None:
-    from jobs.redis_conn import get_redis
+    from jobs.state.redis_conn import get_redis
 
     quiet = submit(stack, api_port, "long_task", {"n": 1}, queue="default")  # no worker serves it
     warm = await open_streams(server, quiet, 20)
@@ -175,7 +175,7 @@ async def memory_phase(stack: Stack, api_port: int, server: Server, streams: int
 async def delay_phase(
     stack: Stack, api_port: int, server: Server, streams: int, updates: int, interval: float
 ):
-    from jobs.redis_conn import get_redis
+    from jobs.state.redis_conn import get_redis
 
     go_key = f"bench:go:{uuid.uuid4().hex}"
     job_id = submit(

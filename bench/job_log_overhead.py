@@ -49,8 +49,8 @@ def main() -> int:
     os.environ.setdefault("CONVEYOR_ENVIRONMENT", "test")
     from redis import Redis
 
+    from jobs.access.redaction import install_log_redaction
     from jobs.embedded import EmbeddedRedis
-    from jobs.redaction import install_log_redaction
     from jobs.settings import get_settings
     from worker.job_log import capturing
 

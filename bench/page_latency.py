@@ -81,7 +81,7 @@ def measure(browser: Any, stack: Stack, url: str) -> tuple[list[float], int]:
     page.goto(f"{url}/jobs/{job_id}")
     page.evaluate(OBSERVE)
     page.wait_for_timeout(1500)  # the stream is open (or the poller started) before the first update
-    from jobs.redis_conn import get_redis
+    from jobs.state.redis_conn import get_redis
 
     get_redis().set(go_key, "1", ex=600)
     deadline = time.monotonic() + UPDATES * INTERVAL + 60

@@ -233,7 +233,7 @@ def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace
     tenant = f"peers-{uuid.uuid4().hex[:8]}"
 
     def setup() -> None:
-        from jobs.migrate import upgrade
+        from jobs.history.migrate import upgrade
 
         if database == "postgres":
             env["DATABASE_URL"] = _throwaway_postgres(drop)
@@ -243,9 +243,9 @@ def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace
         upgrade(env["DATABASE_URL"])
 
     def enqueue(kind: str) -> None:
-        from jobs.db import session_scope
-        from jobs.redis_conn import get_redis
-        from jobs.submit import submit_job
+        from jobs.actions.submit import submit_job
+        from jobs.history.db import session_scope
+        from jobs.state.redis_conn import get_redis
 
         with session_scope() as session:
             submit_job(
@@ -261,8 +261,8 @@ def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace
     def finished() -> int:
         from sqlmodel import func, select
 
-        from jobs.db import session_scope
-        from jobs.models import Job
+        from jobs.history.db import session_scope
+        from jobs.history.models import Job
 
         with session_scope() as session:
             query = select(func.count()).select_from(Job)
@@ -287,9 +287,9 @@ def conveyor_system(name: str, url: str, database: str, args: argparse.Namespace
 
 def _configure(env: dict[str, str]) -> None:
     """Point this process's Conveyor settings, engine and Redis client at ``env`` (a leg each)."""
-    from jobs.db import reset_engine
-    from jobs.redis_conn import reset_redis
+    from jobs.history.db import reset_engine
     from jobs.settings import get_settings
+    from jobs.state.redis_conn import reset_redis
 
     os.environ.update(env)
     get_settings.cache_clear()
@@ -305,7 +305,7 @@ def _throwaway_postgres(drop: list[Callable[[], None]]) -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
 
     def dropdb() -> None:
-        from jobs.db import reset_engine
+        from jobs.history.db import reset_engine
 
         reset_engine()
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:

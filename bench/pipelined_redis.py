@@ -7,8 +7,8 @@ on a hash seeded like a running job's (a ~700-byte snapshot document). ``--tasks
 in this process (uvloop, as under uvicorn) each issue it in a loop, as concurrent requests do.
 Clients:
 
-- ours: `jobs.pipelined_redis.PipelinedRedis` (one auto-pipelined connection per loop);
-- redis-py: `redis.asyncio.Redis` on a blocking pool of 100 connections, as `jobs.redis_conn` sets
+- ours: `jobs.state.pipelined_redis.PipelinedRedis` (one auto-pipelined connection per loop);
+- redis-py: `redis.asyncio.Redis` on a blocking pool of 100 connections, as `jobs.state.redis_conn` sets
   up the API's, with hiredis's parser when installed (the line says which);
 - valkey-glide: `glide.GlideClient` (one multiplexed connection, Rust core), when installed.
 
@@ -101,7 +101,7 @@ async def drive(command: Command, keys: list[str], tasks: int, seconds: float) -
 async def ours(url: str) -> tuple[Command, Callable[[], Awaitable[None]]]:
     import redis.exceptions
 
-    from jobs.pipelined_redis import PipelinedRedis
+    from jobs.state.pipelined_redis import PipelinedRedis
 
     client = PipelinedRedis(url)
 
@@ -117,9 +117,9 @@ async def ours(url: str) -> tuple[Command, Callable[[], Awaitable[None]]]:
 async def redis_py(url: str) -> tuple[Command, Callable[[], Awaitable[None]]]:
     import redis.asyncio
 
-    from jobs.redis_conn import ASYNC_MAX_CONNECTIONS
+    from jobs.state.redis_conn import ASYNC_MAX_CONNECTIONS
 
-    # Configured as jobs.redis_conn.get_async_redis configures the API's own asyncio client.
+    # Configured as jobs.state.redis_conn.get_async_redis configures the API's own asyncio client.
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
         max_connections=ASYNC_MAX_CONNECTIONS,

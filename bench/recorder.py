@@ -6,7 +6,7 @@
 
 Each round writes N jobs' rows (queued) to SQL and seeds their live state in a private Redis
 (``redis-server --save '' --appendonly no`` on a free port, never the shared one), then moves
-each job started and finished through the gate exactly as the worker does (`jobs.lifecycle.record`
+each job started and finished through the gate exactly as the worker does (`jobs.state.lifecycle.record`
 with the runner's patches), which journals two entries per job. Then it times one
 ``Recorder.drain()`` with ``time.process_time()`` (the recorder's own CPU: parsing, SQL client,
 Redis client) and counts the Redis commands the drain sent (``INFO commandstats``), and checks that
@@ -44,14 +44,14 @@ TARGET_MS = 0.5
 def _fill(jobs: int) -> None:
     """N queued jobs in SQL and Redis, each then started and finished through the gate."""
     from jobs.clock import utcnow
-    from jobs.db import session_scope
-    from jobs.lifecycle import record
-    from jobs.live import live_store
-    from jobs.models import Job
-    from jobs.redis_conn import get_redis
+    from jobs.history.db import session_scope
+    from jobs.history.models import Job
+    from jobs.history.store import add_job
     from jobs.snapshot import row_fields
+    from jobs.state.lifecycle import record
+    from jobs.state.live import live_store
+    from jobs.state.redis_conn import get_redis
     from jobs.status import WAITING, JobStatus
-    from jobs.store import add_job
 
     client = get_redis()
     now = utcnow()
@@ -106,7 +106,7 @@ def _check(jobs: int) -> None:
     """Every job finished in SQL with its queued, started and finished events."""
     import sqlalchemy as sa
 
-    from jobs.db import get_engine
+    from jobs.history.db import get_engine
 
     with get_engine().connect() as conn:
         finished = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE status = 'finished'")).scalar()
@@ -120,9 +120,9 @@ def _check(jobs: int) -> None:
 
 def child(jobs: int, rounds: int, batch: int, profile: bool) -> None:
     """In a fresh process (the code under test first on sys.path): print one JSON line of results."""
-    from jobs.migrate import upgrade
-    from jobs.recorder import Recorder
-    from jobs.redis_conn import get_redis
+    from jobs.history.migrate import upgrade
+    from jobs.history.recorder import Recorder
+    from jobs.state.redis_conn import get_redis
 
     upgrade()
     client = get_redis()

@@ -236,9 +236,9 @@ class Soak:
         from redis import Redis
         from sqlmodel import col, select
 
-        from jobs.db import session_scope
-        from jobs.live import read_heads
-        from jobs.models import Job
+        from jobs.history.db import session_scope
+        from jobs.history.models import Job
+        from jobs.state.live import read_heads
 
         ids = list(self.tally.accepted)
 

@@ -65,15 +65,15 @@ class Stack:
         from jobs.settings import get_settings
 
         get_settings.cache_clear()
-        from jobs.migrate import upgrade
+        from jobs.history.migrate import upgrade
 
         upgrade()
         self.processes: list[subprocess.Popen[bytes]] = []
         self.tenant, self.key = "bench", self.create_key()
 
     def create_key(self) -> str:
-        from jobs.auth import create_key
-        from jobs.db import session_scope
+        from jobs.access.auth import create_key
+        from jobs.history.db import session_scope
 
         with session_scope() as session:
             _, key = create_key(session, tenant="bench", role="admin")

@@ -183,8 +183,8 @@ class Target:
 
 
 def open_target(backend: str, args: argparse.Namespace, cleanups: list[Callable[[], None]]) -> Target:
-    from jobs.db import reset_engine
     from jobs.embedded import free_port
+    from jobs.history.db import reset_engine
 
     # Each Stack puts its URLs in os.environ: the next backend must not inherit a stopped Redis.
     for name, value in OUTER_URLS.items():
@@ -213,7 +213,7 @@ def throwaway_postgres(cleanups: list[Callable[[], None]]) -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
 
     def drop() -> None:
-        from jobs.db import reset_engine
+        from jobs.history.db import reset_engine
 
         reset_engine()
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -284,11 +284,11 @@ SCENARIOS: dict[str, Callable[[Target], Any]] = {"single": single_submits}
 
 def in_process(backend: str, count: int, profile: bool) -> list[str]:
     """`submit_job()` and RQ's `enqueue` in this process, on the stack's databases (jobs/s)."""
-    from jobs.db import open_session
-    from jobs.queueing import get_queue
-    from jobs.redis_conn import get_redis, reset_redis
+    from jobs.actions.submit import submit_job
+    from jobs.history.db import open_session
+    from jobs.queues.queueing import get_queue
     from jobs.settings import get_settings
-    from jobs.submit import submit_job
+    from jobs.state.redis_conn import get_redis, reset_redis
 
     get_settings.cache_clear()
     reset_redis()

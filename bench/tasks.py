@@ -8,7 +8,7 @@ import time
 from pydantic import BaseModel
 
 from bench import peer_mark
-from jobs.redis_conn import get_redis
+from jobs.state.redis_conn import get_redis
 from jobs.tasks import task
 from worker.progress import Progress
 

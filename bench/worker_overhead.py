@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 def fill(mode: str, jobs: int, tenant: str) -> None:
     """Queue the round's jobs from this (the benchmark's) process, as an API would: the timed
     worker process does nothing but drain them."""
-    from jobs.queueing import get_queue
-    from jobs.redis_conn import get_redis
+    from jobs.queues.queueing import get_queue
+    from jobs.state.redis_conn import get_redis
 
     if mode == "bare":
         redis = get_redis()
@@ -42,8 +42,8 @@ def fill(mode: str, jobs: int, tenant: str) -> None:
                 queue.enqueue_call("bench.bare_tasks.bare_noop", result_ttl=500, pipeline=pipe)
             pipe.execute()
         return
-    from jobs.db import session_scope
-    from jobs.submit import submit_job
+    from jobs.actions.submit import submit_job
+    from jobs.history.db import session_scope
 
     with session_scope() as session:
         for _ in range(jobs):
@@ -63,7 +63,7 @@ def child(mode: str, jobs: int, tenant: str) -> None:
     from redis import Redis
     from rq import Worker
 
-    from jobs.queueing import SERIALIZER, get_queue
+    from jobs.queues.queueing import SERIALIZER, get_queue
 
     if mode == "bare":
         import bench.bare_tasks  # noqa: F401  (loaded before forking, as Conveyor's worker loads its tasks)
@@ -82,8 +82,8 @@ def child(mode: str, jobs: int, tenant: str) -> None:
 
         from sqlmodel import func, select
 
-        from jobs.db import session_scope
-        from jobs.models import Job
+        from jobs.history.db import session_scope
+        from jobs.history.models import Job
 
         with session_scope() as session:
             done = session.exec(
@@ -106,7 +106,7 @@ def main() -> None:
         return
 
     from jobs.embedded import EmbeddedRedis
-    from jobs.migrate import upgrade
+    from jobs.history.migrate import upgrade
 
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     redis_url = os.environ.get("REDIS_URL")

@@ -30,8 +30,8 @@ def dev_secret(data_dir: Path) -> str:
 
 def ensure_dev_key() -> str:
     """The saved development admin key if it still works, else a new one (saved 0600)."""
-    from jobs.auth import authenticate, create_key
-    from jobs.db import session_scope
+    from jobs.access.auth import authenticate, create_key
+    from jobs.history.db import session_scope
 
     path = dev_key_path()
     if path.exists():
@@ -65,7 +65,7 @@ def _banner(url: str, key: str, redis_url: str, database_url: str) -> str:
 
 def run_dev(*, host: str = "127.0.0.1", port: int = 8000) -> int:
     from jobs.embedded import EmbeddedRedis
-    from jobs.migrate import upgrade
+    from jobs.history.migrate import upgrade
 
     settings = get_settings()
     data_dir = settings.data_dir

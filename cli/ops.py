@@ -20,16 +20,16 @@ from api.routes.health import check_dependencies
 from api.server import uvicorn_options
 from cli.dev import run_dev
 from cli.exits import EXIT_USAGE, fail
-from jobs.auth import create_key, revoke_key
-from jobs.db import open_session, session_scope
+from jobs.access.auth import create_key, revoke_key
 from jobs.errors import ConveyorError
-from jobs.migrate import upgrade
+from jobs.history.db import open_session, session_scope
+from jobs.history.migrate import upgrade
+from jobs.history.retention import prune
+from jobs.history.set_aside import replay
 from jobs.process_limits import raise_fd_limit
-from jobs.reconciler import Reconciler
-from jobs.redis_conn import get_redis
-from jobs.retention import prune
-from jobs.set_aside import replay
+from jobs.queues.reconciler import Reconciler
 from jobs.settings import get_settings
+from jobs.state.redis_conn import get_redis
 from jobs.tasks import load_tasks
 from worker.recording import run_recorder
 

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     cron_enabled: bool = True
     cron_tenant: str = Field(default="system", min_length=1, max_length=64)
 
-    # Markers of secret keys, matched as whole words of a key (see jobs/redaction.py).
+    # Markers of secret keys, matched as whole words of a key (see jobs/access/redaction.py).
     redact_keys: list[str] = [
         "password", "passwords", "passwd", "pwd", "pass", "passphrase", "secret", "secrets", "secretkey",
         "token", "apikey", "auth", "authorization", "bearer", "jwt", "credential", "credentials",
@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=64, ge=2, le=200)
 
     # Issue 11, history never stalls: journal entries SQL refused are set aside (a Redis stream,
-    # see jobs/set_aside.py) and kept up to this many, the oldest dropped first.
+    # see jobs/history/set_aside.py) and kept up to this many, the oldest dropped first.
     journal_set_aside_max: int = Field(default=10_000, ge=1)
 
     # --- Connection limits (issue 11: one client must not starve the rest). ---

@@ -25,8 +25,8 @@ from jobs.status import JobStatus
 from jobs.storable import storable_json
 
 if TYPE_CHECKING:
-    from jobs.models import Job
-    from jobs.submit_sql import NewJob
+    from jobs.history.models import Job
+    from jobs.history.submit_sql import NewJob
 
 
 class ErrorInfo(LazyModel):
@@ -35,7 +35,7 @@ class ErrorInfo(LazyModel):
 
 
 class ResultRef(LazyModel):
-    """Where a result too large to travel inline is served (see jobs/results.py)."""
+    """Where a result too large to travel inline is served (see jobs/state/results.py)."""
 
     url: str
     size_bytes: int

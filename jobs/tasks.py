@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from jobs.errors import InvalidPayload, UnknownTask
-from jobs.retries import RetryPolicy
+from jobs.queues.retries import RetryPolicy
 from jobs.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,7 +53,7 @@ class TaskSpec:
     takes_progress: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
     # Caps (issue 13): the longest timeout a submission may ask for, and how many of this task
-    # may run at once over all workers; CONVEYOR_TASK_LIMITS overrides them (jobs/limits.py).
+    # may run at once over all workers; CONVEYOR_TASK_LIMITS overrides them (jobs/access/limits.py).
     max_timeout: int | None = None
     max_running: int | None = None
 
@@ -117,7 +117,7 @@ def task(
     seconds (doubling, capped at ``retry_backoff_max``); every interval is
     spread by ±``retry_jitter`` (a fraction). Unset values come from the settings.
     ``max_timeout`` caps the `timeout` a submission may ask for; ``max_running`` caps how many
-    of this task run at once over all workers (see jobs/limits.py).
+    of this task run at once over all workers (see jobs/access/limits.py).
     """
 
     def register(fn: F) -> F:

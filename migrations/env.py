@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from alembic import context
 from sqlmodel import SQLModel
 
-import jobs.models  # noqa: F401  (registers the tables)
-from jobs.db import make_engine
-from jobs.models import UTCDateTime
+import jobs.history.models  # noqa: F401  (registers the tables)
+from jobs.history.db import make_engine
+from jobs.history.models import UTCDateTime
 from jobs.settings import get_settings
 
 config = context.config

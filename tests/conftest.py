@@ -111,10 +111,10 @@ def _create_postgres_database(admin_url: str) -> tuple[str, Any]:
 
 def configure(env: dict[str, str]) -> None:
     """Point this process's settings, engine and clients at ``env``."""
-    from jobs.auth import clear_cache
-    from jobs.db import reset_engine
-    from jobs.redis_conn import reset_redis
+    from jobs.access.auth import clear_cache
+    from jobs.history.db import reset_engine
     from jobs.settings import get_settings
+    from jobs.state.redis_conn import reset_redis
 
     os.environ.update(env)
     get_settings.cache_clear()
@@ -142,11 +142,11 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     backend = Backend(request.param, database_url, redis_url)
     Redis.from_url(redis_url).flushdb()
     configure(backend.env())
-    from jobs.migrate import upgrade
+    from jobs.history.migrate import upgrade
 
     upgrade()
     yield backend
-    from jobs.db import reset_engine
+    from jobs.history.db import reset_engine
 
     reset_engine()
     if drop is not None:
@@ -181,7 +181,7 @@ class PrivateWorld:
         self.backend = Backend(shared.name, database_url, redis_url)
         self.redis_url = redis_url
         configure(self.backend.env())
-        from jobs.migrate import upgrade
+        from jobs.history.migrate import upgrade
 
         upgrade()
         self.tenant = make_tenant()
@@ -196,7 +196,7 @@ class PrivateWorld:
 
     def close(self) -> None:
         self.server.stop()
-        from jobs.db import reset_engine
+        from jobs.history.db import reset_engine
 
         reset_engine()
         if self._drop is not None:
@@ -234,10 +234,10 @@ def _no_leftover_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     import sqlalchemy as sa
 
-    from jobs.control import cancel_job
-    from jobs.db import session_scope
-    from jobs.models import Job
-    from jobs.redis_conn import get_redis
+    from jobs.actions.control import cancel_job
+    from jobs.history.db import session_scope
+    from jobs.history.models import Job
+    from jobs.state.redis_conn import get_redis
     from jobs.status import TERMINAL
 
     configure(request.getfixturevalue("backend").env())  # a test may have pointed elsewhere
@@ -263,7 +263,7 @@ def _no_leftover_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def redis_client(env: Backend) -> Redis:
-    from jobs.redis_conn import get_redis
+    from jobs.state.redis_conn import get_redis
 
     return get_redis()
 
@@ -409,8 +409,8 @@ class Tenant:
 
 
 def make_tenant(role: str = "admin", name: str | None = None) -> Tenant:
-    from jobs.auth import create_key
-    from jobs.db import session_scope
+    from jobs.access.auth import create_key
+    from jobs.history.db import session_scope
 
     tenant = name or f"t-{uuid.uuid4().hex[:10]}"
     with session_scope() as session:
@@ -427,12 +427,12 @@ def tenant(env: Backend) -> Tenant:
 def seed_job(tenant: str = "t-seeded", task: str = "long_task", queue: str = "other") -> str:
     """A job that exists in SQL and in Redis but is in no RQ queue: for driving transitions by hand."""
     from jobs.clock import utcnow
-    from jobs.db import session_scope
-    from jobs.live import live_store
-    from jobs.models import Job
-    from jobs.redis_conn import get_redis
+    from jobs.history.db import session_scope
+    from jobs.history.models import Job
+    from jobs.history.store import add_job
     from jobs.snapshot import row_fields
-    from jobs.store import add_job
+    from jobs.state.live import live_store
+    from jobs.state.redis_conn import get_redis
 
     now = utcnow()
     job = Job(

@@ -8,7 +8,7 @@ import time
 from pydantic import BaseModel, Field
 
 from jobs.progress_protocol import ProgressReporter
-from jobs.redis_conn import get_redis
+from jobs.state.redis_conn import get_redis
 from jobs.tasks import task
 
 DONE_PREFIX = "cv:test:done:"  # a counter per job: how many attempts ran to completion

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from jobs.schedules import cron
+from jobs.queues.schedules import cron
 from jobs.tasks import task
 
 

@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobs.db import session_scope
-from jobs.error_signature import error_signature
-from jobs.models import Job
+from jobs.history.db import session_scope
+from jobs.history.models import Job
+from jobs.reporting.error_signature import error_signature
 from jobs.status import JobStatus
 
 

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 import httpx
 
 from jobs.clock import utcnow
-from jobs.live import job_key
-from jobs.redis_conn import get_redis
 from jobs.snapshot import PUBLIC_FIELDS, assemble, encode
+from jobs.state.live import job_key
+from jobs.state.redis_conn import get_redis
 
 T = TypeVar("T")
 HEARTBEAT = 0.5

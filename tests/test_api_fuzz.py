@@ -56,10 +56,10 @@ def fuzzed(backend: Backend) -> Iterator[tuple[Any, Tenant]]:
 def _cancel_all(tenant: str) -> None:
     from sqlmodel import col, select
 
-    from jobs.control import cancel_job
-    from jobs.db import session_scope
-    from jobs.models import Job
-    from jobs.redis_conn import get_redis
+    from jobs.actions.control import cancel_job
+    from jobs.history.db import session_scope
+    from jobs.history.models import Job
+    from jobs.state.redis_conn import get_redis
     from jobs.status import TERMINAL
 
     ended = [s.value for s in TERMINAL]

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from jobs.queueing import get_queue
+from jobs.queues.queueing import get_queue
 from tests.conftest import Backend
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, submit, wait_status

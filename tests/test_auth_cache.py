@@ -1,4 +1,4 @@
-"""The 30 s cache of verified keys (jobs.auth): one cache for both ways of naming a key.
+"""The 30 s cache of verified keys (jobs.access.auth): one cache for both ways of naming a key.
 
 A key revoked in SQL by another process stays trusted here until its entries age out, unless
 an open stream's re-check (`revoked_among`) finds it first and drops every entry naming it.
@@ -12,8 +12,8 @@ from tests.conftest import Tenant
 def _revoke_in_sql_only(key_id: str) -> None:
     """Revoke as another process would: the row changes, this process's cache does not."""
     from jobs.clock import utcnow
-    from jobs.db import session_scope
-    from jobs.models import ApiKey
+    from jobs.history.db import session_scope
+    from jobs.history.models import ApiKey
 
     with session_scope() as session:
         row = session.get(ApiKey, key_id)
@@ -23,7 +23,7 @@ def _revoke_in_sql_only(key_id: str) -> None:
 
 
 def test_revoked_among_drops_the_key_from_both_lookups(tenant: Tenant):
-    from jobs import auth
+    from jobs.access import auth
 
     assert auth.authenticate(tenant.key) is not None
     assert auth.active_key(tenant.key_id) is not None

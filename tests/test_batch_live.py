@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from jobs.db import session_scope
-from jobs.models import Job
+from jobs.history.db import session_scope
+from jobs.history.models import Job
 from tests.conftest import Backend, ServerProcess, Tenant
 from tests.live_support import LIVE_ENV, collect_stream
 from tests.services import wait_until
@@ -26,7 +26,7 @@ from tests.services import wait_until
 @pytest.fixture(scope="module")
 def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("batch-server") / "server.log"
-    # A batch takes a submit token per job (jobs/admission.py): bursts that hold the 1,000-job batch.
+    # A batch takes a submit token per job (jobs/access/admission.py): bursts that hold the 1,000-job batch.
     bursts = {"CONVEYOR_TENANT_SUBMIT_BURST": "5000", "CONVEYOR_KEY_SUBMIT_BURST": "5000"}
     proc = ServerProcess(backend, log, extra_env={**LIVE_ENV, **bursts}).start()
     yield proc

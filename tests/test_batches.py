@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from jobs.db import session_scope
-from jobs.models import Batch, Job, JobEvent
+from jobs.history.db import session_scope
+from jobs.history.models import Batch, Job, JobEvent
 from tests.conftest import Tenant, make_tenant
 from tests.services import wait_until
 
@@ -166,7 +166,7 @@ def test_retention_prunes_a_batch_once_its_jobs_are_gone(api: TestClient, tenant
     from datetime import timedelta
 
     from jobs.clock import utcnow
-    from jobs.retention import prune
+    from jobs.history.retention import prune
 
     later = {"task": "long_task", "payload": {"n": 0}, "delay": 3600}  # no worker takes them meanwhile
     created = submit_batch(api, [later, later])
@@ -234,8 +234,8 @@ def test_redis_down_fails_the_whole_batch_in_sql_and_a_retry_with_its_key_makes_
     app: Any, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ):
     from jobs.embedded import free_port
-    from jobs.redis_conn import reset_redis
     from jobs.settings import get_settings
+    from jobs.state.redis_conn import reset_redis
 
     good_url = get_settings().redis_url
     body = {"jobs": [job(n=1), job(n=2)]}

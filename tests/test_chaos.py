@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from sqlmodel import col, select
 
-from jobs.db import session_scope
-from jobs.live import job_key
-from jobs.models import Job
-from jobs.queueing import RQ_WAITING, statuses
+from jobs.history.db import session_scope
+from jobs.history.models import Job
+from jobs.queues.queueing import RQ_WAITING, statuses
+from jobs.state.live import job_key
 from jobs.status import TERMINAL
 from tests.conftest import FAST_ENV, Backend, WorkerProcess
 from tests.control_tasks import DONE_PREFIX
@@ -56,7 +56,7 @@ def sql_states(ids: list[str]) -> dict[str, tuple[str, int, int]]:
 
 def describe(client: Redis, job_ids: list[str]) -> str:
     """Where Conveyor and RQ stand on each job, for a failure message."""
-    from jobs.queueing import fetch, get_queue
+    from jobs.queues.queueing import fetch, get_queue
 
     lines = []
     queue = get_queue(QUEUE, client)

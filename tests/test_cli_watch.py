@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from cli.watch import format_eta
-from jobs.lifecycle import record
+from jobs.state.lifecycle import record
 from jobs.status import JobStatus
 from tests.conftest import ServerProcess, Tenant, seed_job
 from tests.test_cli import conveyor

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from conveyor_client import AsyncClient, Client, ConveyorAPIError, Snapshot
-from jobs.lifecycle import record
+from jobs.state.lifecycle import record
 from jobs.status import JobStatus
 from tests.conftest import ROOT, Backend, ServerProcess, Tenant, seed_job
 from tests.live_support import LIVE_ENV, run_async

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.clock import utcnow
-from jobs.db import session_scope
-from jobs.lifecycle import record, write_through
+from jobs.history.db import session_scope
+from jobs.state.lifecycle import record, write_through
 from jobs.status import JobStatus
 from tests.conftest import Backend, Tenant, configure, make_tenant, seed_job
 from tests.services import wait_until

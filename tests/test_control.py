@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.live import heartbeat_key
-from jobs.queueing import fetch, get_queue
+from jobs.queues.queueing import fetch, get_queue
+from jobs.state.live import heartbeat_key
 from tests.conftest import Backend, ServerProcess, Tenant, make_tenant
 from tests.services import wait_until
 from tests.test_cli import conveyor
@@ -252,7 +252,7 @@ def test_restart_a_canceled_job_and_refuse_the_others(api: TestClient, redis_cli
 
 
 def test_restart_after_rq_forgot_the_job_uses_the_sql_row(api: TestClient, redis_client: Any):
-    from jobs.queueing import discard
+    from jobs.queues.queueing import discard
 
     job_id = submit(api, "long_task", {"n": 3}, queue="other")["job_id"]
     control(api, job_id, "cancel")
@@ -263,7 +263,7 @@ def test_restart_after_rq_forgot_the_job_uses_the_sql_row(api: TestClient, redis
 
 
 def test_restart_refuses_when_the_secrets_of_the_payload_are_gone(api: TestClient, redis_client: Any):
-    from jobs.queueing import discard
+    from jobs.queues.queueing import discard
 
     job_id = submit(api, "heavy_compute", {"api_token": "s3cret"}, queue="other")["job_id"]
     control(api, job_id, "cancel")
@@ -325,7 +325,7 @@ def test_the_cli_and_the_client_steer_jobs(env: Backend, live_server: ServerProc
 
 def test_allowed_actions_are_derived_from_the_status_table(monkeypatch: Any) -> None:
     from jobs import status as status_table
-    from jobs.control import allowed_actions
+    from jobs.actions.control import allowed_actions
 
     S = status_table.JobStatus
     expected = {

@@ -12,14 +12,14 @@ from redis import Redis
 from sqlmodel import Session
 
 from jobs import lazy
-from jobs.control import cancel_job, pause_job
-from jobs.db import make_engine
+from jobs.actions.control import cancel_job, pause_job
+from jobs.actions.submit import submit_job
 from jobs.errors import IllegalTransition
-from jobs.models import Job
-from jobs.queueing import get_queue
-from jobs.redis_conn import get_redis
+from jobs.history.db import make_engine
+from jobs.history.models import Job
+from jobs.queues.queueing import get_queue
 from jobs.settings import get_settings
-from jobs.submit import submit_job
+from jobs.state.redis_conn import get_redis
 from tests.conftest import Backend
 
 TENANT = "t-domain-calls"

@@ -18,12 +18,12 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from jobs.clock import utcnow
-from jobs.db import open_session, session_scope
-from jobs.lifecycle import record, write_through_or_log
-from jobs.live import RUNNING_SET, heartbeat_key, job_key
-from jobs.models import Job
-from jobs.queueing import fetch, get_queue
-from jobs.reconciler import EPOCH_KEY, RECOVERING_KEY, Reconciler
+from jobs.history.db import open_session, session_scope
+from jobs.history.models import Job
+from jobs.queues.queueing import fetch, get_queue
+from jobs.queues.reconciler import EPOCH_KEY, RECOVERING_KEY, Reconciler
+from jobs.state.lifecycle import record, write_through_or_log
+from jobs.state.live import RUNNING_SET, heartbeat_key, job_key
 from jobs.status import JobStatus
 from tests.conftest import (
     FAST_ENV,
@@ -247,7 +247,7 @@ def test_a_failover_that_lost_only_the_last_writes_is_caught_by_the_recent_sweep
     env: Backend, redis_client: Redis
 ):
     """The loss marker survived (a replica took over), so only the recent sweep can find them."""
-    from jobs.requeue import REQUEUE_LOCK
+    from jobs.queues.requeue import REQUEUE_LOCK
 
     configure({**env.env(), "CONVEYOR_RECONCILE_GRACE": "0"})
     queue = f"failover-{uuid.uuid4().hex[:6]}"  # no worker takes it, and no other test sees it
@@ -311,7 +311,7 @@ def test_kill_9_of_a_worker_takes_its_rq_scheduler_and_recorder_with_it(env: Bac
 
 def test_a_lost_job_whose_task_is_gone_fails_and_the_sweep_goes_on(env: Backend, redis_client: Redis):
     """A deployment removed a task while jobs of it waited: the sweep must not stop at them."""
-    from jobs.requeue import requeue_lost
+    from jobs.queues.requeue import requeue_lost
 
     configure({**env.env(), "CONVEYOR_RECONCILE_GRACE": "0"})
     queue = f"gone-{uuid.uuid4().hex[:6]}"
@@ -499,7 +499,7 @@ def test_the_lambda_handler_runs_a_pass(env: Backend, redis_client: Redis):
 
 
 def test_the_lambda_reports_the_backlog_the_workers_scale_on(env: Backend, redis_client: Redis):
-    from jobs.queueing import get_queue
+    from jobs.queues.queueing import get_queue
     from worker.lambda_reconcile import backlog_per_worker, handler
 
     before, workers, _ = backlog_per_worker(redis_client)

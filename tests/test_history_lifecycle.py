@@ -8,12 +8,12 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from jobs.db import session_scope
-from jobs.lifecycle import record
-from jobs.live import job_key
-from jobs.models import Job, JobEvent, JobResult
-from jobs.recorder import Recorder
-from jobs.results import blob_key
+from jobs.history.db import session_scope
+from jobs.history.models import Job, JobEvent, JobResult
+from jobs.history.recorder import Recorder
+from jobs.state.lifecycle import record
+from jobs.state.live import job_key
+from jobs.state.results import blob_key
 from jobs.status import JobStatus
 from tests.conftest import Backend, seed_job
 from tests.services import wait_until
@@ -183,8 +183,8 @@ def test_small_results_stay_inline_and_result_endpoint_errors(api: TestClient, w
 def test_a_result_over_the_hard_limit_is_refused(env: Backend, redis_client: Any, monkeypatch: Any):
     import pytest
 
-    from jobs.results import ResultTooLarge, result_patch
     from jobs.settings import get_settings
+    from jobs.state.results import ResultTooLarge, result_patch
 
     monkeypatch.setenv("CONVEYOR_RESULT_MAX_BYTES", "2048")
     monkeypatch.setenv("CONVEYOR_RESULT_INLINE_MAX_BYTES", "1024")

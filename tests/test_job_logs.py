@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from jobs.db import session_scope
-from jobs.job_logs import DIRTY, lines_key, meta_key
-from jobs.live import job_key
-from jobs.models import Job, JobLogLine
-from jobs.redis_conn import get_redis
+from jobs.history.db import session_scope
+from jobs.history.models import Job, JobLogLine
+from jobs.state.job_logs import DIRTY, lines_key, meta_key
+from jobs.state.live import job_key
+from jobs.state.redis_conn import get_redis
 from tests.conftest import FAST_ENV, Backend, ServerProcess, Tenant, WorkerProcess, seed_job
 from tests.live_support import collect_stream
 from tests.log_tasks import SECRET
@@ -149,7 +149,7 @@ def test_logs_outlive_the_live_state_and_go_with_prune(api: TestClient, log_work
     assert lines[7]["message"] == " line 7"
 
     from jobs.clock import utcnow
-    from jobs.retention import prune
+    from jobs.history.retention import prune
 
     with session_scope() as session:
         row = session.get(Job, job_id)
@@ -266,7 +266,7 @@ def test_lines_of_jobs_side_by_side_in_one_process_stay_apart(env: Backend):
     asyncio.run(both())
     for thread in threads:
         thread.join()
-    from jobs.job_logs import read_live
+    from jobs.state.job_logs import read_live
 
     for job_id in ids:
         lines, exists = read_live(client, job_id, after=0, limit=1000)

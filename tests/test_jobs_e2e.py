@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from jobs.db import session_scope
-from jobs.live import job_key
-from jobs.models import Job, JobEvent
+from jobs.history.db import session_scope
+from jobs.history.models import Job, JobEvent
+from jobs.state.live import job_key
 from tests.conftest import Tenant, make_tenant
 from tests.services import wait_until
 
@@ -272,7 +272,7 @@ def test_missing_and_invalid_keys_are_401(app: Any):
 
 
 def test_revoked_key_is_refused(app: Any):
-    from jobs.auth import revoke_key
+    from jobs.access.auth import revoke_key
 
     tenant = make_tenant()
     with TestClient(app) as client:

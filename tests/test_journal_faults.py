@@ -12,13 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from jobs.db import session_scope
-from jobs.lifecycle import record
-from jobs.live import JOURNAL, job_key
-from jobs.metrics import read_counters
-from jobs.models import Job, JobEvent, JobResult
-from jobs.recorder import Recorder
-from jobs.set_aside import SET_ASIDE, listing
+from jobs.history.db import session_scope
+from jobs.history.models import Job, JobEvent, JobResult
+from jobs.history.recorder import Recorder
+from jobs.history.set_aside import SET_ASIDE, listing
+from jobs.reporting.metrics import read_counters
+from jobs.state.lifecycle import record
+from jobs.state.live import JOURNAL, job_key
 from jobs.status import JobStatus
 from jobs.storable import REPLACEMENT, storable, storable_json
 from tests.conftest import Backend, Tenant, make_tenant, seed_job
@@ -86,7 +86,7 @@ def test_a_task_with_nul_output_ends_finished_or_failed_in_sql(api: TestClient, 
 
 
 def test_a_large_result_with_nul_is_stored_by_reference(env: Backend, redis_client: Any):
-    from jobs.results import result_patch
+    from jobs.state.results import result_patch
 
     job_id = seed_job()
     started = record(job_id, S.STARTED, event="started")
@@ -221,7 +221,7 @@ def test_connectivity_and_database_state_errors_are_retried_not_set_aside():
     """Connectivity errors retry the whole batch later; they are never blamed on an entry."""
     import sqlalchemy as sa
 
-    from jobs.recorder import unreachable
+    from jobs.history.recorder import unreachable
 
     assert unreachable(sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused")))
     assert unreachable(sa.exc.InterfaceError("SELECT 1", {}, Exception("closed")))

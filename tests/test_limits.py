@@ -141,10 +141,10 @@ def test_a_batch_takes_one_token_per_job(
 ):
     """`admit_submission(count=n)` is what a batch route calls: n tokens at once, or a 422 when the
     bucket could never hold n; submits made inside `admitted_batch()` take no more."""
-    from jobs.admission import admit_submission, admitted_batch
-    from jobs.db import session_scope
+    from jobs.access.admission import admit_submission, admitted_batch
+    from jobs.actions.submit import submit_job
     from jobs.errors import InvalidRequest, TooManyRequests
-    from jobs.submit import submit_job
+    from jobs.history.db import session_scope
 
     tenant = make_tenant(role="member")
     put_limits(client, operator, tenant.name, submits_per_minute=1, submit_burst=5)
@@ -200,10 +200,10 @@ def test_max_waiting_holds_exactly_across_processes_that_count_rarely(
 
     import sqlalchemy as sa
 
-    from jobs.admission import count_waiting
+    from jobs.access.admission import count_waiting
     from jobs.clock import utcnow
-    from jobs.db import session_scope
-    from jobs.models import Job
+    from jobs.history.db import session_scope
+    from jobs.history.models import Job
 
     first, second = two_servers
     changes = {"max_waiting": 1000, "submits_per_minute": 1200, "submit_burst": 20}
@@ -391,7 +391,7 @@ def test_conveyor_limits_show_and_set(
     env: Backend, live_server: ServerProcess, operator: Tenant, tenant: Tenant
 ):
     from cli.main import LIMIT_OPTIONS
-    from jobs.limits import LIMIT_NAMES
+    from jobs.access.limits import LIMIT_NAMES
 
     assert tuple(LIMIT_OPTIONS) == LIMIT_NAMES  # the CLI offers every limit the API has
     as_operator = ["--url", live_server.url, "--key", operator.key]
@@ -421,7 +421,7 @@ def test_conveyor_limits_show_and_set(
 
 def test_readme_names_every_limit_setting():
     """The README's limits table and the settings agree (a user sets what the README names)."""
-    from jobs.limits import SETTING_OF
+    from jobs.access.limits import SETTING_OF
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for setting in [*SETTING_OF.values(), "task_limits", "limits_cache_seconds"]:
@@ -431,9 +431,9 @@ def test_readme_names_every_limit_setting():
 def test_declared_schedules_are_not_rate_limited_and_a_bad_redis_copy_is_ignored(
     env: Backend, client: TestClient, redis_client: Any, operator: Tenant, tenant: Tenant
 ):
-    from jobs.admission import admit_submission
-    from jobs.db import session_scope
-    from jobs.limits import clear_cache, redis_key
+    from jobs.access.admission import admit_submission
+    from jobs.access.limits import clear_cache, redis_key
+    from jobs.history.db import session_scope
 
     put_limits(client, operator, tenant.name, submits_per_minute=1, submit_burst=1, max_waiting=1)
     common = {"tenant": tenant.name, "task": "long_task", "timeout": None}

@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from jobs.lifecycle import record
+from jobs.state.lifecycle import record
 from jobs.status import JobStatus
 from tests.conftest import Backend, ServerProcess, Tenant, make_tenant, seed_job
 from tests.live_support import HEARTBEAT, LIVE_ENV, collect_stream, read_events, write_without_publishing

@@ -13,10 +13,10 @@ from redis import Redis
 
 from api.live_feed import JobFeed
 from api.live_hub import Delivery, Listener, SnapshotHub, get_hub
-from jobs.lifecycle import record
-from jobs.live import CHANNEL
 from jobs.settings import get_settings
 from jobs.snapshot import peek
+from jobs.state.lifecycle import record
+from jobs.state.live import CHANNEL
 from jobs.status import JobStatus
 from tests.conftest import Backend, seed_job
 from tests.live_support import run_async, write_without_publishing

@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from jobs.lifecycle import record
+from jobs.state.lifecycle import record
 from jobs.status import JobStatus
 from tests.conftest import Backend, Tenant, seed_job
 from tests.lambda_events import make_event

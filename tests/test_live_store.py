@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jobs.lifecycle import record
-from jobs.live import CHANNEL, JOURNAL, job_key, live_store
+from jobs.state.lifecycle import record
+from jobs.state.live import CHANNEL, JOURNAL, job_key, live_store
 from jobs.status import JobStatus
 from tests.conftest import Backend, seed_job
 
@@ -99,7 +99,7 @@ def test_documents_keep_json_exactly(env: Backend):
 
 def test_read_returns_tenant_and_document(env: Backend):
     job_id = seed_job(tenant="acme")
-    store = live_store(__import__("jobs.redis_conn", fromlist=["get_redis"]).get_redis())
+    store = live_store(__import__("jobs.state.redis_conn", fromlist=["get_redis"]).get_redis())
     tenant, doc = store.read(job_id) or ("", b"")
     assert tenant == "acme"
     assert json.loads(doc)["job_id"] == job_id
@@ -107,8 +107,8 @@ def test_read_returns_tenant_and_document(env: Backend):
 
 
 def test_an_annotation_keeps_the_status_and_is_versioned_and_journaled(env: Backend, redis_client: Any):
-    from jobs.lifecycle import annotate
-    from jobs.live import CONTROL, RUNNING_SET
+    from jobs.state.lifecycle import annotate
+    from jobs.state.live import CONTROL, RUNNING_SET
 
     job_id = seed_job()
     record(job_id, S.STARTED, event="started")
@@ -133,7 +133,7 @@ def test_an_annotation_keeps_the_status_and_is_versioned_and_journaled(env: Back
 def test_an_annotation_names_live_statuses_only(env: Backend):
     import pytest
 
-    from jobs.lifecycle import annotate
+    from jobs.state.lifecycle import annotate
 
     job_id = seed_job()
     with pytest.raises(ValueError):
@@ -143,7 +143,7 @@ def test_an_annotation_names_live_statuses_only(env: Backend):
 def test_the_gate_scripts_read_exactly_the_named_arguments_they_declare():
     import re
 
-    from jobs import live
+    from jobs.state import live
 
     for script, names in ((live._TRANSITION, live.TRANSITION_ARGS), (live._SEED, live.SEED_ARGS)):
         assert set(re.findall(r"\bA\.(\w+)", script)) == set(names)
@@ -155,7 +155,7 @@ def test_the_gate_sends_every_declared_name_and_refuses_another_count(env: Backe
     import pytest
     import redis.exceptions
 
-    from jobs import live
+    from jobs.state import live
 
     store = live_store(redis_client)
     sent: list[list[Any]] = []

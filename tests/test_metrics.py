@@ -103,7 +103,7 @@ def test_a_batch_is_counted_with_one_command_per_distinct_field(redis_client: An
     """The recorder's tally: many jobs' changes sum to one HINCRBY/HINCRBYFLOAT per field."""
     import uuid
 
-    from jobs.metrics import Tally, read_counters
+    from jobs.reporting.metrics import Tally, read_counters
 
     queue = f"tally-{uuid.uuid4().hex[:8]}"
     times = {"enqueued_at": "2026-01-01T00:00:00.000Z", "started_at": "2026-01-01T00:00:00.020Z"}

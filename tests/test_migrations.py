@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import jobs.models  # noqa: F401
-from jobs.db import get_engine
+import jobs.history.models  # noqa: F401
+from jobs.history.db import get_engine
 from tests.conftest import Backend
 
 
@@ -23,7 +23,7 @@ def test_migrations_match_the_models(env: Backend):
 def test_migrations_downgrade_and_upgrade_cleanly(tmp_path):
     from alembic import command
 
-    from jobs.migrate import alembic_config, upgrade
+    from jobs.history.migrate import alembic_config, upgrade
 
     url = f"sqlite:///{tmp_path / 'roundtrip.db'}"
     upgrade(url)

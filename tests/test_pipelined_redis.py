@@ -9,7 +9,7 @@ import pytest
 import redis.exceptions
 from redis import Redis
 
-from jobs.pipelined_redis import (
+from jobs.state.pipelined_redis import (
     _INCOMPLETE,
     PipelinedRedis,
     _Protocol,
@@ -185,7 +185,7 @@ def test_an_unreachable_redis_is_a_connection_error(env: Backend):
 
 
 def test_a_connection_dropped_while_idle_is_replaced(env: Backend, redis_client: Redis, monkeypatch):
-    import jobs.pipelined_redis as module
+    import jobs.state.pipelined_redis as module
 
     redis_client.hset("pipe:k", mapping={"f": "v"})
     monkeypatch.setattr(module, "IDLE_CHECK_AFTER", 0.05)

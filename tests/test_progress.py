@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 from jobs.clock import utcnow
-from jobs.lifecycle import record
-from jobs.live import heartbeat_key, live_store
 from jobs.settings import get_settings
+from jobs.state.lifecycle import record
+from jobs.state.live import heartbeat_key, live_store
 from jobs.status import JobStatus
 from tests.conftest import Backend, seed_job
 from worker.progress import Progress

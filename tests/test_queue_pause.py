@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.queueing import get_queue
+from jobs.queues.queueing import get_queue
 from tests.conftest import Tenant, make_tenant
 from tests.test_jobs_e2e import submit, wait_status
 

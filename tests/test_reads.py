@@ -1,4 +1,5 @@
-"""The read model every channel uses (`jobs.reads`): Redis first, SQL after, the tenant check between."""
+"""The read model every channel uses (`jobs.state.reads`): Redis first, SQL after, the tenant
+check between."""
 
 from __future__ import annotations
 
@@ -8,14 +9,21 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from jobs.control import pause_job, resume_job
-from jobs.db import session_scope
+from jobs.actions.control import pause_job, resume_job
 from jobs.errors import JobNotFound
-from jobs.lifecycle import record
-from jobs.live import job_key, read_head
-from jobs.reads import CONTROLLED_HEAD, live_page, snapshot_for, state_for, valid_job_id, with_live_overlay
+from jobs.history.db import session_scope
+from jobs.history.store import get_job, list_jobs
+from jobs.state.lifecycle import record
+from jobs.state.live import job_key, read_head
+from jobs.state.reads import (
+    CONTROLLED_HEAD,
+    live_page,
+    snapshot_for,
+    state_for,
+    valid_job_id,
+    with_live_overlay,
+)
 from jobs.status import JobStatus
-from jobs.store import get_job, list_jobs
 from tests.conftest import Backend, seed_job
 from tests.live_support import run_async
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from sqlmodel import select
 
-from jobs.db import session_scope
-from jobs.lifecycle import record
-from jobs.models import Job, JobEvent
-from jobs.recorder import Recorder
+from jobs.history.db import session_scope
+from jobs.history.models import Job, JobEvent
+from jobs.history.recorder import Recorder
+from jobs.history.store import JournalEntry, apply_journal
+from jobs.state.lifecycle import record
 from jobs.status import JobStatus
-from jobs.store import JournalEntry, apply_journal
 from tests.conftest import Backend, PrivateWorld, seed_job
 from tests.services import wait_until
 
@@ -75,10 +75,10 @@ def test_a_worker_takes_only_the_entries_no_recorder_was_handed_and_counts_each_
     """The end writer's hand-off (worker/ends.py): what it applied leaves the journal and is counted
     by it, except an entry a recorder already holds, which that recorder counts."""
     from jobs.clock import utcnow
-    from jobs.live import JOURNAL
-    from jobs.metrics import METRICS_KEY
-    from jobs.recorder import GROUP, take_applied
-    from jobs.redis_conn import get_redis
+    from jobs.history.recorder import GROUP, take_applied
+    from jobs.reporting.metrics import METRICS_KEY
+    from jobs.state.live import JOURNAL
+    from jobs.state.redis_conn import get_redis
 
     client = get_redis()
     first, second = seed_job(private_world.tenant.name), seed_job(private_world.tenant.name)

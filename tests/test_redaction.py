@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.redaction import REDACTED, redact
+from jobs.access.redaction import REDACTED, redact
 
 
 def test_redacts_nested_secret_keys():
@@ -30,7 +30,7 @@ def test_leaves_scalars_and_the_input_untouched():
 
 
 def test_redact_text_covers_the_usual_shapes():
-    from jobs.redaction import redact_text
+    from jobs.access.redaction import redact_text
 
     markers = ["password", "token", "secret", "apikey", "authorization", "privatekey"]
     cases = {
@@ -51,7 +51,7 @@ def test_redact_text_covers_the_usual_shapes():
 
 
 def test_error_signatures_fold_variable_parts():
-    from jobs.error_signature import error_signature
+    from jobs.reporting.error_signature import error_signature
 
     assert error_signature(
         "KeyError", "user 4211 not in 'eu-west-1' (req 9f1c3a2b-1111-4222-8333-123456789abc)"
@@ -104,7 +104,7 @@ def _defaults() -> list[str]:
 
 
 def test_the_widened_key_list_matches_whole_words_in_any_spelling():
-    from jobs.redaction import is_secret_key
+    from jobs.access.redaction import is_secret_key
 
     markers = _defaults()
     secret = [
@@ -124,7 +124,7 @@ def test_the_widened_key_list_matches_whole_words_in_any_spelling():
 
 
 def test_free_text_secrets_are_redacted_by_shape_and_by_key():
-    from jobs.redaction import redact_text
+    from jobs.access.redaction import redact_text
 
     markers = _defaults()
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
@@ -157,7 +157,7 @@ def test_free_text_secrets_are_redacted_by_shape_and_by_key():
 
 
 def test_ordinary_text_is_left_alone():
-    from jobs.redaction import redact_text
+    from jobs.access.redaction import redact_text
 
     markers = _defaults()
     ordinary = [
@@ -189,7 +189,7 @@ def test_redact_scans_strings_inside_json_data():
 def test_redaction_stays_fast_on_long_text():
     import time
 
-    from jobs.redaction import redact_text
+    from jobs.access.redaction import redact_text
 
     markers = _defaults()
     for text in ("x" * 1_000_000, "-".join(["abcdefgh"] * 50_000), "a.b-c_d " * 50_000, "https://" * 50_000):
@@ -200,7 +200,7 @@ def test_redaction_stays_fast_on_long_text():
 
 def test_a_payload_with_a_secret_redacted_inside_a_string_is_not_rerun_from_sql():
     """Requeueing from SQL's copy would run the job with `[REDACTED]` in place of the secret."""
-    from jobs.requeue import holds_redacted
+    from jobs.queues.requeue import holds_redacted
 
     assert holds_redacted({"note": f"login with pwd={REDACTED}"})
     assert not holds_redacted({"note": "login", "n": [1, "x"]})

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.clock import utcnow
-from jobs.records import job_record
+from jobs.history.records import job_record
 from tests.history_fixtures import insert, job_row
 from tests.history_tasks import FREE_TEXT_SECRETS
 from tests.services import wait_until
@@ -136,8 +136,8 @@ def test_free_text_in_results_messages_and_params_is_redacted_everywhere(
 def test_free_text_in_errors_rq_records_and_compat_status_is_redacted(api: TestClient, worker: Any):
     from rq.job import Job as RQJob
 
-    from jobs.queueing import SERIALIZER
-    from jobs.redis_conn import get_redis
+    from jobs.queues.queueing import SERIALIZER
+    from jobs.state.redis_conn import get_redis
 
     job_id = submit(api, "chatty", {"fail": True})["job_id"]
     final = wait_status(api, job_id, {"failed"})
@@ -160,8 +160,8 @@ def test_free_text_in_errors_rq_records_and_compat_status_is_redacted(api: TestC
 def test_rq_keeps_no_secret_of_a_keyed_error(api: TestClient, worker: Any):
     from rq.job import Job as RQJob
 
-    from jobs.queueing import SERIALIZER
-    from jobs.redis_conn import get_redis
+    from jobs.queues.queueing import SERIALIZER
+    from jobs.state.redis_conn import get_redis
 
     job_id = submit(api, "leaky", {"fail": True})["job_id"]
     wait_status(api, job_id, {"failed"})
@@ -179,7 +179,7 @@ def test_database_errors_never_show_statement_parameters(env: Any, tenant: Any):
     names the statement, not the values, which hold params, results and messages."""
     import sqlalchemy as sa
 
-    from jobs.db import session_scope
+    from jobs.history.db import session_scope
 
     row = job_row(tenant.name, status="queued", enqueued=utcnow())
     insert([row])

@@ -8,10 +8,10 @@ from typing import Any
 from sqlmodel import select
 
 from jobs.clock import utcnow
-from jobs.db import open_session, session_scope
-from jobs.live import job_key
-from jobs.models import Job, JobEvent, JobResult
-from jobs.retention import prune
+from jobs.history.db import open_session, session_scope
+from jobs.history.models import Job, JobEvent, JobResult
+from jobs.history.retention import prune
+from jobs.state.live import job_key
 from tests.conftest import Backend
 from tests.history_fixtures import at, insert, job_row
 from tests.test_cli import conveyor

@@ -29,8 +29,8 @@ CALLERS = [
 
 def _finished_job(tenant: str) -> str:
     """A job of ``tenant`` that has finished with a result (so streams end and control is a 409)."""
-    from jobs.db import session_scope
-    from jobs.lifecycle import record, write_through
+    from jobs.history.db import session_scope
+    from jobs.state.lifecycle import record, write_through
 
     job_id = seed_job(tenant=tenant)
     for status, patch in ((JobStatus.STARTED, {}), (JobStatus.FINISHED, {"result": {"sum": 3}})):

@@ -1,6 +1,6 @@
-"""RQ's private API as Conveyor uses it (jobs/rq_private.py): each use still works on the installed RQ.
+"""RQ's private API as Conveyor uses it (jobs/queues/rq_private.py): each use still works on the installed RQ.
 
-A failure here names what RQ renamed or reshaped: fix jobs/rq_private.py, not its callers.
+A failure here names what RQ renamed or reshaped: fix jobs/queues/rq_private.py, not its callers.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from rq.cron import CronJob, CronScheduler
 from rq.executions import Execution
 from rq.job import Job as RQJob
 
-from jobs import rq_private
-from jobs.queueing import RUNNER, SERIALIZER, get_queue
+from jobs.queues import rq_private
+from jobs.queues.queueing import RUNNER, SERIALIZER, get_queue
 from tests.conftest import Backend
 
 
 def test_the_installed_rq_is_the_one_the_private_calls_were_checked_against():
     assert rq.__version__ == rq_private.CHECKED_AGAINST, (
-        f"RQ is now {rq.__version__}: review every function in jobs/rq_private.py against its "
+        f"RQ is now {rq.__version__}: review every function in jobs/queues/rq_private.py against its "
         "changelog, run tests/test_rq_private.py, then update CHECKED_AGAINST"
     )
 

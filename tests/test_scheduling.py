@@ -14,9 +14,9 @@ from pydantic import BaseModel
 from sqlmodel import col, select
 
 from jobs.clock import parse_iso
-from jobs.db import session_scope
-from jobs.models import Job
-from jobs.retries import RetryPolicy
+from jobs.history.db import session_scope
+from jobs.history.models import Job
+from jobs.queues.retries import RetryPolicy
 from tests.conftest import FAST_ENV, TEST_ENV, Backend, WorkerProcess
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, sql_row, submit, wait_sql_status, wait_status
@@ -200,7 +200,7 @@ class CountPayload(BaseModel):
 
 def test_cron_declarations_are_checked_where_they_are_written():
     from jobs.errors import InvalidPayload
-    from jobs.schedules import cron
+    from jobs.queues.schedules import cron
     from jobs.tasks import task
 
     @task(name=f"cron-check-{uuid.uuid4().hex[:6]}", queue="other")

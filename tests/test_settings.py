@@ -94,7 +94,7 @@ def test_the_sqlite_database_is_created_0600(tmp_path):
     import os
     import stat
 
-    from jobs.db import make_engine
+    from jobs.history.db import make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'conveyor.db'}")
     with engine.connect() as connection:

@@ -24,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from jobs.lifecycle import record
+from jobs.state.lifecycle import record
 from jobs.status import JobStatus
 from tests.conftest import Backend, ServerProcess, Tenant, make_tenant, seed_job
 from tests.services import wait_until
@@ -326,8 +326,8 @@ def test_the_process_cap_is_bounded_by_the_open_file_limit_and_refuses_any_key(
 
 
 def test_streams_of_a_revoked_key_close_within_30_seconds(server: ServerProcess):
-    from jobs.auth import revoke_key
-    from jobs.db import session_scope
+    from jobs.access.auth import revoke_key
+    from jobs.history.db import session_scope
 
     tenant = make_tenant()
     # Waiting in a real RQ queue that no worker here consumes: a job seeded in no queue is, to

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.db import open_session, reset_engine, session_scope
 from jobs.embedded import free_port
-from jobs.models import Job
-from jobs.redis_conn import reset_redis
+from jobs.history.db import open_session, reset_engine, session_scope
+from jobs.history.models import Job
 from jobs.settings import get_settings
+from jobs.state.redis_conn import reset_redis
 from tests.conftest import Backend, PrivateWorld, Tenant
 
 
@@ -54,7 +54,7 @@ def test_a_retry_after_a_503_makes_a_new_job(app: Any, tenant: Tenant, monkeypat
 def test_database_down_at_submit_is_503_and_nothing_is_enqueued(
     env: Backend, app: Any, tenant: Tenant, redis_client: Any, monkeypatch: Any
 ):
-    from jobs.queueing import get_queue
+    from jobs.queues.queueing import get_queue
 
     queue = get_queue("other", redis_client)  # no worker listens on it: its length is stable
     with TestClient(app, headers=tenant.headers) as client:
@@ -94,8 +94,8 @@ def test_a_redis_that_refuses_the_enqueue_is_503_and_the_job_never_runs(
     On a Redis of its own: a replica's refusal unblocks the shared workers' BLPOP with an error."""
     from redis import Redis
 
-    from jobs.queueing import fetch, get_queue
-    from jobs.reconciler import Reconciler
+    from jobs.queues.queueing import fetch, get_queue
+    from jobs.queues.reconciler import Reconciler
 
     redis_client = Redis.from_url(private_world.redis_url)
     tenant = private_world.tenant
@@ -146,8 +146,8 @@ def test_an_enqueue_that_fails_with_redis_up_is_failed_through_the_gate(
     from sqlmodel import select
 
     from jobs import submit as submit_module
-    from jobs.live import job_key
-    from jobs.models import JobEvent
+    from jobs.history.models import JobEvent
+    from jobs.state.live import job_key
 
     real_enqueue = submit_module.enqueue
 
@@ -185,6 +185,6 @@ def test_an_enqueue_that_fails_with_redis_up_is_failed_through_the_gate(
         assert row.idempotency_key is None  # the client's retry makes a new job
         events = session.exec(select(JobEvent).where(JobEvent.job_id == job_id)).all()
         assert [e.event for e in events][-1] == "failed"
-    from jobs.queueing import discard
+    from jobs.queues.queueing import discard
 
     discard(job_id, redis_client)  # RQ's half was queued on purpose: leave no job for a later test

@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlmodel import select
 
-from jobs.db import open_session, session_scope
-from jobs.models import Job, JobEvent
-from jobs.submit import Submission, submit_job
+from jobs.actions.submit import Submission, submit_job
+from jobs.history.db import open_session, session_scope
+from jobs.history.models import Job, JobEvent
 from tests.conftest import Backend
 
 TENANT = "t-fast-submit"

@@ -39,8 +39,8 @@ def token(client: TestClient, path: str = "/jobs") -> str:
 
 def drive(job_id: str, to: JobStatus, **patch: Any) -> None:
     """Move a seeded job through the gate, as a worker would, and write it through to SQL."""
-    from jobs.db import session_scope
-    from jobs.lifecycle import record, write_through
+    from jobs.history.db import session_scope
+    from jobs.state.lifecycle import record, write_through
 
     result = record(job_id, to, event=to.value, patch=patch)
     assert result.applied
@@ -113,8 +113,8 @@ def test_a_wrong_key_an_expired_form_and_a_foreign_next_are_refused(app: Any, te
 
 
 def test_tampered_expired_and_revoked_sessions_sign_you_out(app: Any, tenant: Tenant, monkeypatch: Any):
-    from jobs.auth import revoke_key
-    from jobs.db import session_scope
+    from jobs.access.auth import revoke_key
+    from jobs.history.db import session_scope
     from web import session as web_session
 
     with TestClient(app) as client:
@@ -219,8 +219,8 @@ def test_a_page_stream_refuses_a_bad_resume_point(web: TestClient, tenant: Tenan
 def test_the_log_poller_appends_out_of_band_and_stops_at_the_end(web: TestClient, tenant: Tenant):
     job_id = seed_job(tenant=tenant.name)
     from jobs.clock import utcnow
-    from jobs.job_logs import append_lines, encode_line
-    from jobs.redis_conn import get_redis
+    from jobs.state.job_logs import append_lines, encode_line
+    from jobs.state.redis_conn import get_redis
 
     line = encode_line(at=utcnow(), level="INFO", logger="t", message="<b>hello</b>", attempt=1)
     append_lines(get_redis(), {job_id: [line, line]}, now=time.time())
@@ -509,9 +509,9 @@ def test_the_secret_and_a_key_id_alone_cannot_mint_a_session(app: Any, tenant: T
 
 def test_a_session_dies_when_its_key_hash_changes(app: Any, tenant: Tenant):
     """A key replaced under the same id (rotation) ends the sessions the old key opened."""
-    from jobs import auth
-    from jobs.db import session_scope
-    from jobs.models import ApiKey
+    from jobs.access import auth
+    from jobs.history.db import session_scope
+    from jobs.history.models import ApiKey
 
     with TestClient(app) as client:
         sign_in(client, tenant.key)

@@ -155,8 +155,8 @@ def test_a_delivery_that_keeps_failing_is_marked_failed(
     from sqlmodel import update
 
     from jobs.clock import utcnow
-    from jobs.db import session_scope
-    from jobs.models import WebhookDelivery
+    from jobs.history.db import session_scope
+    from jobs.history.models import WebhookDelivery
 
     where = path()
     receiver.plan.steps = [500]
@@ -427,8 +427,8 @@ def test_old_deliveries_are_pruned_with_their_attempts(
     from sqlmodel import select, update
 
     from jobs.clock import utcnow
-    from jobs.db import session_scope
-    from jobs.models import WebhookAttempt, WebhookDelivery
+    from jobs.history.db import session_scope
+    from jobs.history.models import WebhookAttempt, WebhookDelivery
     from jobs.webhooks.sender import prune_deliveries
 
     where = path()

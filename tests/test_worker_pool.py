@@ -25,8 +25,8 @@ from redis import Redis
 from rq import Worker
 from rq.job import Job as RQJob
 
-from jobs.queueing import SERIALIZER, get_queue
-from jobs.rq_engine import Claimed, Engine
+from jobs.queues.queueing import SERIALIZER, get_queue
+from jobs.queues.rq_engine import Claimed, Engine
 from tests.conftest import FAST_ENV, Backend, WorkerProcess
 from tests.services import wait_until
 from tests.test_jobs_e2e import sql_events, submit, wait_status

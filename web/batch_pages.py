@@ -24,7 +24,7 @@ from web.rendering import PageRoute, etag_matches, is_htmx, not_modified, page, 
 from web.session import ChangingSession, CurrentSession, WebSession
 
 if TYPE_CHECKING:
-    from jobs.batch_state import BatchSnapshot
+    from jobs.state.batch_state import BatchSnapshot
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -66,8 +66,8 @@ def _read(batch_id: str, tenant: str | None) -> BatchSnapshot:
 
 
 def _jobs_of(batch_id: str, tenant: str | None, cursor: str | None) -> tuple[list[Any], str | None]:
-    from jobs.reads import live_page
-    from jobs.store import list_jobs
+    from jobs.history.store import list_jobs
+    from jobs.state.reads import live_page
 
     with lazy.open_session() as db:
         found = list_jobs(db, tenant=tenant, batch_id=batch_id, limit=PAGE_SIZE, cursor=cursor)
@@ -106,7 +106,7 @@ def batch_form(request: Request, session: CurrentSession) -> Response:
 
 def parse_jobs_lines(text: str) -> list[Any]:
     """The jobs of a JSON Lines text (blank lines skipped); InvalidRequest naming the line at fault."""
-    from jobs.batches import JobRequest
+    from jobs.actions.batches import JobRequest
     from jobs.errors import InvalidRequest
 
     jobs: list[Any] = []

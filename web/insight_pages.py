@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from jobs import lazy
 from jobs.clock import utcnow
 from jobs.errors import Forbidden, InvalidRequest
-from jobs.reports import BUCKETS
+from jobs.reporting.reports import BUCKETS
 from jobs.status import JobStatus
 from web.charts import percentile_chart, throughput_chart
 from web.rendering import PageRoute, page
@@ -33,7 +33,7 @@ def queue_page(request: Request, session: CurrentSession) -> Response:
 
 
 def _steer_queue(name: str, action: str) -> None:
-    from jobs.queue_control import drain_queue, pause_queue, resume_queue
+    from jobs.queues.queue_control import drain_queue, pause_queue, resume_queue
 
     {"pause": pause_queue, "resume": resume_queue, "drain": drain_queue}[action](lazy.get_redis(), name)
 
@@ -86,7 +86,7 @@ def analytics_page(
 
 
 def _retry_failed(session: WebSession, signature: str, days: int, queue: str, task: str) -> tuple[int, int]:
-    from jobs.bulk import JobFilter, bulk_act
+    from jobs.actions.bulk import JobFilter, bulk_act
 
     spec = JobFilter(
         status=(JobStatus.FAILED,),

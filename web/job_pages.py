@@ -28,8 +28,8 @@ from web.rendering import PageRoute, etag_matches, is_htmx, not_modified, page, 
 from web.session import ChangingSession, CurrentSession, WebSession
 
 if TYPE_CHECKING:
-    from jobs.reads import JobRead, JobsPage
-    from jobs.store import Page
+    from jobs.history.store import Page
+    from jobs.state.reads import JobRead, JobsPage
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -42,9 +42,9 @@ Action = Literal["cancel", "pause", "resume", "restart"]
 
 
 async def read_job(job_id: str, tenant: str | None) -> JobRead:
-    """The tenant's job with its pending control request (`jobs.reads`: one Redis read, or SQL once
+    """The tenant's job with its pending control request (`jobs.state.reads`: one Redis read, or SQL once
     the live state has expired). JobNotFound for another tenant's job or none."""
-    from jobs.reads import CONTROLLED_HEAD, snapshot_for
+    from jobs.state.reads import CONTROLLED_HEAD, snapshot_for
 
     return await snapshot_for(job_id, tenant, fields=CONTROLLED_HEAD)
 
@@ -55,11 +55,11 @@ def live_headers(read: JobRead | JobsPage) -> dict[str, str]:
 
 
 def _history(job_id: str, tenant: str | None) -> tuple[Any, list[dict[str, Any]]]:
-    """The job's record (redacted, `jobs.records.job_record`) and its lifecycle events."""
-    from jobs.db import session_scope
-    from jobs.records import job_record
-    from jobs.redaction import redact, redact_text
-    from jobs.store import get_job, list_events
+    """The job's record (redacted, `jobs.history.records.job_record`) and its lifecycle events."""
+    from jobs.access.redaction import redact, redact_text
+    from jobs.history.db import session_scope
+    from jobs.history.records import job_record
+    from jobs.history.store import get_job, list_events
 
     with session_scope() as session:
         row = get_job(session, job_id=job_id, tenant=tenant)
@@ -105,15 +105,15 @@ def _table_rows(tenant: str | None, filters: dict[str, str], cursor: str | None)
 
 
 def _overlaid(found: Page) -> JobsPage:
-    from jobs.reads import live_page
-    from jobs.redis_conn import get_redis
+    from jobs.state.reads import live_page
+    from jobs.state.redis_conn import get_redis
 
     return live_page(found, client=get_redis())
 
 
 def _sql_rows(tenant: str | None, filters: dict[str, str], cursor: str | None) -> Page:
-    from jobs.db import session_scope
-    from jobs.store import list_jobs
+    from jobs.history.db import session_scope
+    from jobs.history.store import list_jobs
 
     with session_scope() as session:
         return list_jobs(
@@ -271,7 +271,7 @@ async def job_timeline(request: Request, job_id: str, session: CurrentSession) -
 @router.get("/jobs/{job_id}/result")
 async def job_result(job_id: str, session: CurrentSession) -> Response:
     """A finished job's result as JSON: the API's `/result`, behind the session (large results live here)."""
-    from jobs.reads import result_of, snapshot_for
+    from jobs.state.reads import result_of, snapshot_for
 
     read = await snapshot_for(job_id, session.scope)
     result = await result_of(job_id, read)
@@ -285,7 +285,8 @@ async def job_result(job_id: str, session: CurrentSession) -> Response:
 
 
 def _act(action: Action, job_id: str, session: WebSession) -> None:
-    from jobs import control, lazy
+    from jobs import lazy
+    from jobs.actions import control
 
     steer = {
         "cancel": control.cancel_job,

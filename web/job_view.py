@@ -2,7 +2,7 @@
 
 The snapshot document (jobs/snapshot.py) is what every channel serves; here it
 is parsed once and its free-form fields go through the same redaction as
-`jobs.records.job_record` (`jobs.redaction.redact` / `redact_text`, with the
+`jobs.history.records.job_record` (`jobs.access.redaction.redact` / `redact_text`, with the
 current `CONVEYOR_REDACT_KEYS`), so a secret a task let slip never reaches a
 page, whether the snapshot came from Redis or SQL.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from jobs.redaction import redact, redact_text
+from jobs.access.redaction import redact, redact_text
 from jobs.snapshot import JobSnapshot
 from jobs.status import JobStatus
 
@@ -70,7 +70,7 @@ def view_of(doc: bytes | dict[str, Any], *, control: str | None = None, with_act
     shown_error = {"type": error["type"], "detail": redact_text(error.get("detail") or "")} if error else None
     actions: list[str] = []
     if with_actions:
-        from jobs.control import allowed_actions  # pulls RQ: loaded on first use, off the cold start
+        from jobs.actions.control import allowed_actions  # pulls RQ: loaded on first use, off the cold start
 
         actions = allowed_actions(status, control)
     return JobView.model_validate(

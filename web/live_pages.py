@@ -45,7 +45,7 @@ from web.rendering import PageRoute, page, render_text
 from web.session import CurrentSession
 
 if TYPE_CHECKING:
-    from jobs.job_logs import LogLine
+    from jobs.state.job_logs import LogLine
     from web.session import WebSession
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -214,7 +214,7 @@ def log_lines_html(request: Request, lines: list[LogLine]) -> str:
 
 
 async def first_lines(job_id: str) -> list[LogLine]:
-    from jobs.log_records import read_log_async
+    from jobs.history.log_records import read_log_async
 
     return await read_log_async(job_id, after=0, limit=PANEL_LINES)
 
@@ -225,7 +225,7 @@ async def job_frames(
     """The job page's events until its job has ended: ``live``, ``timeline``, ``log``, then ``end``."""
     import json
 
-    from jobs.log_records import read_log_async
+    from jobs.history.log_records import read_log_async
 
     job_id, tenant = feed.job_id, session.scope
     base = request.scope.get("root_path", "")
@@ -305,7 +305,7 @@ async def job_log(
 ) -> Response:
     """The log panel's poller (under Lambda, or while a page's stream is down): the lines after
     ``after``, appended out of band, and the poller itself, which stops once the job has ended."""
-    from jobs.log_records import read_log_async
+    from jobs.history.log_records import read_log_async
 
     read = await read_job(job_id, session.scope)
     job = view_of(read.doc, control=read.control, with_actions=False)

@@ -6,7 +6,7 @@ text inputs (a textarea past 200 characters), and anything else (objects,
 arrays, nested models) a JSON textarea. A model with no declared properties
 (one that takes any JSON object) gets a single JSON textarea for the whole
 payload. The form only converts text to JSON types; validation stays with
-the task's model (`jobs.submit.submit_job`), whose field errors are shown
+the task's model (`jobs.actions.submit.submit_job`), whose field errors are shown
 next to the fields they name.
 """
 

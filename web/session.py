@@ -4,7 +4,7 @@ The cookie holds no key. It holds the key's id, tenant and role, a random
 session id and a digest of the key's stored hash, signed and timestamped by
 itsdangerous's `TimestampSigner` (HMAC-SHA256) under a key derived from
 `CONVEYOR_SECRET_KEY` (see docs/decisions.md, issues 6 and 12). Each request
-re-checks that the key is still active (`jobs.auth.active_key`, cached 30 s),
+re-checks that the key is still active (`jobs.access.auth.active_key`, cached 30 s),
 so revoking a key signs its sessions out within that time.
 
 CSRF: every state-changing request carries a token, HMAC(secret, session id),
@@ -30,7 +30,7 @@ from fastapi import Depends, Request, Response
 from itsdangerous import BadSignature, Signer, TimestampSigner
 from starlette.concurrency import run_in_threadpool
 
-from jobs.auth import active_key, cached_active_key
+from jobs.access.auth import active_key, cached_active_key
 from jobs.settings import get_settings
 
 SESSION_COOKIE = "conveyor_session"
@@ -57,7 +57,7 @@ class WebSession:
     role: str
     issued_at: int
     sid: str
-    # jobs.auth.session_binding of the key's stored hash, checked on every request.
+    # jobs.access.auth.session_binding of the key's stored hash, checked on every request.
     binding: str = ""
 
     @property
@@ -66,8 +66,8 @@ class WebSession:
 
     @property
     def scope(self) -> str | None:
-        """The tenant whose jobs the pages show (None: every tenant), by jobs.auth.job_scope."""
-        from jobs.auth import job_scope
+        """The tenant whose jobs the pages show (None: every tenant), by jobs.access.auth.job_scope."""
+        from jobs.access.auth import job_scope
 
         return job_scope(self.role, self.tenant)
 

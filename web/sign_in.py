@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from jobs.auth import authenticate
+from jobs.access.auth import authenticate
 from web.rendering import PageRoute, page, safe_next
 from web.session import (
     ChangingSession,
@@ -48,7 +48,7 @@ async def sign_in(
     next: Annotated[str, Form(max_length=2000)] = "/jobs",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    """Check the key (`jobs.auth.authenticate`), then set the session cookie and go on."""
+    """Check the key (`jobs.access.auth.authenticate`), then set the session cookie and go on."""
     target = safe_next(next)
     nonce, fresh = sign_in_nonce(request)
     if fresh:

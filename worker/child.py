@@ -6,7 +6,7 @@ by force by killing its child and starting a fresh one. A child therefore
 never forks per job, and holds no SQL connection.
 
 Each job goes one of two ways:
-- the fast path (`jobs.rq_engine`): one script takes the job and records its
+- the fast path (`jobs.queues.rq_engine`): one script takes the job and records its
   start in RQ's record and Conveyor's, the task runs here (`worker.runner.perform`),
   and one script records a success in both. A failure is handed to RQ's own
   `handle_job_failure` (retries, the failed registry), as RQ's workers do.
@@ -47,16 +47,16 @@ from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.utils import as_text
 from rq.worker import WorkerStatus
 
-from jobs.attempts import lost_our_start, reannounce_start
+from jobs.access.redaction import redact_text
 from jobs.clock import utcnow
 from jobs.errors import UnknownTask
-from jobs.queue_control import PAUSED
-from jobs.queueing import HEARTBEAT_MARKER, RUNNER, SERIALIZER, fetch, get_queue, release_abandoned
-from jobs.redaction import redact_text
-from jobs.results import discard_blob
-from jobs.rq_engine import Claimed, Engine, Finished, Passed
-from jobs.rq_private import current_job
+from jobs.queues.queue_control import PAUSED
+from jobs.queues.queueing import HEARTBEAT_MARKER, RUNNER, SERIALIZER, fetch, get_queue, release_abandoned
+from jobs.queues.rq_engine import Claimed, Engine, Finished, Passed
+from jobs.queues.rq_private import current_job
 from jobs.settings import get_settings
+from jobs.state.attempts import lost_our_start, reannounce_start
+from jobs.state.results import discard_blob
 from jobs.tasks import get_task
 from jobs.tracing import current_trace_id
 from worker.async_jobs import AsyncJobs

@@ -9,12 +9,12 @@ journal before a recorder read it (the loss sweep would otherwise run the job
 again), at a transaction per batch rather than per job, without SQL in the
 processes that run tasks, and never ahead of the progress that led to it.
 
-Then the writer takes those entries out of the journal (`jobs.recorder.take_applied`):
+Then the writer takes those entries out of the journal (`jobs.history.recorder.take_applied`):
 those no recorder has been handed yet are deleted and counted in the metrics in one
 script, so each change is written to SQL and counted once; those a recorder already
 holds stay its own (applied again, idempotently, and counted there). A job the fast
 path did not end (RQ's path, a failure, a cancel) is handed over by id, and its
-entries are looked up in the journal (`jobs.recorder.record_end_now`). The hand-over
+entries are looked up in the journal (`jobs.history.recorder.record_end_now`). The hand-over
 never blocks a child: a frame that does not fit in the pipe is dropped, and the
 recorders carry that end.
 """
@@ -152,8 +152,8 @@ class EndWriter:
 
     def _write(self, frames: list[dict[str, Any]]) -> None:
         # SQL is loaded here, in this thread, at the first end: the children are running by then.
-        from jobs.recorder import record_end_now, record_ends_now, take_applied
-        from jobs.store import JournalEntry
+        from jobs.history.recorder import record_end_now, record_ends_now, take_applied
+        from jobs.history.store import JournalEntry
 
         known: list[list[JournalEntry]] = []
         ids: list[bytes] = []

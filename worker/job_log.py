@@ -9,7 +9,7 @@ context) never see each other's lines.
 
 A line costs an append to a list in memory: a flusher thread
 sends every job's new lines every ``CONVEYOR_JOB_LOG_FLUSH_INTERVAL`` seconds in
-one Redis pipeline (jobs/job_logs.py), and the rest of an attempt's lines go
+one Redis pipeline (jobs/state/job_logs.py), and the rest of an attempt's lines go
 when its task returns, before its end is recorded. Past the job's cap a line
 is dropped here without being formatted; Redis keeps the cap across attempts
 and says "log truncated" once.
@@ -28,9 +28,9 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from jobs.job_logs import append_lines, encode_line
-from jobs.redaction import redact_text
+from jobs.access.redaction import redact_text
 from jobs.settings import get_settings
+from jobs.state.job_logs import append_lines, encode_line
 
 if TYPE_CHECKING:
     from redis import Redis

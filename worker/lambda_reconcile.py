@@ -2,7 +2,7 @@
 
 Each invocation runs one pass. A warm container sweeps SQL for jobs Redis
 lost every `CONVEYOR_RECONCILE_SWEEP_INTERVAL`, a cold one at once, and any
-pass sweeps when Redis has lost its data (see `jobs.reconciler`).
+pass sweeps when Redis has lost its data (see `jobs.queues.reconciler`).
 
 It also publishes `BacklogPerWorker` (jobs waiting in RQ's queues per live
 worker) to CloudWatch under `CONVEYOR_METRICS_NAMESPACE`: the ECS worker
@@ -18,11 +18,11 @@ from typing import Any
 from redis import Redis
 from rq import Worker
 
-from jobs.db import open_session
-from jobs.queueing import get_queue
-from jobs.reconciler import Reconciler
-from jobs.redis_conn import get_redis
+from jobs.history.db import open_session
+from jobs.queues.queueing import get_queue
+from jobs.queues.reconciler import Reconciler
 from jobs.settings import get_settings
+from jobs.state.redis_conn import get_redis
 from jobs.tasks import load_tasks
 
 log = logging.getLogger(__name__)

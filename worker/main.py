@@ -21,7 +21,7 @@ import subprocess
 import sys
 import uuid
 
-from jobs.redaction import install_log_redaction
+from jobs.access.redaction import install_log_redaction
 from jobs.settings import get_settings
 from jobs.tasks import load_tasks
 from jobs.tracing import TraceIdFilter

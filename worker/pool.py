@@ -54,11 +54,8 @@ from rq.command import PUBSUB_CHANNEL_TEMPLATE
 from rq.utils import utcformat
 from rq.worker import Worker
 
-from jobs.attempts import end_failed_attempt, pending_cancel, record_canceled
 from jobs.clock import utcnow
-from jobs.lifecycle import record
-from jobs.live import HeadField, decode_head, heartbeat_key, live_store, read_head, read_head_in
-from jobs.queueing import (
+from jobs.queues.queueing import (
     CLAIMED_FIELD,
     SERIALIZER,
     fetch,
@@ -67,8 +64,11 @@ from jobs.queueing import (
     retry_in,
     run_due_scheduled,
 )
-from jobs.redis_conn import redis_url, use_redis
 from jobs.settings import get_settings
+from jobs.state.attempts import end_failed_attempt, pending_cancel, record_canceled
+from jobs.state.lifecycle import record
+from jobs.state.live import HeadField, decode_head, heartbeat_key, live_store, read_head, read_head_in
+from jobs.state.redis_conn import redis_url, use_redis
 from jobs.status import RUNNING, JobStatus
 from worker.child import ChildLimits, ConveyorChild
 from worker.ends import EndNotes, EndWriter, new_pipe

@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING
 import redis.exceptions
 from redis import Redis
 
-from jobs.attempts import lost_our_start, reannounce_start
+from jobs.access.redaction import redact_text
 from jobs.clock import utcnow
-from jobs.lifecycle import record
-from jobs.live import HeadField, TransitionResult, decode_head, heartbeat_key, read_head, read_head_in
 from jobs.progress_protocol import ProgressReporter
-from jobs.redaction import redact_text
 from jobs.settings import get_settings
+from jobs.state.attempts import lost_our_start, reannounce_start
+from jobs.state.lifecycle import record
+from jobs.state.live import HeadField, TransitionResult, decode_head, heartbeat_key, read_head, read_head_in
 from jobs.status import RUNNING, WAITING, JobStatus
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ from typing import Any
 
 from redis import Redis
 
-from jobs.log_records import run_copier
-from jobs.maintenance import Maintenance
-from jobs.recorder import Recorder
-from jobs.redis_conn import redis_url, use_redis
+from jobs.history.log_records import run_copier
+from jobs.history.recorder import Recorder
+from jobs.queues.maintenance import Maintenance
 from jobs.settings import get_settings
+from jobs.state.redis_conn import redis_url, use_redis
 from jobs.tasks import load_tasks
 from worker.main import configure_logging, worker_name
 
@@ -29,7 +29,7 @@ def run_recorder(
 
     Beside it, a thread runs the maintenance loop: the reconciler and the
     recurring (cron) jobs, both of which need SQL, which the pool's processes never open;
-    another copies jobs' logs from Redis into SQL (jobs/log_records.py).
+    another copies jobs' logs from Redis into SQL (jobs/history/log_records.py).
     """
     configure_logging()
     if stop is None:

@@ -6,7 +6,7 @@ and records how it ended: finished with its result, failed with
 It runs in RQ's work-horse and only touches Redis; the recorder in the
 worker process carries every change into SQL. Results and errors are
 redacted here, where they are produced, before they are stored anywhere;
-a large result is stashed and referenced (see jobs/results.py).
+a large result is stashed and referenced (see jobs/state/results.py).
 """
 
 from __future__ import annotations
@@ -31,20 +31,20 @@ from rq import get_current_job
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
-from jobs.attempts import (
+from jobs.access.redaction import redact, redact_text
+from jobs.clock import utcnow
+from jobs.queues.queueing import retry_in
+from jobs.state.attempts import (
     end_failed_attempt,
     lost_our_start,
     pending_cancel,
     reannounce_start,
     record_canceled,
 )
-from jobs.clock import utcnow
-from jobs.lifecycle import record
-from jobs.live import TransitionResult, read_head
-from jobs.queueing import retry_in
-from jobs.redaction import redact, redact_text
-from jobs.redis_conn import get_redis
-from jobs.results import discard_blob, result_patch
+from jobs.state.lifecycle import record
+from jobs.state.live import TransitionResult, read_head
+from jobs.state.redis_conn import get_redis
+from jobs.state.results import discard_blob, result_patch
 from jobs.status import WAITING, JobStatus
 from jobs.tasks import get_task
 from jobs.tracing import current_trace_id
@@ -213,7 +213,7 @@ def _success(fields: dict[str, Any], progress: Progress) -> Success:
 
 def run_job(task: str, payload: dict[str, Any]) -> Any:
     """Run one attempt of a job: what RQ calls when its own code runs the job (RQ's workers, and
-    the jobs the worker's fast path leaves to RQ's code; see jobs/rq_engine.py)."""
+    the jobs the worker's fast path leaves to RQ's code; see jobs/queues/rq_engine.py)."""
     rq_job = get_current_job()
     if rq_job is None:
         raise RuntimeError("run_job must run inside an RQ worker")

@@ -1,7 +1,8 @@
 """Batches: many jobs in one request, one snapshot for all of them, served on every channel a job is.
 
-Thin routes over `jobs.batches` (submit), `jobs.batch_state` (reading) and `jobs.batch_control`
-(cancel, restart); the live channels reuse the job feed's code through `api.batch_feed`.
+Thin routes over `jobs.actions.batches` (submit), `jobs.state.batch_state` (reading) and
+`jobs.actions.batch_control` (cancel, restart); the live channels reuse the job feed's code
+through `api.batch_feed`.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def submit_batch(
         idempotency_key=idempotency_key,
         trace_id=trace_id_from_headers(traceparent, x_trace_id or x_request_id),
     )
-    from jobs.admission import rate_headers
+    from jobs.access.admission import rate_headers
 
     headers = {"Location": str(request.url_for("get_batch", batch_id=submission.batch_id)), **rate_headers()}
     if not submission.created:
@@ -177,7 +178,7 @@ def get_batch(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The batch's snapshot: counts per status, one progress figure, ETA. `ETag` is its `seq`."""
-    from jobs.batch_state import snapshot_doc
+    from jobs.state.batch_state import snapshot_doc
 
     snapshot = lazy.read_batch(session, redis, batch_id=batch_id, tenant=readable_tenant(principal))
     etag = f'"{snapshot.seq}"'
@@ -195,7 +196,7 @@ def get_batches(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
     """The caller's batches, newest first (their counts as SQL has them); follow `next_cursor`."""
-    from jobs.batch_state import snapshot_doc
+    from jobs.state.batch_state import snapshot_doc
 
     page = lazy.list_batches(session, tenant=tenant_scope(principal, tenant), limit=limit, cursor=cursor)
     items = b",".join(snapshot_doc(s) for s in page.items)
@@ -321,7 +322,7 @@ async def websocket_batch(
     from api.event_stream import pump_websocket
     from api.routes.live import WS_NOT_FOUND, WS_UNAUTHORIZED
     from api.stream_limits import WS_TOO_MANY, StreamLimitReached
-    from jobs.batch_state import BatchNotFound
+    from jobs.state.batch_state import BatchNotFound
 
     principal = await websocket_principal(websocket)
     await websocket.accept()

@@ -1,4 +1,4 @@
-"""Bulk actions by filter: `POST /api/v1/jobs/bulk/{cancel|restart|delete}` (thin, over `jobs.bulk`).
+"""Bulk actions by filter: `POST /api/v1/jobs/bulk/{cancel|restart|delete}` (thin, over `jobs.actions.bulk`).
 
 Without ``"dry_run": false`` the route only counts: a caller sees how many jobs a filter
 reaches before acting on them. Cancel and restart are open to every role, as they are one
@@ -67,7 +67,7 @@ def bulk(
 ) -> BulkResult:
     """Cancel live jobs, restart failed or canceled ones, or delete ended ones, by filter
     (task, queue, status, tag, error signature or type, created/ended time range)."""
-    from jobs.bulk import JobFilter, bulk_act
+    from jobs.actions.bulk import JobFilter, bulk_act
 
     if action == "delete" and not principal.is_admin:
         raise HTTPException(status_code=403, detail="Deleting jobs in bulk needs an admin key.")

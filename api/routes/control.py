@@ -1,4 +1,4 @@
-"""Steering a job: cancel, pause, resume, restart. Thin routes over `jobs.control`.
+"""Steering a job: cancel, pause, resume, restart. Thin routes over `jobs.actions.control`.
 
 Each answers with the job's snapshot: `200` when the change is in effect,
 `202` when the running job was asked and obeys at its next checkpoint. Another
@@ -16,14 +16,14 @@ from pydantic import BaseModel, Field
 
 from api.deps import CurrentPrincipal, RedisDep, SessionDep
 from jobs import lazy
-from jobs.auth import Principal
+from jobs.access.auth import Principal
 from jobs.snapshot import JobSnapshot
 
 if TYPE_CHECKING:
     from redis import Redis
     from sqlmodel import Session
 
-    from jobs.control import ControlOutcome
+    from jobs.actions.control import ControlOutcome
 
 router = APIRouter(prefix="/api/v1", tags=["control"])
 

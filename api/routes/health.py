@@ -21,8 +21,8 @@ def check_dependencies() -> dict[str, Any]:
     """Each dependency's state: 'ok' or 'unavailable: <error type>'."""
     import sqlalchemy as sa
 
-    from jobs.db import get_engine
-    from jobs.redis_conn import get_redis
+    from jobs.history.db import get_engine
+    from jobs.state.redis_conn import get_redis
 
     checks: dict[str, Any] = {}
     try:

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Response
 from api.deps import CurrentPrincipal, readable_tenant
 from api.outages import noting_outage
 from jobs.errors import JobNotFound
-from jobs.reads import result_of, snapshot_for
-from jobs.records import JobRecord, job_record
+from jobs.history.records import JobRecord, job_record
+from jobs.state.reads import result_of, snapshot_for
 
 # The SQL and Redis layers load inside the routes that use them (Lambda cold start).
 
@@ -20,8 +20,8 @@ def get_record(job_id: str, principal: CurrentPrincipal) -> JobRecord:
     """The job's full history record from SQL: params (redacted), tags, trace id, every
     timestamp, retries and the derived wait_ms / run_ms. SQL trails the live snapshot by
     up to a fraction of a second while a job runs."""
-    from jobs.db import session_scope
-    from jobs.store import get_job
+    from jobs.history.db import session_scope
+    from jobs.history.store import get_job
 
     with session_scope() as session:
         job = get_job(session, job_id=job_id, tenant=readable_tenant(principal))

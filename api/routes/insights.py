@@ -11,7 +11,7 @@ from api.deps import CurrentPrincipal, RedisDep, SessionDep, TenantParam, tenant
 from jobs import lazy
 from jobs.clock import parse_duration, utcnow
 from jobs.errors import InvalidRequest
-from jobs.reports import AnalyticsSummary, QueueStatsReport
+from jobs.reporting.reports import AnalyticsSummary, QueueStatsReport
 from jobs.settings import get_settings
 
 # The SQL and Redis layers load inside the routes that use them (Lambda cold start).

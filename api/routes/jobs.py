@@ -14,18 +14,18 @@ from starlette.datastructures import URLPath
 from api.deps import CurrentPrincipal, TenantParam, readable_tenant, tenant_scope
 from api.outages import noting_outage
 from jobs import lazy
+from jobs.access.redaction import redact, redact_text
 from jobs.errors import JobNotFound
 from jobs.lazy_model import LazyModel
-from jobs.reads import live_page, snapshot_for, valid_job_id
-from jobs.redaction import redact, redact_text
 from jobs.settings import get_settings
 from jobs.snapshot import JobSnapshot
+from jobs.state.reads import live_page, snapshot_for, valid_job_id
 from jobs.status import JobStatus
 from jobs.tasks import load_tasks
 from jobs.tracing import trace_id_from_headers
 
 if TYPE_CHECKING:
-    from jobs.submit import Submission
+    from jobs.actions.submit import Submission
 
 # Modules that load the SQL or Redis clients are imported inside the routes that use
 # them, so that declaring the routes stays cheap (a Lambda cold start is import time).
@@ -155,7 +155,7 @@ def _submit_in_thread(
     """The whole submission in one thread-pool hop: a sync session dependency and a sync route
     cost three (open, run, close), a third of a submit's time in the API (issue 16). Returns it
     with its `RateLimit-*` headers (set in this thread's context, which the route does not see)."""
-    from jobs.admission import rate_headers
+    from jobs.access.admission import rate_headers
 
     with lazy.open_session() as session:
         client = lazy.get_redis()
@@ -240,9 +240,9 @@ def get_jobs(
 ) -> Response:
     """The caller's jobs, newest first; follow `next_cursor` for the next page."""
     scope = tenant_scope(principal, tenant)
-    from jobs.db import session_scope
-    from jobs.redis_conn import get_redis
-    from jobs.store import list_jobs
+    from jobs.history.db import session_scope
+    from jobs.history.store import list_jobs
+    from jobs.state.redis_conn import get_redis
 
     with session_scope() as session:
         found = list_jobs(
@@ -269,8 +269,8 @@ def get_events(job_id: str, principal: CurrentPrincipal) -> EventList:
     """The job's lifecycle events, oldest first (one per accepted state change), secrets redacted."""
     if not valid_job_id(job_id):
         raise JobNotFound(job_id)
-    from jobs.db import session_scope
-    from jobs.store import get_job, list_events
+    from jobs.history.db import session_scope
+    from jobs.history.store import get_job, list_events
 
     with session_scope() as session:
         if get_job(session, job_id=job_id, tenant=readable_tenant(principal)) is None:
@@ -305,7 +305,7 @@ def _redacted_event_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _caps(spec: Any) -> dict[str, int]:
-    from jobs.limits import task_caps
+    from jobs.access.limits import task_caps
 
     caps = task_caps(spec)
     return {"max_timeout_seconds": caps.max_timeout_seconds, "max_running": caps.max_running}

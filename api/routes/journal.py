@@ -43,10 +43,10 @@ def get_set_aside(
     """
     if not principal.is_admin:
         raise HTTPException(status_code=403, detail="GET /api/v1/journal/set-aside needs an admin key.")
-    from jobs.metrics import read_counters
-    from jobs.redaction import redact_text
-    from jobs.redis_conn import get_redis
-    from jobs.set_aside import held, listing
+    from jobs.access.redaction import redact_text
+    from jobs.history.set_aside import held, listing
+    from jobs.reporting.metrics import read_counters
+    from jobs.state.redis_conn import get_redis
 
     client = get_redis()
     items = [

@@ -14,8 +14,8 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api.deps import CurrentPrincipal, RedisDep, SessionDep
-from jobs.auth import TENANT_PATTERN, Principal, Role
-from jobs.limits import BOUNDS, LIMIT_NAMES
+from jobs.access.auth import TENANT_PATTERN, Principal, Role
+from jobs.access.limits import BOUNDS, LIMIT_NAMES
 
 router = APIRouter(prefix="/api/v1", tags=["limits"])
 
@@ -82,7 +82,7 @@ def _may_read(principal: Principal, tenant: str) -> None:
 @router.get("/tenants/{tenant}/limits", response_model=TenantLimitsOut)
 def get_limits(tenant: TenantPath, principal: CurrentPrincipal, session: SessionDep) -> Any:
     """The tenant's limits in force, which of them it overrides, the defaults, and its jobs waiting now."""
-    from jobs.limits import stored_limits
+    from jobs.access.limits import stored_limits
 
     _may_read(principal, tenant)
     return _with_waiting(stored_limits(tenant, session=session).as_dict(), session)
@@ -93,7 +93,7 @@ def put_limits(
     tenant: TenantPath, body: LimitsChange, principal: CurrentPrincipal, session: SessionDep, redis: RedisDep
 ) -> Any:
     """Change the limits named in the body (operator keys only); answers the limits now in force."""
-    from jobs.limits import set_limits
+    from jobs.access.limits import set_limits
 
     if principal.role != Role.OPERATOR:
         raise HTTPException(403, "Only an operator key sets limits.")
@@ -103,6 +103,6 @@ def put_limits(
 
 
 def _with_waiting(limits: dict[str, Any], session: Any) -> dict[str, Any]:
-    from jobs.admission import count_waiting
+    from jobs.access.admission import count_waiting
 
     return {**limits, "waiting": count_waiting(session, tenant=limits["tenant"])}

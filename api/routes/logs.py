@@ -16,12 +16,12 @@ from api.outages import noting_outage
 from api.routes.live import resume_point
 from jobs.errors import InvalidRequest
 from jobs.lazy_model import LazyModel
-from jobs.reads import snapshot_for
 from jobs.settings import get_settings
+from jobs.state.reads import snapshot_for
 
 if TYPE_CHECKING:
     from api.live_feed import JobFeed
-    from jobs.job_logs import LogLine
+    from jobs.state.job_logs import LogLine
 
 router = APIRouter(prefix="/api/v1", tags=["logs"])
 
@@ -71,7 +71,7 @@ async def get_logs(
     """What the job's task logged, oldest first, secrets redacted; `next_cursor` is set while a
     full page came back (ask again with `after=next_cursor`). Kept after the job's live state
     expired, as long as the job itself."""
-    from jobs.log_records import read_log_async
+    from jobs.history.log_records import read_log_async
 
     noting_outage(await snapshot_for(job_id, readable_tenant(principal)))
     lines = await read_log_async(job_id, after=after, limit=limit)
@@ -91,7 +91,7 @@ class LogStream(EventStream):
     """The job's log lines as SSE, following until the job has ended and its last lines are sent."""
 
     async def frames(self) -> AsyncGenerator[bytes, None]:
-        from jobs.log_records import read_log_async
+        from jobs.history.log_records import read_log_async
 
         loop = asyncio.get_running_loop()
         feed, after = self.feed, self.since
@@ -151,7 +151,7 @@ async def stream_logs(
 ) -> Response:
     """Server-Sent Events of the job's log lines. Reconnect with Last-Event-ID to resume."""
     from api.live_feed import JobFeed
-    from jobs.log_records import read_log_async
+    from jobs.history.log_records import read_log_async
 
     start = resume_point(last_event_id, after)
     if start > MAX_SEQ:

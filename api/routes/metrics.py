@@ -115,7 +115,7 @@ def _limit_families(client: Any) -> list[Any]:
     """What each key used against its tenant's limits (issue 13), from Redis: every API process's."""
     from prometheus_client.core import CounterMetricFamily
 
-    from jobs.admission import read_usage
+    from jobs.access.admission import read_usage
 
     usage = read_usage(client)
     submits = CounterMetricFamily(

@@ -1,4 +1,4 @@
-"""Pausing, resuming and draining whole queues (`jobs.queue_control`): operators only, since a
+"""Pausing, resuming and draining whole queues (`jobs.queues.queue_control`): operators only, since a
 queue serves every tenant. Queue stats (`GET /api/v1/queue/stats`) show each queue's state."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def steer_queue(
 ) -> QueueStateOut:
     """`pause`: start no new job from the queue (running ones go on; submits still wait in it).
     `drain`: refuse submits to it (409). `resume`: end both."""
-    from jobs.queue_control import drain_queue, pause_queue, resume_queue
+    from jobs.queues.queue_control import drain_queue, pause_queue, resume_queue
 
     if principal.scope is not None:
         raise HTTPException(

@@ -14,11 +14,11 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import ALL_TENANTS, CurrentPrincipal, SessionDep
-from jobs.auth import Principal
+from jobs.access.auth import Principal
 from jobs.lazy_model import LazyModel
 
 if TYPE_CHECKING:
-    from jobs.models import Webhook, WebhookAttempt, WebhookDelivery
+    from jobs.history.models import Webhook, WebhookAttempt, WebhookDelivery
 
 # The SQL layer loads inside the routes that use it (Lambda cold start).
 
@@ -122,7 +122,7 @@ def _owner_tenant(principal: Principal, requested: str | None) -> str | None:
         )
     if requested == ALL_TENANTS:
         return None
-    from jobs.auth import validate_tenant
+    from jobs.access.auth import validate_tenant
 
     return validate_tenant(requested)
 

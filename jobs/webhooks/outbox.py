@@ -1,6 +1,6 @@
 """The outbox: deliveries written in the same transaction as the job change they announce.
 
-`jobs.store.apply_journal` (every path that records a job's change in SQL: the recorders,
+`jobs.history.store.apply_journal` (every path that records a job's change in SQL: the recorders,
 the worker's end writer, the API's write-through) calls :func:`enqueue_for_entries`, so a
 delivery exists if and only if SQL holds the end, and nothing is sent from the job's path:
 the senders (`jobs.webhooks.sender`) pick the rows up. Replays of the same change are no-ops
@@ -20,16 +20,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from jobs.access.redaction import redact
 from jobs.clock import isoformat, utcnow
 from jobs.errors import InvalidRequest
-from jobs.models import Webhook, WebhookAttempt, WebhookDelivery
-from jobs.redaction import redact
+from jobs.history.models import Webhook, WebhookAttempt, WebhookDelivery
 from jobs.settings import get_settings
 from jobs.snapshot import PUBLIC_FIELDS
 from jobs.status import JobStatus
 
 if TYPE_CHECKING:
-    from jobs.store import JournalEntry
+    from jobs.history.store import JournalEntry
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 _ENDS = {

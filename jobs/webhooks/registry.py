@@ -1,6 +1,6 @@
 """Webhook endpoints in SQL: register (the secret is returned once), list, find, delete.
 
-Who reaches which endpoint follows `jobs.auth.job_scope`: an admin, its own tenant's; an
+Who reaches which endpoint follows `jobs.access.auth.job_scope`: an admin, its own tenant's; an
 operator, every tenant's, and only an operator registers an endpoint for all tenants
 (``tenant=None``). Members manage none (the API refuses them with 403).
 """
@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from jobs.clock import utcnow
 from jobs.errors import InvalidRequest
-from jobs.models import Webhook
+from jobs.history.models import Webhook
 from jobs.settings import get_settings
 from jobs.webhooks.destinations import check_destination
 from jobs.webhooks.signing import new_secret

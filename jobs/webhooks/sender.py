@@ -1,4 +1,4 @@
-"""Sending what the outbox holds: a thread in each worker's recorder process (`jobs.maintenance`).
+"""Sending what the outbox holds: a thread in each worker's recorder process (`jobs.queues.maintenance`).
 
 Every sender looks for due deliveries, takes one per endpoint at a time (a lease in SQL, so a
 sender that dies mid-send leaves it to be sent again once the lease runs out: at least once, with
@@ -25,10 +25,10 @@ import sqlalchemy as sa
 from redis import Redis
 from sqlmodel import col, select
 
+from jobs.access.redaction import redact_text
 from jobs.clock import utcnow
-from jobs.db import session_scope
-from jobs.models import Webhook, WebhookAttempt, WebhookDelivery
-from jobs.redaction import redact_text
+from jobs.history.db import session_scope
+from jobs.history.models import Webhook, WebhookAttempt, WebhookDelivery
 from jobs.settings import Settings, get_settings
 from jobs.webhooks.destinations import Destination, RefusedDestination, check_destination
 from jobs.webhooks.outbox import DELIVERED, FAILED, PENDING

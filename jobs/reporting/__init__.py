@@ -1,0 +1,3 @@
+"""Reports: analytics and percentiles over history, queue stats and health, the metrics counters,
+error signatures.
+"""
