@@ -100,12 +100,22 @@ def test_restart_every_job_that_failed_with_one_error_from_the_analytics_page(
     assert sql_row(elsewhere).attempt == 1  # type: ignore[union-attr]
 
 
+def test_cancel_by_batch_counts_that_batch_only(api: TestClient) -> None:
+    jobs = [{"task": "long_task", "payload": {"n": 1}, "delay": 3600} for _ in range(2)]
+    created = api.post("/api/v1/batches", json={"jobs": jobs})
+    assert created.status_code == 201, created.text
+    submit(api, "long_task", {"n": 1}, delay=3600)  # not in the batch
+    counted = bulk(api, "cancel", {"batch_id": created.json()["batch_id"]})
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["matched"] == 2
+    done = bulk(api, "cancel", {"batch_id": created.json()["batch_id"]}, dry_run=False).json()
+    assert (done["matched"], done["done"]) == (2, 2)
+
+
 def test_bad_bulk_requests_are_4xx_with_a_reason(api: TestClient) -> None:
     assert bulk(api, "explode", {}).status_code == 422
     nope = bulk(api, "cancel", {"status": ["finished"]})
     assert nope.status_code == 422 and "applies to" in nope.json()["detail"]
-    batches = bulk(api, "restart", {"batch_id": "b1"})
-    assert batches.status_code == 422 and "batches" in batches.json()["detail"]
     naive = bulk(api, "delete", {"ended_after": "2026-01-01T00:00:00"})
     assert naive.status_code == 422
     assert bulk(api, "cancel", {}, limit=0).status_code == 422

@@ -23,7 +23,7 @@ from jobs.state.job_logs import DIRTY, lines_key, meta_key
 from jobs.state.live import job_key
 from jobs.state.redis_conn import get_redis
 from tests.conftest import FAST_ENV, Backend, ServerProcess, Tenant, WorkerProcess, seed_job
-from tests.live_support import collect_stream
+from tests.live_support import collect_stream, run_async
 from tests.log_tasks import SECRET
 from tests.services import wait_until
 from tests.test_jobs_e2e import submit, wait_status
@@ -263,7 +263,7 @@ def test_lines_of_jobs_side_by_side_in_one_process_stay_apart(env: Backend):
     async def both() -> None:
         await asyncio.gather(*(in_task(job_id) for job_id in ids[2:]))
 
-    asyncio.run(both())
+    run_async(both())
     for thread in threads:
         thread.join()
     from jobs.state.job_logs import read_live

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import Backend, ServerProcess, Tenant, configure, make_tenant
+from tests.live_support import run_async
 from tests.test_cli import conveyor
 
 QUEUE = "other"  # no worker listens on it: submitted jobs stay queued
@@ -451,7 +452,6 @@ def test_declared_schedules_are_not_rate_limited_and_a_bad_redis_copy_is_ignored
 def test_the_python_clients_read_and_set_limits(
     env: Backend, live_server: ServerProcess, operator: Tenant, tenant: Tenant
 ):
-    import asyncio
 
     from conveyor_client import Client, ConveyorAPIError
     from conveyor_client.aio import AsyncClient
@@ -468,5 +468,5 @@ def test_the_python_clients_read_and_set_limits(
         async with AsyncClient(live_server.url, operator.key) as client:
             return await client.set_limits(tenant.name, max_running=None), await client.limits(tenant.name)
 
-    changed, read = asyncio.run(steer())
+    changed, read = run_async(steer())
     assert changed["max_running"] == read["max_running"] == read["defaults"]["max_running"]

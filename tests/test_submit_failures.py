@@ -145,7 +145,7 @@ def test_an_enqueue_that_fails_with_redis_up_is_failed_through_the_gate(
 
     from sqlmodel import select
 
-    from jobs import submit as submit_module
+    from jobs.actions import submit as submit_module
     from jobs.history.models import JobEvent
     from jobs.state.live import job_key
 

@@ -324,7 +324,10 @@ def record_ends_now(client: Redis, ended: list[list[JournalEntry]]) -> int:
     entries = [entry for entries in ended for entry in entries]
     blobs = fetch_blobs(client, [pair for e in entries if (pair := _referenced_result(e))])
     with session_scope() as session:
-        return apply_journal(session, entries, blobs=blobs)
+        moved = apply_journal(session, entries, blobs=blobs)
+    if blobs:  # in SQL now: the Redis copies have done their job (a recorder may never see these ends)
+        client.delete(*(blob_key(job_id, attempt) for job_id, attempt in blobs))
+    return moved
 
 
 # Takes entries a worker applied out of the journal, and counts them, in one step: only those no
