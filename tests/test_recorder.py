@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from sqlmodel import select
 
 from jobs.history.db import session_scope
@@ -69,17 +70,20 @@ def test_the_recorder_drains_the_journal_into_sql(env: Backend, redis_client: An
     wait_until(recorded, timeout=5, message="the journal to reach SQL")
 
 
+@pytest.mark.parametrize("chunk", [1000, 1])
 def test_a_worker_takes_only_the_entries_no_recorder_was_handed_and_counts_each_once(
-    private_world: PrivateWorld,
+    private_world: PrivateWorld, chunk: int, monkeypatch: pytest.MonkeyPatch
 ):
     """The end writer's hand-off (worker/ends.py): what it applied leaves the journal and is counted
     by it, except an entry a recorder already holds, which that recorder counts."""
     from jobs.clock import utcnow
+    from jobs.history import recorder
     from jobs.history.recorder import GROUP, take_applied
     from jobs.reporting.metrics import METRICS_KEY
     from jobs.state.live import JOURNAL
     from jobs.state.redis_conn import get_redis
 
+    monkeypatch.setattr(recorder, "TAKE_CHUNK", chunk)  # one script call, or one per entry
     client = get_redis()
     first, second = seed_job(private_world.tenant.name), seed_job(private_world.tenant.name)
     Recorder(client, consumer="test-take").drain()  # the submits' entries: out of the way

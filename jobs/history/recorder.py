@@ -333,6 +333,7 @@ def record_ends_now(client: Redis, ended: list[list[JournalEntry]]) -> int:
 # Takes entries a worker applied out of the journal, and counts them, in one step: only those no
 # recorder was handed yet (their ids are past the group's last-delivered id), so that each entry
 # is counted once, by whoever removes it. A missing journal (Redis lost it) has nothing to take.
+# One XDEL for all of them and one HINCRBY per distinct field, as the recorder's own batches do.
 # KEYS: journal, metrics hash. ARGV[1]: the recorders' group; then, per entry: its id, a count n
 # and n triples (metrics field, "i" or "f", amount).
 _TAKE_LUA = """
@@ -352,25 +353,27 @@ local function parts(id)
   return tonumber(ms), tonumber(seq)
 end
 local last_ms, last_seq = parts(last)
-local taken = {}
+local taken, counts, sums = {}, {}, {}
 local i = 2
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
   local ms, seq = parts(id)
-  if ms and (ms > last_ms or (ms == last_ms and seq > last_seq))
-      and redis.call('XDEL', KEYS[1], id) == 1 then
+  if ms and (ms > last_ms or (ms == last_ms and seq > last_seq)) then
+    taken[#taken + 1] = id
     for j = 0, n - 1 do
       local at = i + 2 + 3 * j
-      if ARGV[at + 1] == 'f' then
-        redis.call('HINCRBYFLOAT', KEYS[2], ARGV[at], ARGV[at + 2])
-      else
-        redis.call('HINCRBY', KEYS[2], ARGV[at], ARGV[at + 2])
-      end
+      local into = ARGV[at + 1] == 'f' and sums or counts
+      into[ARGV[at]] = (into[ARGV[at]] or 0) + tonumber(ARGV[at + 2])
     end
-    taken[#taken + 1] = id
   end
   i = i + 2 + 3 * n
 end
+if #taken == 0 then return taken end
+-- Nothing else deletes an entry no recorder was handed, and a script runs whole: an id already
+-- gone means this hand-over was taken before (all of it), so it is not counted again.
+if redis.call('XDEL', KEYS[1], unpack(taken)) < #taken then return {} end
+for field, amount in pairs(counts) do redis.call('HINCRBY', KEYS[2], field, amount) end
+for field, amount in pairs(sums) do redis.call('HINCRBYFLOAT', KEYS[2], field, amount) end
 return taken
 """
 
@@ -380,25 +383,33 @@ def take_applied(client: Redis, entries: list[JournalEntry], ids: list[bytes]) -
     worker has just applied to SQL, counting them in the metrics; returns the ids taken.
 
     Only entries no recorder has been handed are taken: one a recorder holds may be in a batch it
-    is applying right now, and it acknowledges, deletes and counts that one itself.
+    is applying right now, and it acknowledges, deletes and counts that one itself. Sent in
+    chunks of ``TAKE_CHUNK`` entries (a script unpacks its ids onto Lua's stack).
     """
-    args: list[Any] = [GROUP]
-    for entry, entry_id in zip(entries, ids, strict=True):
-        if not entry_id:
-            continue
-        tally = Tally()
-        try:
-            tally.observe(entry.event, entry.doc)
-        except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
-            log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
-        counted: list[tuple[str, str, int | str]] = [
-            (name, "i", count) for name, count in tally.counts.items()
-        ]
-        counted += [(name, "f", repr(total)) for name, total in tally.sums.items()]
-        args += [entry_id, len(counted)]
-        for triple in counted:
-            args += triple
-    if len(args) == 1:
-        return []
-    taken: list[bytes] = client.register_script(_TAKE_LUA)(keys=[JOURNAL, METRICS_KEY], args=args)
+    script = client.register_script(_TAKE_LUA)
+    known = [(entry, entry_id) for entry, entry_id in zip(entries, ids, strict=True) if entry_id]
+    taken: list[bytes] = []
+    for start in range(0, len(known), TAKE_CHUNK):
+        args: list[Any] = [GROUP]
+        for entry, entry_id in known[start : start + TAKE_CHUNK]:
+            args += [entry_id, *_counted(entry)]
+        taken += script(keys=[JOURNAL, METRICS_KEY], args=args)
     return taken
+
+
+TAKE_CHUNK = 1000
+
+
+def _counted(entry: JournalEntry) -> list[Any]:
+    """What the entry adds to the metrics, as the take script reads it: n, then n triples."""
+    tally = Tally()
+    try:
+        tally.observe(entry.event, entry.doc)
+    except (KeyError, TypeError, ValueError):  # a count is never worth a stuck journal
+        log.exception("recorder: not counting job %s seq %s", entry.job_id, entry.seq)
+    counted: list[Any] = [len(tally.counts) + len(tally.sums)]
+    for name, count in tally.counts.items():
+        counted += [name, "i", count]
+    for name, total in tally.sums.items():
+        counted += [name, "f", repr(total)]
+    return counted
