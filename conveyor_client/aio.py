@@ -22,7 +22,7 @@ from conveyor_client.client import (
     channel_unserved,
     limits_path,
     list_params,
-    not_an_event_stream,
+    refuse_stream,
     submit_body,
 )
 from conveyor_client.errors import (
@@ -183,16 +183,7 @@ class AsyncClient:
                         return
                     if response.status_code >= 400:
                         await response.aread()
-                        try:
-                            raise_for_error(response)
-                        except ConveyorAPIError as exc:
-                            if channel_unserved(exc):
-                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
-                            if exc.status_code not in RETRY_STATUSES:
-                                raise
-                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
-                    if not_an_event_stream(response):
-                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    refuse_stream(response)
                     parser = EventParser()
                     async for text in response.aiter_lines():
                         event = parser.feed(text)
@@ -323,16 +314,7 @@ class AsyncClient:
                         return
                     if response.status_code >= 400:
                         await response.aread()
-                        try:
-                            raise_for_error(response)
-                        except ConveyorAPIError as exc:
-                            if channel_unserved(exc):
-                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
-                            if exc.status_code not in RETRY_STATUSES:
-                                raise
-                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
-                    if not_an_event_stream(response):
-                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    refuse_stream(response)
                     parser = EventParser()
                     async for line in response.aiter_lines():
                         event = parser.feed(line)

@@ -69,6 +69,23 @@ def list_params(
     return params
 
 
+def refuse_stream(response: httpx.Response) -> None:
+    """Raise what an SSE answer that is not a stream means (an error's body already read):
+    ChannelUnavailable where the channel is not served, the API's error where retrying cannot
+    help, a protocol error (retried) otherwise. Returns for a real event stream."""
+    if response.status_code >= 400:
+        try:
+            raise_for_error(response)
+        except ConveyorAPIError as exc:
+            if channel_unserved(exc):
+                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
+            if exc.status_code not in RETRY_STATUSES:
+                raise
+        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
+    if not_an_event_stream(response):
+        raise ChannelUnavailable("the stream is not text/event-stream")
+
+
 def job_missing(exc: ConveyorAPIError) -> bool:
     """A 404 about the job itself (the API says "No job with id ..."), not about the route."""
     return exc.status_code == 404 and str(exc.detail).startswith("No job")
@@ -303,16 +320,7 @@ class Client:
                         return  # the job has ended and nothing follows `after`
                     if response.status_code >= 400:
                         response.read()
-                        try:
-                            raise_for_error(response)
-                        except ConveyorAPIError as exc:
-                            if channel_unserved(exc):
-                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
-                            if exc.status_code not in RETRY_STATUSES:
-                                raise
-                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
-                    if not_an_event_stream(response):
-                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    refuse_stream(response)
                     parser = EventParser()
                     for text in response.iter_lines():
                         event = parser.feed(text)
@@ -461,16 +469,7 @@ class Client:
                         return  # the server has nothing after `after`: we already have the end
                     if response.status_code >= 400:
                         response.read()
-                        try:
-                            raise_for_error(response)
-                        except ConveyorAPIError as exc:
-                            if channel_unserved(exc):
-                                raise ChannelUnavailable(f"SSE answered {exc.status_code}") from None
-                            if exc.status_code not in RETRY_STATUSES:
-                                raise
-                        raise httpx.RemoteProtocolError(f"SSE answered {response.status_code}")
-                    if not_an_event_stream(response):
-                        raise ChannelUnavailable("the stream is not text/event-stream")
+                    refuse_stream(response)
                     parser = EventParser()
                     for line in response.iter_lines():
                         event = parser.feed(line)
